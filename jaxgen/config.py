@@ -1,0 +1,72 @@
+"""Loading `configs/<family>.py:<arg>` job configs with `--config.a.b=value` overrides.
+
+A config file defines `get_config(arg)` returning an `ml_collections.ConfigDict` (big_vision
+style). Overrides are parsed as Python literals when possible (`1e-4`, `True`, `(2, 4)`), else
+kept as strings. Unknown keys raise `ConfigError` naming the key and the keys that exist.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from jaxgen.models.config import ConfigError
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collections.ConfigDict:
+    """Apply `--config.a.b=v` (or `a.b=v`) strings to `config` in place and return it."""
+    for item in overrides:
+        key, sep, value = item.removeprefix("--config.").partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} has no value; write --config.{key}=VALUE")
+        node = config
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, (ml_collections.ConfigDict, dict)) or part not in node:
+                where = ".".join(parts[:i]) or "<top>"
+                known = sorted(node.keys()) if hasattr(node, "keys") else []
+                raise ConfigError(
+                    f"unknown config key {key!r} (no {part!r} under {where}; known: {known})")
+            if i < len(parts) - 1:
+                node = node[part]
+        old = node[parts[-1]]
+        new = _parse_value(value)
+        if isinstance(old, float) and isinstance(new, int) and not isinstance(new, bool):
+            new = float(new)
+        if isinstance(old, tuple) and isinstance(new, list):
+            new = tuple(new)
+        try:
+            node[parts[-1]] = new
+        except TypeError as e:
+            raise ConfigError(f"config key {key!r}: {e}") from None
+    return config
+
+
+def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
+    """Load `path/to/file.py[:arg]`; a bare family name like `sft:shapes` looks in configs/."""
+    path_text, _, arg = spec.partition(":")
+    path = pathlib.Path(path_text)
+    if not path.exists() and not path.suffix:
+        path = CONFIG_DIR / f"{path_text}.py"
+    if not path.exists() and (CONFIG_DIR / path.name).exists():
+        path = CONFIG_DIR / path.name
+    if not path.exists():
+        raise ConfigError(f"config file {path_text!r} not found; pass e.g. configs/sft.py:shapes")
+    module_spec = importlib.util.spec_from_file_location(f"jaxgen_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+    return apply_overrides(config, overrides)

@@ -1,0 +1,149 @@
+"""Model configuration for the unified Janus-Pro model.
+
+Frozen dataclasses (hashable, so they can be static arguments of `jax.jit`). Field names follow
+Hugging Face's `JanusConfig` sub-configs where one exists, so conversion is a rename table.
+`from_dict` rejects unknown keys with a message naming the key and the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+
+from jaxgen.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration a user wrote is invalid (unknown key, impossible shape)."""
+
+
+def _from_dict(cls, d: Mapping[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {where}; known keys are {sorted(known)}. "
+            "Fix the spelling or remove the key.")
+    kwargs = {}
+    for k, v in d.items():
+        kwargs[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Llama decoder (RMSNorm, RoPE rotate-half, GQA, SwiGLU, no biases)."""
+    vocab_size: int = 102400
+    hidden_size: int = 2048
+    intermediate_size: int = 5632
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 16
+    head_dim: int = 128
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 16384
+    # Execution options (not part of the weights).
+    scan_layers: bool = False
+    remat_policy: str = "none"  # none | full | dots_saveable
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+
+    @classmethod
+    def from_dict(cls, d):
+        return _from_dict(cls, d, "text config")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP-style ViT for the understanding path, plus its aligner MLP into the LLM."""
+    hidden_size: int = 1024
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 16
+    num_channels: int = 3
+    image_size: int = 384
+    patch_size: int = 16
+    mlp_ratio: float = 4.0
+    layer_norm_eps: float = 1e-6
+    attention_bias: bool = True
+    use_qk_norm: bool = False
+    projection_dim: int = 2048  # aligner output = LLM hidden size
+    depth: int = 2  # aligner: fc1 + (depth - 1) hidden layers
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_dict(cls, d):
+        return _from_dict(cls, d, "vision config")
+
+
+@dataclasses.dataclass(frozen=True)
+class VQConfig:
+    """LlamaGen-style VQ tokenizer plus the generation embedding/aligner/head sizes."""
+    embed_dim: int = 8
+    num_embeddings: int = 16384
+    double_latent: bool = False
+    latent_channels: int = 256
+    in_channels: int = 3
+    base_channels: int = 128
+    channel_multiplier: tuple = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    out_channels: int = 3
+    projection_dim: int = 2048  # generation aligner output = LLM hidden size
+    num_hidden_layers: int = 2  # generation aligner / head depth
+    image_token_embed_dim: int = 2048
+    image_size: int = 384  # pixels of a generated image (side)
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.channel_multiplier) - 1)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.downsample
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid ** 2
+
+    @classmethod
+    def from_dict(cls, d):
+        return _from_dict(cls, d, "vq config")
+
+
+@dataclasses.dataclass(frozen=True)
+class JanusConfig:
+    """The unified model: LLM + understanding encoder + VQ generation path, and special ids."""
+    text: LlamaConfig = dataclasses.field(default_factory=LlamaConfig)
+    vision: VisionConfig = dataclasses.field(default_factory=VisionConfig)
+    vq: VQConfig = dataclasses.field(default_factory=VQConfig)
+    image_token_id: int = 100581  # <image_placeholder> (understanding path)
+    boi_token_id: int = 100016  # <begin_of_image>
+    eoi_token_id: int = 100593  # <end_of_image>
+    pad_token_id: int = 100002
+    bos_token_id: int = 100000
+    eos_token_id: int = 100001
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens the generation path writes per image."""
+        return self.vq.num_image_tokens
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "JanusConfig":
+        d = dict(d)
+        sub = {
+            "text": LlamaConfig.from_dict(d.pop("text", {})),
+            "vision": VisionConfig.from_dict(d.pop("vision", {})),
+            "vq": VQConfig.from_dict(d.pop("vq", {})),
+        }
+        return _from_dict(cls, {**d, **sub}, "model config")
+
+    def replace(self, **kw) -> "JanusConfig":
+        return dataclasses.replace(self, **kw)
