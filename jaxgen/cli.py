@@ -64,6 +64,26 @@ def build_parser(argv_words=()) -> argparse.ArgumentParser:
     return parser
 
 
+def _maybe_initialize_distributed() -> None:
+    """Multi-host runs (launch/) set JAXGEN_DISTRIBUTED=1 on every host.
+
+    `jax.distributed.initialize()` then finds the coordinator itself on TPU pods and under
+    SLURM; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+    """
+    import os
+
+    if os.environ.get("JAXGEN_DISTRIBUTED") != "1":
+        return
+    import jax
+
+    kwargs = {}
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                      process_id=int(os.environ["JAX_PROCESS_ID"]))
+    jax.distributed.initialize(**kwargs)
+
+
 def main(argv=None) -> int:
     from jaxgen.errors import UserError
 
@@ -77,6 +97,7 @@ def main(argv=None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.config_overrides = overrides
+    _maybe_initialize_distributed()
     _, run = _resolve(args._target)
     try:
         return int(run(args) or 0)
