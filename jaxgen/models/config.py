@@ -96,6 +96,9 @@ class VQConfig:
     num_hidden_layers: int = 2  # generation aligner / head depth
     image_token_embed_dim: int = 2048
     image_size: int = 384  # pixels of a generated image (side)
+    # Nearest-code lookup on l2-normalised latents and codebook (original Janus / LlamaGen) or on
+    # raw vectors (transformers' JanusVQVAE); equal when the codebook rows have unit length.
+    codebook_l2_norm: bool = False
 
     @property
     def downsample(self) -> int:

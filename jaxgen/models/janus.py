@@ -20,3 +20,252 @@ Functional API (binding contract; `config` is a frozen, hashable JanusConfig, st
 Top-level param keys mirror Hugging Face: 'language_model', 'lm_head', 'vision_model', 'aligner',
 'vqmodel', 'generation_embeddings', 'generation_aligner', 'generation_head'.
 """
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.models import llama
+from jaxgen.models.config import ConfigError, JanusConfig
+
+
+def config_from_configdict(cd) -> JanusConfig:
+    """A job ConfigDict with a `model` field (or the model ConfigDict itself) -> JanusConfig."""
+    if hasattr(cd, "to_dict"):
+        cd = cd.to_dict()
+    cd = dict(cd)
+    if "model" in cd and isinstance(cd["model"], dict):
+        cd = cd["model"]
+    return JanusConfig.from_dict(cd)
+
+
+def _dense(features, axes, dtype, pdtype, name, use_bias=True):
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=pdtype, name=name,
+                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
+                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
+
+
+def _gelu(x):
+    return jax.nn.gelu(x, approximate=False)  # Janus uses exact (erf) GELU everywhere
+
+
+class AlignerMLP(nn.Module):
+    """fc1 -> [GELU -> hidden_layers_i] * (depth - 1): maps vision / VQ features into the LLM."""
+    features: int
+    depth: int
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        dt, pdt = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
+        x = _dense(self.features, (None, "embed"), dt, pdt, "fc1")(x)
+        for i in range(self.depth - 1):
+            x = _dense(self.features, (None, "embed"), dt, pdt, f"hidden_layers_{i}")(_gelu(x))
+        return x
+
+
+class GenerationHead(nn.Module):
+    """proj_out -> GELU -> vision_head: image-token logits from LLM hidden states."""
+    projection_dim: int
+    num_embeddings: int
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x):
+        dt, pdt = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
+        x = _dense(self.projection_dim, ("embed", "mlp"), dt, pdt, "proj_out")(x)
+        return _dense(self.num_embeddings, ("mlp", "vocab"), dt, pdt, "vision_head")(_gelu(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Module factories: one Linen module per top-level params key (params stay a plain dict).
+
+def _language_model(config):
+    return llama.LlamaModel(config.text)
+
+
+def _lm_head(config):
+    t = config.text
+    return _dense(t.vocab_size, ("embed", "vocab"), jnp.dtype(t.dtype), jnp.dtype(t.param_dtype),
+                  None, use_bias=False)
+
+
+def _vision_model(config):
+    from jaxgen.models import vision  # written by the vision/VQ engineer
+    return vision.VisionTower(config.vision)
+
+
+def _aligner(config):
+    v, t = config.vision, config.text
+    return AlignerMLP(v.projection_dim, v.depth, t.dtype, t.param_dtype)
+
+
+def _vqmodel(config):
+    from jaxgen.models import vq  # written by the vision/VQ engineer
+    return vq.VQModel(config.vq)
+
+
+def _generation_embeddings(config):
+    q = config.vq
+    return nn.Embed(q.num_embeddings, q.embed_dim, param_dtype=jnp.dtype(config.text.param_dtype),
+                    embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0),
+                                                                ("codebook", None)))
+
+
+def _generation_aligner(config):
+    q, t = config.vq, config.text
+    return AlignerMLP(q.projection_dim, q.num_hidden_layers, t.dtype, t.param_dtype)
+
+
+def _generation_head(config):
+    q, t = config.vq, config.text
+    return GenerationHead(q.projection_dim, q.num_embeddings, t.dtype, t.param_dtype)
+
+
+_PARTS = {
+    "language_model": _language_model,
+    "lm_head": _lm_head,
+    "vision_model": _vision_model,
+    "aligner": _aligner,
+    "vqmodel": _vqmodel,
+    "generation_embeddings": _generation_embeddings,
+    "generation_aligner": _generation_aligner,
+    "generation_head": _generation_head,
+}
+
+
+def _init_part(key, config, rng):
+    """Boxed (nn.Partitioned) params of one part."""
+    module = _PARTS[key](config)
+    t, v, q = config.text, config.vision, config.vq
+    one = jnp.zeros((1, 1), jnp.int32)
+    if key == "language_model":
+        emb = jnp.zeros((1, 1, t.hidden_size), jnp.float32)
+        variables = module.init(rng, emb, one, jnp.ones((1, 1), bool))
+    elif key == "lm_head":
+        variables = module.init(rng, jnp.zeros((1, t.hidden_size)))
+    elif key == "vision_model":
+        variables = module.init(rng, jnp.zeros((1, v.image_size, v.image_size, v.num_channels)))
+    elif key == "aligner":
+        variables = module.init(rng, jnp.zeros((1, v.hidden_size)))
+    elif key == "vqmodel":
+        from jaxgen.models import vq
+        init_fn = getattr(vq, "init_vq_params", None)
+        if init_fn is not None:
+            return init_fn(config.vq, rng)
+        variables = module.init(rng, jnp.zeros((1, q.image_size, q.image_size, q.in_channels)))
+    elif key == "generation_embeddings":
+        variables = module.init(rng, one)
+    elif key == "generation_aligner":
+        variables = module.init(rng, jnp.zeros((1, q.embed_dim)))
+    elif key == "generation_head":
+        variables = module.init(rng, jnp.zeros((1, q.image_token_embed_dim)))
+    return dict(variables["params"])
+
+
+def _boxed_params(config, rng):
+    keys = jax.random.split(rng, len(_PARTS))
+    return {k: _init_part(k, config, r) for k, r in zip(_PARTS, keys)}
+
+
+def init_params(config: JanusConfig, rng) -> dict:
+    """Random parameters (plain unboxed pytree) with the layout conversion expects."""
+    return _init_params_jit(config, rng)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_params_jit(config, rng):
+    # One compiled program: eager init dispatches thousands of small ops (tens of seconds).
+    return nn.meta.unbox(_boxed_params(config, rng))
+
+
+def param_logical_axes(config: JanusConfig) -> dict:
+    """Pytree like params whose leaves are tuples of logical axis names (None: replicated)."""
+    boxed = jax.eval_shape(lambda r: _boxed_params(config, r), jax.random.PRNGKey(0))
+
+    def axes(leaf):
+        if isinstance(leaf, nn.meta.AxisMetadata):
+            return tuple(leaf.names) if hasattr(leaf, "names") else None
+        return None if leaf.ndim == 0 else (None,) * leaf.ndim
+
+    return jax.tree_util.tree_map(axes, boxed, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward functions.
+
+def embed_text(params, config: JanusConfig, ids_bl):
+    """Token embeddings [B, L, D] (float32 unless config.text.dtype says otherwise)."""
+    return _language_model(config).apply({"params": params["language_model"]}, ids_bl,
+                                         method=llama.LlamaModel.embed)
+
+
+def embed_image_codes(params, config: JanusConfig, codes_bl):
+    """VQ codes -> generation_embeddings -> generation_aligner: LLM inputs [B, L, D]."""
+    e = _generation_embeddings(config).apply({"params": params["generation_embeddings"]}, codes_bl)
+    return _generation_aligner(config).apply({"params": params["generation_aligner"]}, e)
+
+
+def embed_understanding_images(params, config: JanusConfig, pixels_bhwc):
+    """Pixels in [-1, 1] -> SigLIP tower -> aligner: [B, N, D], N = vision num_image_tokens."""
+    feats = _vision_model(config).apply({"params": params["vision_model"]}, pixels_bhwc)
+    return _aligner(config).apply({"params": params["aligner"]}, feats)
+
+
+def merge_image_embeds(emb_bld, ids_bl, image_emb_bnd, image_token_id):
+    """Replace the rows where ids == image_token_id by image embeddings, in reading order.
+
+    The k-th placeholder of a row takes image_emb_bnd[b, k]; a row with fewer placeholders than N
+    uses the first ones; extra placeholders beyond N keep index N-1 (callers keep counts equal).
+    """
+    is_img_bl = ids_bl == image_token_id
+    idx_bl = jnp.clip(jnp.cumsum(is_img_bl, axis=1) - 1, 0, image_emb_bnd.shape[1] - 1)
+    gathered = jnp.take_along_axis(image_emb_bnd, idx_bl[:, :, None], axis=1)
+    return jnp.where(is_img_bl[:, :, None], gathered.astype(emb_bld.dtype), emb_bld)
+
+
+def init_cache(config: JanusConfig, batch: int, max_len: int, dtype=jnp.float32):
+    """KV cache {'k','v'}: [layers, B, max_len, kv_heads, head_dim], zeros."""
+    return llama.init_cache(config.text, batch, max_len, dtype)
+
+
+def decode(params, config: JanusConfig, emb_bld, positions_bl, kv_mask_bs, cache=None, cache_index=0):
+    """Run the LLM on embeddings. Returns (final-normed hidden [B, L, D], cache).
+
+    No cache: causal attention over the L inputs, keys masked by kv_mask_bs [B, L].
+    With cache: K/V of the inputs go to slots [cache_index, cache_index + L); query i attends to
+    slots j <= cache_index + i with kv_mask_bs[:, j] true (kv_mask_bs is [B, max_len]).
+    Left-padded prompts: kv_mask = attention_mask, positions = clip(cumsum(mask) - 1, 0).
+    """
+    return _language_model(config).apply({"params": params["language_model"]}, emb_bld,
+                                         positions_bl, kv_mask_bs, cache, cache_index)
+
+
+def text_logits(params, config: JanusConfig, hidden_bld):
+    """lm_head: [B, L, vocab]."""
+    logits = _lm_head(config).apply({"params": params["lm_head"]}, hidden_bld)
+    return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+def image_logits(params, config: JanusConfig, hidden_bld):
+    """generation_head: [B, L, num_embeddings]."""
+    logits = _generation_head(config).apply({"params": params["generation_head"]}, hidden_bld)
+    return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+def vq_encode(params, config: JanusConfig, pixels_bhwc):
+    """Pixels in [-1, 1] [B, H, W, 3] -> codes [B, grid*grid] int32, row-major."""
+    from jaxgen.models import vq
+    return _vqmodel(config).apply({"params": params["vqmodel"]}, pixels_bhwc, method=vq.VQModel.encode)
+
+
+def vq_decode(params, config: JanusConfig, codes_bn):
+    """Codes [B, grid*grid] -> pixels [B, H, W, 3] float32 in about [-1, 1]."""
+    from jaxgen.models import vq
+    return _vqmodel(config).apply({"params": params["vqmodel"]}, codes_bn, method=vq.VQModel.decode)

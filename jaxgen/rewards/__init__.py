@@ -1,1 +1,20 @@
-"""rewards."""
+"""Rewards for GRPO: a registry of `fn(RewardBatch) -> float32[B]` and their composition.
+
+Built-in rewards (name: what it scores):
+  format            reasoning syntax (GoT-R1 plan or caption)
+  geneval           ShapesWorld GenEval-style detector, 1 if every constraint holds (Flow-GRPO)
+  scene_graph_iou   SG-IoU between the image's scene graph and the prompt's
+  plan_prompt_match rule check of the layout plan against the prompt metadata
+  got_box_iou       GoT-R1 R_RI: planned boxes vs detected boxes
+  vlm_yes_no        VLM judge P(yes)/(P(yes)+P(no)) (T2I-R1, Janus-Pro-R1 R_QA)
+  vlm_boxed         VLM judge answer ending in \\boxed{0/1} (ReasonGen-R1)
+  got_semantic, got_spatial, got_prompt_image   GoT-R1 R_sem, R_spa, R_PI
+  constant          a constant
+Compose them with `CompositeReward(spec, context)`; see jaxgen.rewards.base.
+"""
+
+from jaxgen.rewards.base import (CompositeReward, RewardBatch, RewardContext,  # noqa: F401
+                                 available, make_reward, register_reward)
+
+
+from jaxgen.rewards import rules, vlm_judge  # noqa: F401,E402  (registers the built-ins)

@@ -1,0 +1,80 @@
+"""Janus-Pro model sizes: `configs/janus.py:<arg>` with arg in tiny | shapes | 1b | 7b.
+
+Returns ConfigDict(model=<dict for JanusConfig.from_dict>); other job configs embed this.
+Check a variant builds (CPU, seconds):
+    python -c "from jaxgen.config import load_config; from jaxgen.models import janus; \
+        print(janus.config_from_configdict(load_config('janus:shapes')))"
+- tiny: the parity-test size (2 layers x 64, GQA 4/2 heads, VQ 16 px / 2 levels); builds in < 1 s.
+- shapes: the ShapesWorld demo model (64x64 images, 64 image tokens, Llama 4 x 256, ~10M params).
+- 1b / 7b: Janus-Pro-1B / 7B shapes (REFERENCE.md section 2); use with an imported checkpoint.
+"""
+
+import ml_collections
+
+# Special ids of the real Janus-Pro tokenizer (a ShapesWorld tokenizer overrides them).
+JANUS_PRO_IDS = dict(image_token_id=100581, boi_token_id=100016, eoi_token_id=100593,
+                     pad_token_id=100002, bos_token_id=100000, eos_token_id=100001)
+
+
+def _tiny():
+    vocab = 256
+    hidden = 64
+    return dict(
+        text=dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  max_position_embeddings=512),
+        vision=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                    patch_size=4, projection_dim=hidden, depth=2),
+        vq=dict(embed_dim=8, num_embeddings=64, latent_channels=32, base_channels=32,
+                channel_multiplier=(1, 2), num_res_blocks=1, projection_dim=hidden,
+                num_hidden_layers=2, image_token_embed_dim=hidden, image_size=16),
+        image_token_id=vocab - 6, boi_token_id=vocab - 5, eoi_token_id=vocab - 4,
+        pad_token_id=vocab - 3, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
+    )
+
+
+def _shapes():
+    vocab = 512  # the demo sets it to its tokenizer's size
+    hidden = 256
+    return dict(
+        text=dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=704, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                  max_position_embeddings=1024),
+        vision=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=64,
+                    patch_size=8, projection_dim=hidden, depth=2),
+        vq=dict(embed_dim=8, num_embeddings=512, latent_channels=128, base_channels=64,
+                channel_multiplier=(1, 1, 2, 2), num_res_blocks=1, projection_dim=hidden,
+                num_hidden_layers=2, image_token_embed_dim=hidden, image_size=64),
+        image_token_id=vocab - 6, boi_token_id=vocab - 5, eoi_token_id=vocab - 4,
+        pad_token_id=vocab - 3, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
+    )
+
+
+def _janus_pro(hidden, layers, heads, intermediate):
+    return dict(
+        text=dict(vocab_size=102400, hidden_size=hidden, intermediate_size=intermediate,
+                  num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                  head_dim=128, max_position_embeddings=16384, scan_layers=True,
+                  remat_policy="dots_saveable", dtype="bfloat16"),
+        vision=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, image_size=384,
+                    patch_size=16, projection_dim=hidden, depth=2),
+        vq=dict(embed_dim=8, num_embeddings=16384, latent_channels=256, base_channels=128,
+                channel_multiplier=(1, 1, 2, 2, 4), num_res_blocks=2, projection_dim=hidden,
+                num_hidden_layers=2, image_token_embed_dim=hidden, image_size=384),
+        **JANUS_PRO_IDS,
+    )
+
+
+VARIANTS = {
+    "tiny": _tiny,
+    "shapes": _shapes,
+    "1b": lambda: _janus_pro(2048, 24, 16, 5632),
+    "7b": lambda: _janus_pro(4096, 30, 32, 11008),
+}
+
+
+def get_config(arg=None):
+    arg = arg or "shapes"
+    if arg not in VARIANTS:
+        raise ValueError(f"unknown janus variant {arg!r}; use one of {sorted(VARIANTS)}")
+    return ml_collections.ConfigDict({"model": VARIANTS[arg]()})

@@ -1,0 +1,122 @@
+"""`jaxgen demo`: ShapesWorld end to end — data, VQ, SFT, judge, GRPO, evaluation report.
+
+Each stage writes into its own directory under the work directory and leaves a `DONE.json`
+(its summary and wall time) when it finishes; a rerun skips finished stages and the trainers
+resume unfinished ones from their checkpoints. The evaluation uses the pixel-only evaluator,
+which is independent of the reward (the judge model).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+from jaxgen.config import load_config
+from jaxgen.errors import UserError
+
+STAGES = ("data", "vq", "sft", "judge", "grpo", "eval")
+
+
+def demo_args(parser):
+    parser.add_argument("--config", default="configs/demo.py",
+                        help="demo config (default configs/demo.py); --config.x.y=v overrides")
+    parser.add_argument("--workdir", default="runs/demo", help="where every stage writes")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"comma-separated subset of {','.join(STAGES)} (in order)")
+
+
+def demo(args) -> int:
+    config = load_config(args.config, args.config_overrides)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise UserError(f"unknown demo stage(s) {unknown}; choose from {list(STAGES)}")
+    summary = run(config, pathlib.Path(args.workdir), stages)
+    print(f"\nReport: {summary['eval']['report_dir']}" if "eval" in summary else "")
+    return 0
+
+
+def _stage_done(path: pathlib.Path):
+    done = path / "DONE.json"
+    return json.loads(done.read_text()) if done.exists() else None
+
+
+def run(config, workdir: pathlib.Path, stages=STAGES) -> dict:
+    """Run (or resume) the named stages in order; returns each stage's summary."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = {name: workdir / name for name in STAGES}
+    summary = {}
+    for name in STAGES:
+        done = _stage_done(paths[name])
+        if done is not None:
+            summary[name] = done
+            print(f"[demo] {name}: done already ({done.get('seconds', 0):.0f} s), skipping")
+            continue
+        if name not in stages:
+            continue
+        print(f"[demo] {name}: starting")
+        start = time.time()
+        result = _STAGE_FNS[name](config, paths)
+        result["seconds"] = time.time() - start
+        paths[name].mkdir(parents=True, exist_ok=True)
+        tmp = paths[name] / "DONE.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2, default=str))
+        tmp.rename(paths[name] / "DONE.json")
+        summary[name] = result
+        print(f"[demo] {name}: finished in {result['seconds']:.0f} s")
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages. Each takes the demo config and the stage directories and returns a JSON summary.
+
+def _data(config, paths):
+    from jaxgen.data.build import build_all
+    return dict(build_all(config.data, paths["data"]) or {})
+
+
+def _vq(config, paths):
+    from jaxgen.train import vq
+    return dict(vq.train(config.vq, str(paths["vq"])))
+
+
+def _sft_config(base, paths):
+    c = base.copy_and_resolve_references()
+    c.data.tokenizer = str(paths["data"])
+    c.data.records_dir = str(paths["data"])
+    c.data.vq_params = str(paths["vq"] / "vq_params.safetensors")
+    return c
+
+
+def _sft(config, paths):
+    from jaxgen.train import sft
+    return dict(sft.train(_sft_config(config.sft, paths), str(paths["sft"])))
+
+
+def _judge(config, paths):
+    from jaxgen.train import sft
+    return dict(sft.train(_sft_config(config.judge, paths), str(paths["judge"])))
+
+
+def _grpo(config, paths):
+    from jaxgen.train import grpo
+    c = config.grpo.copy_and_resolve_references()
+    c.policy_ckpt = str(paths["sft"] / "final")
+    c.judge_ckpt = str(paths["judge"] / "final")
+    c.data_dir = str(paths["data"])
+    return dict(grpo.train(c, str(paths["grpo"])))
+
+
+def _eval(config, paths):
+    from jaxgen.eval import demo_report
+    return demo_report.evaluate_and_report(
+        config.eval,
+        data_dir=paths["data"],
+        checkpoints={"SFT": paths["sft"] / "final", "GRPO": paths["grpo"] / "final"},
+        grpo_metrics=paths["grpo"] / "metrics.jsonl",
+        out_dir=paths["eval"] / "report")
+
+
+_STAGE_FNS = {"data": _data, "vq": _vq, "sft": _sft, "judge": _judge, "grpo": _grpo,
+              "eval": _eval}

@@ -1,0 +1,237 @@
+"""Llama decoder (the Janus-Pro language model) in Flax Linen.
+
+RMSNorm, rotary position embedding in Hugging Face's rotate-half layout, grouped-query attention,
+SwiGLU MLP, no biases. The KV cache is an explicit pytree, not a Flax 'cache' collection:
+
+    cache = {'k': [layers, B, S, kv_heads, head_dim], 'v': same}
+
+Parameter layout (`params` of `LlamaModel`):
+
+    embed_tokens/embedding [vocab, D]
+    layers_{i}/...          unrolled (config.scan_layers False), or
+    layers/...              stacked with a leading 'layers' axis (config.scan_layers True)
+    norm/scale [D]
+
+Each layer: self_attn/{q,k,v,o}_proj/kernel ([D, H*hd], [D, KV*hd], [D, KV*hd], [H*hd, D]),
+mlp/{gate,up,down}_proj/kernel, input_layernorm/scale, post_attention_layernorm/scale.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxgen.models.config import LlamaConfig
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing: recompute the whole layer in the backward pass
+    "dots_saveable": jax.checkpoint_policies.checkpoint_dots,
+}
+
+ACT_BLD = ("activation_batch", "activation_length", "activation_embed")
+
+
+def _dtype(name: str):
+    return jnp.dtype(name)
+
+
+def _kernel_init(axes):
+    return nn.with_logical_partitioning(nn.initializers.normal(0.02), axes)
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * scale, computed in float32 as Hugging Face does."""
+    eps: float
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                           (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        normed = (x32 * jax.lax.rsqrt(var + self.eps)).astype(self.dtype)
+        return scale.astype(self.dtype) * normed
+
+
+def rope_cos_sin(positions_bl, head_dim: int, theta: float, dtype):
+    """cos/sin tables [B, L, head_dim] for the rotate-half layout (frequencies repeated twice)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions_bl.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x_blhd, cos_bld, sin_bld):
+    cos = cos_bld[:, :, None, :]
+    sin = sin_bld[:, :, None, :]
+    return x_blhd * cos + _rotate_half(x_blhd) * sin
+
+
+def attention_mask(kv_mask_bs, query_len: int, cache_index):
+    """Boolean [B, L, S]: query i (at slot cache_index + i) sees slot j <= its own, if kv_mask."""
+    s = kv_mask_bs.shape[1]
+    q_slot = cache_index + jnp.arange(query_len)[:, None]
+    causal_ls = jnp.arange(s)[None, :] <= q_slot
+    return causal_ls[None] & kv_mask_bs.astype(bool)[:, None, :]
+
+
+class Attention(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x_bld, cos, sin, mask_bls, k_cache, v_cache, cache_index):
+        cfg = self.config
+        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        b, l, _ = x_bld.shape
+
+        def proj(name, features, axes):
+            return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=pdtype,
+                            kernel_init=_kernel_init(axes), name=name)
+
+        q = proj("q_proj", h * hd, ("embed", "heads"))(x_bld).reshape(b, l, h, hd)
+        k = proj("k_proj", kv * hd, ("embed", "kv_heads"))(x_bld).reshape(b, l, kv, hd)
+        v = proj("v_proj", kv * hd, ("embed", "kv_heads"))(x_bld).reshape(b, l, kv, hd)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+
+        if k_cache is not None:
+            # Write this step's keys/values at [cache_index, cache_index + L) and attend to all slots.
+            start = (0, cache_index, 0, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
+            k_all, v_all = k_cache.astype(dtype), v_cache.astype(dtype)
+        else:
+            k_all, v_all = k, v
+
+        groups = h // kv
+        q = q.reshape(b, l, kv, groups, hd)
+        scores = jnp.einsum("blkgd,bskd->bkgls", q, k_all).astype(jnp.float32) * (hd ** -0.5)
+        big_neg = jnp.finfo(jnp.float32).min
+        scores = jnp.where(mask_bls[:, None, None, :, :], scores, big_neg)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        out = jnp.einsum("bkgls,bskd->blkgd", probs, v_all).reshape(b, l, h * hd)
+        out = proj("o_proj", cfg.hidden_size, ("heads", "embed"))(out)
+        return out, k_cache, v_cache
+
+
+class MLP(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+
+        def proj(name, features, axes):
+            return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=pdtype,
+                            kernel_init=_kernel_init(axes), name=name)
+
+        gate = proj("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+        up = proj("up_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+        return proj("down_proj", cfg.hidden_size, ("mlp", "embed"))(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block. Signature fits nn.scan: (carry x, broadcast..., per-layer cache) -> (x, cache)."""
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x_bld, cos, sin, mask_bls, cache_index, k_cache, v_cache):
+        cfg = self.config
+        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name=name)
+        x_bld = nn.with_logical_constraint(x_bld, ACT_BLD)
+        attn_out, k_cache, v_cache = Attention(cfg, name="self_attn")(
+            norm("input_layernorm")(x_bld), cos, sin, mask_bls, k_cache, v_cache, cache_index)
+        x_bld = x_bld + attn_out
+        x_bld = x_bld + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_bld))
+        x_bld = nn.with_logical_constraint(x_bld, ACT_BLD)
+        return x_bld, (k_cache, v_cache)
+
+
+def _layer_class(cfg: LlamaConfig):
+    if cfg.remat_policy == "none":
+        return DecoderLayer
+    if cfg.remat_policy not in REMAT_POLICIES:
+        from jaxgen.models.config import ConfigError
+        raise ConfigError(f"text.remat_policy {cfg.remat_policy!r} is unknown; use one of "
+                          f"{['none', *REMAT_POLICIES]}")
+    return nn.remat(DecoderLayer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+
+
+class LlamaModel(nn.Module):
+    """Embedding table + decoder layers + final norm. `embed` and `__call__` are separate entry
+    points because Janus feeds the decoder with image embeddings too."""
+    config: LlamaConfig
+
+    def setup(self):
+        cfg = self.config
+        dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
+        layer_cls = _layer_class(cfg)
+        if cfg.scan_layers:
+            self.layers = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0, 0),
+                length=cfg.num_hidden_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, name="layers")
+        else:
+            self.layers = [layer_cls(cfg, name=f"layers_{i}") for i in range(cfg.num_hidden_layers)]
+        self.norm = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="norm")
+
+    def embed(self, ids_bl):
+        return self.embed_tokens(ids_bl)
+
+    def __call__(self, emb_bld, positions_bl, kv_mask_bs, cache=None, cache_index=0):
+        """Returns (final-normed hidden [B, L, D], updated cache or None). See `decode` in janus.py."""
+        cfg = self.config
+        dtype = _dtype(cfg.dtype)
+        if self.is_initializing():
+            self.embed_tokens(jnp.zeros((1, 1), jnp.int32))  # create the table, which __call__ skips
+        x = emb_bld.astype(dtype)
+        cos, sin = rope_cos_sin(positions_bl, cfg.head_dim, cfg.rope_theta, dtype)
+        mask = attention_mask(kv_mask_bs, x.shape[1], cache_index)
+        k_all = v_all = None
+        if cache is not None:
+            k_all, v_all = cache["k"], cache["v"]
+        if cfg.scan_layers:
+            x, (k_new, v_new) = self.layers(x, cos, sin, mask, cache_index, k_all, v_all)
+        else:
+            ks, vs = [], []
+            for i, layer in enumerate(self.layers):
+                k_i = None if k_all is None else k_all[i]
+                v_i = None if v_all is None else v_all[i]
+                x, (k_i, v_i) = layer(x, cos, sin, mask, cache_index, k_i, v_i)
+                ks.append(k_i)
+                vs.append(v_i)
+            k_new = None if cache is None else jnp.stack(ks)
+            v_new = None if cache is None else jnp.stack(vs)
+        x = self.norm(x)
+        new_cache = None if cache is None else {"k": k_new, "v": v_new}
+        return x, new_cache
+
+
+def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=jnp.float32):
+    shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def cache_logical_axes():
+    axes = ("layers", "activation_batch", "activation_length", "kv_heads", None)
+    return {"k": axes, "v": axes}

@@ -1,0 +1,362 @@
+"""VLM-judge rewards on the unified model's understanding path, jitted and on the policy's mesh.
+
+The judge is any checkpoint in the unified architecture (a Janus-Pro model or a ShapesWorld
+judge trained by the SFT understanding task). Its parameters are placed once on the mesh with
+shardings from jaxgen.parallel; policy image tokens are decoded to pixels by the policy's VQ
+decoder inside the same jitted function and go straight into the judge's vision tower, so images
+and weights never leave the device. Questions are tokenised once per batch and left-padded to a
+fixed length (no recompilation between iterations).
+
+  yes/no judge:  P(yes) / (P(yes) + P(no)) from the first answer token (T2I-R1, Janus-Pro-R1)
+  boxed judge:   greedy answer that ends with \\boxed{1} or \\boxed{0} (ReasonGen-R1)
+  GoT-R1:        R_sem (text-only yes/no on the reasoning), R_spa (planned boxes drawn on a blank
+                 canvas, judged), R_PI (prompt-image yes/no)
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen.data import templates
+from jaxgen.errors import PromptTooLongError, UserError
+from jaxgen.models import janus
+from jaxgen.rewards import plan as plan_lib
+from jaxgen.rewards.base import RewardBatch, RewardContext, register_reward
+
+DEFAULT_QUESTION = "Does this image match the description: {prompt}? Answer yes or no."
+DEFAULT_BOXED_QUESTION = ("Does this image show exactly what the prompt asks: {prompt}? Check "
+                          "every object, count, colour and position, then answer \\boxed{{1}} "
+                          "or \\boxed{{0}}.")
+DEFAULT_SEMANTIC_QUESTION = ("Prompt: {prompt}\nPlan: {reasoning}\nDoes the plan describe "
+                             "every object of the prompt correctly? Answer yes or no.")
+DEFAULT_SPATIAL_QUESTION = ("This layout was planned for: {prompt}. Are the objects placed "
+                            "correctly? Answer yes or no.")
+IMAGE_SOURCES = ("image", "plan_canvas", "none")
+
+
+# ------------------------------------------------------------------------- jitted kernels
+
+
+def uint8_to_unit(images_bhwc):
+    """uint8 pixels -> float32 in [-1, 1] (the understanding path's input range)."""
+    return jnp.asarray(images_bhwc, jnp.float32) / 127.5 - 1.0
+
+
+def quantise_pixels(pixels_bhwc):
+    """Round decoded pixels to the 256 levels of a saved image, so the judge sees on device
+    exactly what it would see from the uint8 image on the host."""
+    x = jnp.round((jnp.clip(pixels_bhwc, -1.0, 1.0) + 1.0) * 127.5)
+    return x / 127.5 - 1.0
+
+
+def _resize(pixels_bhwc, size: int):
+    b, h, w, c = pixels_bhwc.shape
+    if (h, w) == (size, size):
+        return pixels_bhwc
+    return jax.image.resize(pixels_bhwc, (b, size, size, c), "bilinear")
+
+
+def _prompt_state(params, config, ids_bl, mask_bl, pixels_bhwc):
+    emb = janus.embed_text(params, config, ids_bl)
+    if pixels_bhwc is not None:
+        img = janus.embed_understanding_images(
+            params, config, _resize(pixels_bhwc, config.vision.image_size))
+        emb = janus.merge_image_embeds(emb, ids_bl, img, config.image_token_id)
+    positions = jnp.maximum(jnp.cumsum(mask_bl, axis=1) - 1, 0).astype(jnp.int32)
+    return emb, positions
+
+
+@functools.partial(jax.jit, static_argnames=("config", "yes_ids", "no_ids"))
+def yes_probability(params, config, ids_bl, mask_bl, pixels_bhwc, yes_ids, no_ids):
+    """float32[B]: P(yes) / (P(yes) + P(no)) of the first answer token (pixels may be None)."""
+    emb, positions = _prompt_state(params, config, ids_bl, mask_bl, pixels_bhwc)
+    hidden, _ = janus.decode(params, config, emb, positions, mask_bl.astype(bool))
+    logits = janus.text_logits(params, config, hidden[:, -1:])[:, 0].astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    log_yes = jax.nn.logsumexp(logp[:, jnp.array(yes_ids)], axis=-1)
+    log_no = jax.nn.logsumexp(logp[:, jnp.array(no_ids)], axis=-1)
+    return jax.nn.sigmoid(log_yes - log_no)  # = p_yes / (p_yes + p_no), stable
+
+
+@functools.partial(jax.jit, static_argnames=("config", "policy_config", "yes_ids", "no_ids"))
+def yes_probability_from_codes(params, config, policy_params, policy_config, ids_bl, mask_bl,
+                               codes_bn, yes_ids, no_ids):
+    """Judge policy image tokens: VQ-decode with the policy in-graph, then `yes_probability`."""
+    pixels = quantise_pixels(janus.vq_decode(policy_params, policy_config, codes_bn))
+    return yes_probability(params, config, ids_bl, mask_bl, pixels, yes_ids, no_ids)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
+def greedy_answer(params, config, ids_bl, mask_bl, pixels_bhwc, max_new_tokens: int):
+    """int32[B, max_new_tokens]: greedy continuation with a KV cache (decode loop in fori_loop)."""
+    b, l = ids_bl.shape
+    emb, positions = _prompt_state(params, config, ids_bl, mask_bl, pixels_bhwc)
+    total = l + max_new_tokens
+    kv_mask = jnp.concatenate([mask_bl.astype(bool), jnp.ones((b, max_new_tokens), bool)], 1)
+    cache = janus.init_cache(config, b, total, emb.dtype)
+    hidden, cache = janus.decode(params, config, emb, positions, kv_mask, cache, 0)
+    first = jnp.argmax(janus.text_logits(params, config, hidden[:, -1:])[:, 0], -1)
+    next_pos = positions[:, -1:] + 1
+
+    def step(t, carry):
+        cache, tok, out = carry
+        out = out.at[:, t].set(tok)
+        e = janus.embed_text(params, config, tok[:, None].astype(jnp.int32))
+        h, cache = janus.decode(params, config, e, next_pos + t, kv_mask, cache, l + t)
+        tok = jnp.argmax(janus.text_logits(params, config, h)[:, 0], -1)
+        return cache, tok, out
+
+    out = jnp.zeros((b, max_new_tokens), jnp.int32)
+    _, _, out = jax.lax.fori_loop(0, max_new_tokens, step, (cache, first.astype(jnp.int32), out))
+    return out
+
+
+# -------------------------------------------------------------------------------- parsing
+
+
+_BOXED = re.compile(r"\\?boxed\s*\{\s*(?:\\text\s*\{)?\s*([^{}]*?)\s*\}?\s*\}")
+_TRUE = {"1", "1.0", "yes", "true", "correct"}
+_FALSE = {"0", "0.0", "no", "false", "incorrect"}
+
+
+def parse_boxed(text: str, default: float = 0.0) -> float:
+    """The last \\boxed{...} answer as 1.0 / 0.0 ('1', '1.0', 'yes', '\\text{1}', spaces ok);
+    `default` when there is none or it is not a 0/1 answer."""
+    found = _BOXED.findall(text or "")
+    for raw in reversed(found):
+        value = raw.strip().strip("$ .").lower()
+        if value in _TRUE:
+            return 1.0
+        if value in _FALSE:
+            return 0.0
+    return default
+
+
+# ---------------------------------------------------------------------------------- judge
+
+
+def _first_token_ids(tokenizer, words) -> tuple:
+    ids = []
+    for w in words:
+        enc = tokenizer.encode(w, add_special_tokens=False)
+        if enc:
+            ids.append(int(enc[0]))
+    if not ids:
+        raise UserError(f"none of the answer words {list(words)} tokenise; set the judge's "
+                        "yes_words / no_words to words in its vocabulary")
+    return tuple(sorted(set(ids)))
+
+
+class VLMJudge:
+    """A unified-architecture model used as a judge, its params resident on the mesh.
+
+    params_fn: params, or a zero-argument function returning them (the policy judging itself).
+    max_text_tokens: room for question text; prompts are left-padded to
+      max_text_tokens (+ the image placeholders) so every batch has the same shape.
+    """
+
+    def __init__(self, params, config, tokenizer, mesh=None, layout: str = "fsdp",
+                 yes_words=("yes", "Yes", " yes", " Yes"), no_words=("no", "No", " no", " No"),
+                 max_text_tokens: int = 96):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.mesh = mesh
+        self.max_text_tokens = int(max_text_tokens)
+        if callable(params):
+            self._params_fn = params
+        else:
+            if mesh is not None:
+                from jaxgen import parallel
+                shardings = parallel.param_shardings(params, janus.param_logical_axes(config),
+                                                     mesh, layout)
+                params = parallel.shard_tree(params, shardings)
+            self._params_fn = lambda: params
+        self.yes_ids = _first_token_ids(tokenizer, yes_words)
+        self.no_ids = _first_token_ids(tokenizer, no_words)
+        if set(self.yes_ids) & set(self.no_ids):
+            raise UserError("the judge's yes and no words share a first token; pick other words")
+        self.bos = tokenizer.bos_token or "<bos>"
+
+    @property
+    def params(self):
+        return self._params_fn()
+
+    def _texts(self, questions, with_image: bool):
+        n = self.config.vision.num_image_tokens
+        if with_image:
+            return [templates.understanding_prompt(q, self.bos, n) for q in questions]
+        return [templates.generation_prompt(q, self.bos) for q in questions]
+
+    def tokenize(self, questions, with_image: bool):
+        """Left-padded (ids int32[B, L], mask int32[B, L]) with L fixed per (judge, with_image)."""
+        texts = self._texts(questions, with_image)
+        length = self.max_text_tokens + (self.config.vision.num_image_tokens if with_image else 0)
+        pad = self.config.pad_token_id
+        ids = np.full((len(texts), length), pad, np.int32)
+        mask = np.zeros((len(texts), length), np.int32)
+        for i, t in enumerate(texts):
+            enc = self.tokenizer.encode(t, add_special_tokens=False)
+            if len(enc) > length:
+                raise PromptTooLongError(
+                    f"judge question of {len(enc)} tokens does not fit in {length}; raise the "
+                    "reward's max_text_tokens or shorten question_template")
+            ids[i, length - len(enc):] = enc
+            mask[i, length - len(enc):] = 1
+        return self._put(ids), self._put(mask)
+
+    def _put(self, x):
+        if self.mesh is None:
+            return jnp.asarray(x)
+        from jaxgen import parallel
+        if x.shape[0] % parallel.data_parallel_size(self.mesh) == 0:
+            return jax.device_put(x, parallel.batch_sharding(self.mesh))
+        return jax.device_put(x, parallel.replicated(self.mesh))
+
+    def prob_yes(self, questions, images=None, codes=None, decoder=None):
+        """float32[B] P(yes)/(P(yes)+P(no)).
+
+        images: uint8[B,H,W,3] host pixels or float [-1,1] device pixels; codes: int32[B,N]
+        policy image tokens with decoder=(policy_params, policy_config) to decode in-graph;
+        neither: a text-only question.
+        """
+        if codes is not None:
+            ids, mask = self.tokenize(questions, with_image=True)
+            policy_params, policy_config = decoder
+            return yes_probability_from_codes(self.params, self.config, policy_params,
+                                              policy_config, ids, mask, codes, self.yes_ids,
+                                              self.no_ids)
+        ids, mask = self.tokenize(questions, with_image=images is not None)
+        pixels = None
+        if images is not None:
+            images = images if isinstance(images, jax.Array) else np.asarray(images)
+            pixels = uint8_to_unit(images) if images.dtype == np.uint8 else images
+        return yes_probability(self.params, self.config, ids, mask, pixels, self.yes_ids,
+                               self.no_ids)
+
+    def answer(self, questions, images=None, max_new_tokens: int = 32) -> list[str]:
+        """Greedy text answers (cut at EOS) to image questions."""
+        ids, mask = self.tokenize(questions, with_image=images is not None)
+        pixels = None if images is None else uint8_to_unit(np.asarray(images))
+        out = np.asarray(greedy_answer(self.params, self.config, ids, mask, pixels,
+                                       int(max_new_tokens)))
+        texts = []
+        for row in out:
+            row = list(row)
+            if self.config.eos_token_id in row:
+                row = row[:row.index(self.config.eos_token_id)]
+            texts.append(self.tokenizer.decode(row, skip_special_tokens=False))
+        return texts
+
+
+# --------------------------------------------------------------------------- factories
+
+
+def load_judge(context: RewardContext, judge: str, **judge_kw) -> VLMJudge:
+    """The judge named `judge`: a key already in context.judges, 'policy' (self-judgment with
+    the current policy params), or a jaxgen checkpoint directory (loaded once, cached)."""
+    key = (judge, tuple(sorted(judge_kw.items())))
+    if judge in context.judges:
+        return context.judges[judge]
+    if key in context.judges:
+        return context.judges[key]
+    if judge == "policy":
+        if context.policy_params_fn is None:
+            raise UserError("judge='policy' needs the GRPO loop's policy; give a judge "
+                            "checkpoint directory instead")
+        out = VLMJudge(context.policy_params_fn, context.policy_config,
+                       context.policy_tokenizer, context.mesh, context.layout, **judge_kw)
+    else:
+        from jaxgen import api
+        loaded = api.load_checkpoint(judge)
+        params, config, tokenizer = _unpack_checkpoint(loaded, judge)
+        out = VLMJudge(params, config, tokenizer, context.mesh, context.layout, **judge_kw)
+    context.judges[key] = out
+    return out
+
+
+def _unpack_checkpoint(loaded, path):
+    if isinstance(loaded, tuple) and len(loaded) >= 3:
+        return loaded[0], loaded[1], loaded[2]
+    if all(hasattr(loaded, a) for a in ("params", "config", "tokenizer")):
+        return loaded.params, loaded.config, loaded.tokenizer
+    raise UserError(f"could not read params/config/tokenizer from judge checkpoint {path!r}")
+
+
+def _fill(template: str, prompt: str, reasoning: str) -> str:
+    try:
+        return template.format(prompt=prompt, reasoning=reasoning)
+    except (KeyError, IndexError) as e:
+        raise UserError(f"question_template {template!r} has an unknown field {e}; use "
+                        "{prompt} and {reasoning}") from None
+
+
+def _judge_images(judge: VLMJudge, context: RewardContext, batch: RewardBatch, questions):
+    if batch.image_tokens is not None and context.policy_params_fn is not None:
+        return judge.prob_yes(questions, codes=batch.image_tokens,
+                              decoder=(context.policy_params_fn(), context.policy_config))
+    if batch.images is None:
+        raise UserError("the VLM judge needs images or image tokens in the reward batch")
+    return judge.prob_yes(questions, images=batch.images)
+
+
+def make_yes_no(context, judge: str = "policy", question_template: str = DEFAULT_QUESTION,
+                image_source: str = "image", canvas_size: int = 0, **judge_kw):
+    """R_QA = P(yes)/(P(yes)+P(no)). image_source: 'image' (the generated image), 'plan_canvas'
+    (the planned boxes drawn on a blank canvas: GoT-R1 R_spa) or 'none' (text only: R_sem)."""
+    if image_source not in IMAGE_SOURCES:
+        raise UserError(f"image_source {image_source!r}: choose one of {IMAGE_SOURCES}")
+    vlm = load_judge(context, judge, **judge_kw)
+
+    def fn(batch: RewardBatch):
+        questions = [_fill(question_template, p, r) for p, r in zip(batch.prompts, batch.reasoning)]
+        if image_source == "none":
+            return vlm.prob_yes(questions)
+        if image_source == "plan_canvas":
+            size = canvas_size or vlm.config.vision.image_size
+            canvases = np.stack([plan_lib.draw_plan(plan_lib.parse_plan(r), size)
+                                 for r in batch.reasoning])
+            return vlm.prob_yes(questions, images=canvases)
+        return _judge_images(vlm, context, batch, questions)
+    return fn
+
+
+register_reward("vlm_yes_no")(make_yes_no)
+
+
+@register_reward("got_prompt_image")
+def make_got_prompt_image(context, question_template: str = DEFAULT_QUESTION, **kw):
+    """GoT-R1 R_PI: prompt-image alignment judged yes/no."""
+    return make_yes_no(context, question_template=question_template, image_source="image", **kw)
+
+
+@register_reward("got_semantic")
+def make_got_semantic(context, question_template: str = DEFAULT_SEMANTIC_QUESTION, **kw):
+    """GoT-R1 R_sem: the judge reads the prompt and the reasoning (no image)."""
+    return make_yes_no(context, question_template=question_template, image_source="none", **kw)
+
+
+@register_reward("got_spatial")
+def make_got_spatial(context, question_template: str = DEFAULT_SPATIAL_QUESTION, **kw):
+    """GoT-R1 R_spa: planned boxes drawn on a blank canvas, judged yes/no."""
+    return make_yes_no(context, question_template=question_template,
+                       image_source="plan_canvas", **kw)
+
+
+@register_reward("vlm_boxed")
+def make_boxed(context, judge: str = "policy", question_template: str = DEFAULT_BOXED_QUESTION,
+               max_new_tokens: int = 64, default: float = 0.0, **judge_kw):
+    """ReasonGen-R1: the judge writes an answer ending in \\boxed{1} / \\boxed{0}."""
+    vlm = load_judge(context, judge, **judge_kw)
+
+    def fn(batch: RewardBatch):
+        if batch.images is None:
+            raise UserError("vlm_boxed needs decoded images in the reward batch")
+        questions = [_fill(question_template, p, r) for p, r in zip(batch.prompts, batch.reasoning)]
+        texts = vlm.answer(questions, images=batch.images, max_new_tokens=max_new_tokens)
+        return np.array([parse_boxed(t, default) for t in texts], np.float32)
+    return fn

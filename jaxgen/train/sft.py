@@ -1,0 +1,550 @@
+"""Supervised fine-tuning of the unified model: reasoning-then-image and image understanding.
+
+Generation rows (one sequence, teacher forced):
+    generation_prompt(prompt) | reasoning ('plan' | 'caption' | 'none') | <begin_of_image> |
+    N image codes | <end_of_image>
+  loss weights of the *targets*: reasoning text `text_weight` (ReasonGen-R1: 2.0), the
+  <begin_of_image> token `boi_weight` (0.0), image codes `image_weight` (1.0), <end_of_image>
+  `eoi_weight` (0.0), prompt 0. Prompt dropout (`prompt_dropout`, default 0.1) replaces the
+  prompt (all but BOS) by <pad> so the model learns the unconditional branch of CFG; with
+  `dropout_hides='prompt_and_reasoning'` the reasoning is hidden too. Dropped rows train only
+  the image tokens.
+Understanding rows (Janus-Pro-R1 self-evaluation):
+    understanding_prompt(question) with the image's SigLIP embeddings | answer <eos>
+  loss on the answer tokens only (`answer_weight`).
+The loss is sum(weight * NLL) / sum(weight) over the global batch (gradient accumulation
+included). Batches hold a fixed number of rows of each task (`data.task_mix`).
+
+Data is built once and cached in the workdir (`sft_cache.npz`): records -> token ids, images ->
+VQ codes with the trained tokenizer (`vq_params`, from `jaxgen train vq`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import parallel
+from jaxgen.data import templates
+from jaxgen.errors import UserError
+from jaxgen.models import janus
+from jaxgen.train import batching, losses, loop as loop_lib, optim, state as state_lib
+
+TASK_GENERATION, TASK_UNDERSTANDING = 0, 1
+# Target kinds (for per-kind metrics); weights come from config.loss.
+KIND_NONE, KIND_TEXT, KIND_BOI, KIND_IMAGE, KIND_EOI, KIND_ANSWER = 0, 1, 2, 3, 4, 5
+KIND_NAMES = {KIND_TEXT: "text", KIND_BOI: "boi", KIND_IMAGE: "image", KIND_EOI: "eoi",
+              KIND_ANSWER: "answer"}
+REASONING_KINDS = ("plan", "caption", "none")
+CACHE_FILE = "sft_cache.npz"
+
+
+# ------------------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(path):
+    """The ShapesWorld tokenizer (jaxgen.data.tokenizer when present, else a plain HF fast one)."""
+    path = str(path)
+    if not path or not pathlib.Path(path).exists():
+        raise UserError(f"tokenizer {path!r} not found; build the data first (`jaxgen data build`) "
+                        "and pass --config.data.tokenizer=<dir with tokenizer.json>")
+    try:
+        from jaxgen.data.tokenizer import load_tokenizer as data_load
+    except ImportError:
+        from transformers import PreTrainedTokenizerFast
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    return data_load(path)
+
+
+def special_ids(tokenizer) -> dict:
+    try:
+        from jaxgen.data.tokenizer import special_token_ids
+        return dict(special_token_ids(tokenizer))
+    except ImportError:
+        conv = tokenizer.convert_tokens_to_ids
+        return dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id, boi_token_id=conv(templates.BOI),
+                    eoi_token_id=conv(templates.EOI),
+                    image_token_id=conv(templates.IMAGE_PLACEHOLDER))
+
+
+def model_config_for(config, tokenizer=None):
+    """JanusConfig from config.model, with vocab/special ids taken from the tokenizer and the
+    execution options (scan, remat, compute dtype) from config.model_options."""
+    import dataclasses
+    mc = janus.config_from_configdict(config.model)
+    opts = config.get("model_options", {})
+    text_kw = {k: opts[k] for k in ("scan_layers", "remat_policy") if k in opts}
+    if tokenizer is not None:
+        ids = special_ids(tokenizer)
+        vocab = max(mc.text.vocab_size, len(tokenizer))
+        mc = mc.replace(**ids)
+        text_kw["vocab_size"] = vocab
+    if text_kw:
+        mc = mc.replace(text=dataclasses.replace(mc.text, **text_kw))
+    return mc
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _fallback_plan(scene) -> str:
+    """GoT-style layout plan from a scene: '<obj>desc</obj> <box>(x0,y0),(x1,y1)</box>' on a
+    0-1000 grid, objects in reading order."""
+    grid = 1000
+    parts = []
+    for o in scene.objects:
+        x0, y0, x1, y1 = (int(round(v * grid / scene.canvas)) for v in o.box)
+        parts.append(f"<obj>{o.describe()}</obj> <box>({x0},{y0}),({x1},{y1})</box>")
+    return " ".join(parts)
+
+
+def _fallback_caption(scene) -> str:
+    return "a picture of " + ", ".join(f"a {o.describe()}" for o in scene.objects) + "."
+
+
+def procedural_records(n: int, seed: int, split: str, image_size: int) -> list[dict]:
+    """SFT records rendered on the fly from ShapesWorld (used when no built dataset is given)."""
+    from jaxgen.data import shapes_world
+    out = []
+    rng = np.random.default_rng(seed)
+    while len(out) < n:
+        try:
+            prompt, metadata, scene = shapes_world.sample_prompt(rng, split, canvas=image_size)
+        except UserError:
+            continue
+        out.append({"prompt": prompt, "category": metadata.get("tag", ""),
+                    "plan": _fallback_plan(scene), "caption": _fallback_caption(scene),
+                    "image": shapes_world.render(scene), "metadata": json.dumps(metadata)})
+    return out
+
+
+def load_records(config, split: str, n: int, seed: int) -> list[dict]:
+    """SFT records: from the built dataset (config.data.records_dir, via jaxgen.data.pipeline)
+    when set, else rendered procedurally."""
+    dc = config.data
+    if dc.get("records_dir"):
+        from jaxgen.data import pipeline  # the ShapesWorld engineer's reader
+        return list(pipeline.read_records(dc.records_dir, split=split, limit=n))
+    mc = janus.config_from_configdict(config.model)
+    return procedural_records(n, seed, split, mc.vq.image_size)
+
+
+def judge_records(records: list[dict], seed: int) -> list[dict]:
+    """(image, question, answer) rows for the understanding task (Janus-Pro-R1 self-evaluation)."""
+    from jaxgen.data import judge
+    rows = judge.judge_examples(records, np.random.default_rng(seed))
+    out = []
+    for r in rows:
+        if isinstance(r, dict):
+            out.append({"image": r["image"], "question": r.get("question", r.get("prompt")),
+                        "answer": r["answer"]})
+        else:
+            image, prompt, answer = r[:3]
+            out.append({"image": image, "question": prompt, "answer": answer})
+    return out
+
+
+def understanding_question(prompt: str) -> str:
+    return f"Does the image match the prompt: {prompt}? Answer yes or no."
+
+
+# ---------------------------------------------------------------------- tokenisation
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def generation_row(tokenizer, mc, prompt: str, reasoning: str, codes, seq_len: int,
+                   lc) -> dict:
+    """Arrays for one generation row (length seq_len); see the module docstring."""
+    bos = tokenizer.bos_token
+    prompt_ids = _encode(tokenizer, templates.generation_prompt(prompt, bos))
+    reason_ids = _encode(tokenizer, reasoning) if reasoning else []
+    codes = [int(c) for c in codes]
+    toks = prompt_ids + reason_ids + [mc.boi_token_id] + codes + [mc.eoi_token_id]
+    is_img = [0] * (len(prompt_ids) + len(reason_ids) + 1) + [1] * len(codes) + [0]
+    kind = [KIND_NONE] * len(prompt_ids) + [KIND_TEXT] * len(reason_ids) + [KIND_BOI] + \
+        [KIND_IMAGE] * len(codes) + [KIND_EOI]
+    region = [1] * len(prompt_ids) + [2] * len(reason_ids) + [0] * (len(codes) + 2)
+    region[0] = 0  # BOS stays visible under prompt dropout
+    return _pack(toks, is_img, kind, region, seq_len, mc, what=f"prompt {prompt!r}")
+
+
+def understanding_row(tokenizer, mc, question: str, answer: str, seq_len: int) -> dict:
+    bos = tokenizer.bos_token
+    n_img = mc.vision.num_image_tokens
+    prompt_ids = _encode(tokenizer, templates.understanding_prompt(question, bos, n_img))
+    ans_ids = _encode(tokenizer, answer) + [mc.eos_token_id]
+    toks = prompt_ids + ans_ids
+    kind = [KIND_NONE] * len(prompt_ids) + [KIND_ANSWER] * len(ans_ids)
+    return _pack(toks, [0] * len(toks), kind, [0] * len(toks), seq_len, mc,
+                 what=f"question {question!r}")
+
+
+def _pack(toks, is_img, kind, region, seq_len, mc, what) -> dict:
+    """Shift into inputs/targets and right-pad to seq_len."""
+    if len(toks) > seq_len + 1:
+        raise UserError(f"{what} needs {len(toks) - 1} positions but data.seq_len={seq_len}; "
+                        f"raise --config.data.seq_len to at least {len(toks) - 1}")
+    n = len(toks) - 1
+    pad = mc.pad_token_id
+
+    def padded(x, fill, dtype):
+        a = np.full((seq_len,), fill, dtype)
+        a[:len(x)] = x
+        return a
+
+    return {
+        "inputs": padded(toks[:-1], pad, np.int32),
+        "input_is_image": padded(is_img[:-1], 0, np.bool_),
+        "targets": padded(toks[1:], 0, np.int32),
+        "target_is_image": padded(is_img[1:], 0, np.bool_),
+        "target_kind": padded(kind[1:], KIND_NONE, np.int8),
+        "region": padded(region[:-1], 0, np.int8),  # 1 prompt, 2 reasoning (dropout targets)
+        "valid": padded([1] * n, 0, np.bool_),
+    }
+
+
+def _stack(rows: list[dict]) -> dict:
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _reasoning(record: dict, kind: str) -> str:
+    if kind == "none":
+        return ""
+    if kind not in REASONING_KINDS:
+        raise UserError(f"unknown reasoning kind {kind!r}; choose one of {list(REASONING_KINDS)} "
+                        "(--config.data.reasoning=...)")
+    return record[kind]
+
+
+def images_to_codes(vq_encode_fn, images_uint8: np.ndarray, batch: int = 64) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> int32 codes [N, n] with a jitted encoder."""
+    out = []
+    for i in range(0, len(images_uint8), batch):
+        x = jnp.asarray(images_uint8[i:i + batch], jnp.float32) / 127.5 - 1.0
+        out.append(np.asarray(vq_encode_fn(x)))
+    return np.concatenate(out).astype(np.int32)
+
+
+def resize_images(images_uint8: np.ndarray, size: int) -> np.ndarray:
+    if images_uint8.shape[1] == size:
+        return images_uint8
+    from PIL import Image
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC))
+                     for im in images_uint8])
+
+
+def build_dataset(config, tokenizer, mc, vq_params) -> dict:
+    """{'generation': arrays, 'understanding': arrays or None} (see generation_row)."""
+    dc, lc = config.data, config.loss
+    records = load_records(config, "train", int(dc.num_examples), int(dc.seed))
+    images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
+    vq_model_params = {**jax.tree.map(jnp.asarray, vq_params)}
+    encode = jax.jit(lambda x: janus.vq_encode({"vqmodel": vq_model_params}, mc, x))
+    codes = images_to_codes(encode, resize_images(images, mc.vq.image_size))
+    gen = _stack([generation_row(tokenizer, mc, r["prompt"], _reasoning(r, dc.reasoning), c,
+                                 int(dc.seq_len), lc) for r, c in zip(records, codes)])
+    und = None
+    if float(dc.task_mix.understanding) > 0:
+        rows = judge_records(records, int(dc.seed) + 1)
+        und = _stack([understanding_row(tokenizer, mc, understanding_question(r["question"]),
+                                        r["answer"], int(dc.seq_len)) for r in rows])
+        und["pixels"] = resize_images(np.stack([np.asarray(r["image"], np.uint8) for r in rows]),
+                                      mc.vision.image_size)
+    return {"generation": gen, "understanding": und}
+
+
+def _cache_key(config, vq_path) -> str:
+    parts = {"data": config.data.to_dict(), "model": config.model.to_dict(),
+             "vq": str(vq_path), "vq_mtime": pathlib.Path(vq_path).stat().st_mtime
+             if vq_path and pathlib.Path(vq_path).exists() else 0}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cached_dataset(config, workdir, tokenizer, mc, vq_params, vq_path) -> dict:
+    path = pathlib.Path(workdir) / CACHE_FILE
+    key = _cache_key(config, vq_path)
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        if str(z["key"]) == key:
+            out = {"generation": {k[4:]: z[k] for k in z.files if k.startswith("gen/")},
+                   "understanding": {k[4:]: z[k] for k in z.files if k.startswith("und/")} or None}
+            return out
+    data = build_dataset(config, tokenizer, mc, vq_params)
+    if jax.process_index() == 0:
+        flat = {f"gen/{k}": v for k, v in data["generation"].items()}
+        if data["understanding"] is not None:
+            flat.update({f"und/{k}": v for k, v in data["understanding"].items()})
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, key=np.asarray(key), **flat)
+        tmp.replace(path)
+    return data
+
+
+class MixedBatcher:
+    """Fixed rows per task per batch, each task from its own shuffled ArrayBatcher."""
+
+    def __init__(self, data: dict, batch_size: int, mix, seed: int, image_size: int):
+        und_rows = 0
+        if data.get("understanding") is not None:
+            total = float(mix.generation) + float(mix.understanding)
+            und_rows = int(round(batch_size * float(mix.understanding) / total))
+        gen_rows = batch_size - und_rows
+        self.gen = batching.ArrayBatcher(data["generation"], gen_rows, seed) if gen_rows else None
+        self.und = batching.ArrayBatcher(data["understanding"], und_rows, seed + 1) \
+            if und_rows else None
+        self.image_size = image_size
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        parts = []
+        if self.gen is not None:
+            g = dict(next(self.gen))
+            g["task"] = np.full((len(g["inputs"]),), TASK_GENERATION, np.int8)
+            if self.und is not None:
+                g["pixels"] = np.zeros((len(g["inputs"]), self.image_size, self.image_size, 3),
+                                       np.uint8)
+            parts.append(g)
+        if self.und is not None:
+            u = dict(next(self.und))
+            u["task"] = np.full((len(u["inputs"]),), TASK_UNDERSTANDING, np.int8)
+            parts.append(u)
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def get_state(self) -> dict:
+        return {"gen": self.gen.get_state() if self.gen else None,
+                "und": self.und.get_state() if self.und else None}
+
+    def set_state(self, state: dict):
+        if self.gen is not None and state.get("gen"):
+            self.gen.set_state(state["gen"])
+        if self.und is not None and state.get("und"):
+            self.und.set_state(state["und"])
+
+
+# ------------------------------------------------------------------------------ loss
+
+
+def forward_logits(params, mc, batch):
+    """Teacher-forced (text_logits, image_logits), each [B, L, V_*]."""
+    inputs, is_img = batch["inputs"], batch["input_is_image"]
+    text_ids = jnp.where(is_img, mc.pad_token_id, inputs)
+    emb = janus.embed_text(params, mc, text_ids)
+    img_emb = janus.embed_image_codes(params, mc, jnp.where(is_img, inputs, 0))
+    emb = jnp.where(is_img[..., None], img_emb.astype(emb.dtype), emb)
+    if "pixels" in batch:
+        pixels = batch["pixels"].astype(jnp.float32) / 127.5 - 1.0
+        und = janus.embed_understanding_images(params, mc, pixels)
+        emb = janus.merge_image_embeds(emb, text_ids, und, mc.image_token_id)
+    length = inputs.shape[1]
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), inputs.shape)
+    hidden, _ = janus.decode(params, mc, emb, positions, batch["valid"])
+    return janus.text_logits(params, mc, hidden), janus.image_logits(params, mc, hidden)
+
+
+def kind_weights(lc) -> jnp.ndarray:
+    """Loss weight per target kind (index = KIND_*)."""
+    return jnp.array([0.0, lc.text_weight, lc.boi_weight, lc.image_weight, lc.eoi_weight,
+                      lc.answer_weight], jnp.float32)
+
+
+def apply_prompt_dropout(batch, rng, mc, prob: float, hides: str):
+    """Randomly replace generation rows' prompt (and reasoning) by <pad>; zero their text loss."""
+    if prob <= 0:
+        return batch, jnp.zeros(batch["inputs"].shape[:1], bool)
+    drop = jax.random.bernoulli(rng, prob, batch["inputs"].shape[:1])
+    if "task" in batch:
+        drop = drop & (batch["task"] == TASK_GENERATION)
+    hidden_region = batch["region"] == 1
+    if hides == "prompt_and_reasoning":
+        hidden_region = hidden_region | (batch["region"] == 2)
+    elif hides != "prompt":
+        raise UserError(f"unknown dropout_hides {hides!r}; use 'prompt' or 'prompt_and_reasoning'")
+    mask = drop[:, None] & hidden_region
+    out = dict(batch)
+    out["inputs"] = jnp.where(mask, mc.pad_token_id, batch["inputs"])
+    return out, drop
+
+
+def make_loss_fn(mc, config):
+    lc, dc = config.loss, config.data
+    weights_k = kind_weights(lc)
+    prob, hides = float(dc.prompt_dropout), str(dc.dropout_hides)
+
+    def loss_fn(params, batch, rng):
+        batch, dropped = apply_prompt_dropout(batch, rng, mc, prob, hides)
+        text_lg, img_lg = forward_logits(params, mc, batch)
+        tgt, tgt_img = batch["targets"], batch["target_is_image"]
+        kind = batch["target_kind"].astype(jnp.int32)
+        nll = jnp.where(tgt_img, losses.token_nll(img_lg, jnp.where(tgt_img, tgt, 0)),
+                        losses.token_nll(text_lg, jnp.where(tgt_img, 0, tgt)))
+        w = weights_k[kind]
+        # Rows whose prompt was dropped only train the image (and its boundary tokens).
+        w = jnp.where(dropped[:, None] & (kind == KIND_TEXT), 0.0, w)
+        num, den = losses.weighted_sum(nll, w)
+        metrics = {"loss": (num, den)}
+        for k, name in KIND_NAMES.items():
+            metrics[f"{name}_loss"] = losses.weighted_sum(nll, kind == k)
+        acc = jnp.where(tgt_img, jnp.argmax(img_lg, -1) == tgt, jnp.argmax(text_lg, -1) == tgt)
+        metrics["image_acc"] = losses.weighted_sum(acc, kind == KIND_IMAGE)
+        metrics["answer_acc"] = losses.weighted_sum(acc, kind == KIND_ANSWER)
+        return num, {"denominator": den, "metrics": metrics}
+
+    return loss_fn
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def generation_accuracy(params, mc, tokenizer, num_prompts: int, seed: int, options,
+                        batch_size: int = 16, reasoning: str = "none") -> dict:
+    """GenEval-style accuracy (pixel-only evaluator) of images sampled for held-out prompts.
+
+    Returns {'accuracy', 'score', 'images' uint8 [n, H, W, 3]}.
+    """
+    from jaxgen.data import shapes_world
+    from jaxgen.eval import geneval
+    from jaxgen.sampling.sampler import sample
+
+    rng = np.random.default_rng(seed)
+    metas = []
+    while len(metas) < num_prompts:
+        try:
+            _, metadata, _ = shapes_world.sample_prompt(rng, "test", canvas=mc.vq.image_size)
+        except UserError:
+            continue
+        metas.append(metadata)
+    bos = tokenizer.bos_token
+    correct, scores, images = [], [], []
+    key = jax.random.PRNGKey(seed)
+    for i in range(0, num_prompts, batch_size):
+        chunk = metas[i:i + batch_size]
+        texts = [templates.generation_prompt(m["prompt"], bos) for m in chunk]
+        enc = [_encode(tokenizer, t) for t in texts]
+        length = max(len(e) for e in enc)
+        ids = np.full((len(enc), length), mc.pad_token_id, np.int32)
+        mask = np.zeros((len(enc), length), bool)
+        for r, e in enumerate(enc):  # left padding
+            ids[r, length - len(e):] = e
+            mask[r, length - len(e):] = True
+        key, sub = jax.random.split(key)
+        rollout = sample(params, mc, jnp.asarray(ids), jnp.asarray(mask), sub, options)
+        pixels = np.asarray(janus.vq_decode(params, mc, rollout.image_ids_bn))
+        imgs = np.clip(np.round((pixels + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        for img, m in zip(imgs, chunk):
+            s = geneval.score(img, m)
+            correct.append(bool(s["correct"]))
+            scores.append(float(s.get("score", float(s["correct"]))))
+            images.append(img)
+    return {"accuracy": float(np.mean(correct)), "score": float(np.mean(scores)),
+            "images": np.stack(images)}
+
+
+def sample_options(config):
+    from jaxgen.sampling.sampler import SampleOptions
+    ec = config.eval
+    return SampleOptions(max_think_tokens=int(ec.max_think_tokens),
+                         cfg_weight=float(ec.cfg_weight), greedy=bool(ec.greedy),
+                         image_temperature=float(ec.image_temperature),
+                         temperature=float(ec.temperature),
+                         uncond_hides=str(config.data.dropout_hides))
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def init_model_params(mc, rng, vq_params=None):
+    params = janus.init_params(mc, rng)
+    if vq_params is not None:
+        params = dict(params)
+        params["vqmodel"] = jax.tree.map(jnp.asarray, vq_params)
+    return params
+
+
+def train(config, workdir) -> dict:
+    """Train (or resume) SFT in `workdir`. Returns {'metrics', 'checkpoint' (jaxgen checkpoint
+    dir for sampling), 'step', 'status', 'accuracy' (when config.eval.num_prompts > 0)}."""
+    from jaxgen.train import vq as vq_lib
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    dc = config.data
+    tokenizer = load_tokenizer(dc.tokenizer)
+    mc = model_config_for(config, tokenizer)
+    vq_path = dc.get("vq_params", "")
+    if not vq_path:
+        raise UserError("config.data.vq_params is empty; train the tokenizer first "
+                        "(`jaxgen train vq --workdir V`) and pass "
+                        f"--config.data.vq_params=V/{vq_lib.VQ_PARAMS_FILE}")
+    vq_params = vq_lib.load_params(vq_path)
+    data = cached_dataset(config, workdir, tokenizer, mc, vq_params, vq_path)
+
+    mesh, layout = parallel.mesh_from_config(config.mesh)
+    parallel.check_batch_divides(int(config.batch_size), mesh)
+    opt = optim.make_optimizer(config)
+    state, shardings = state_lib.init_state(
+        lambda r: init_model_params(mc, r, vq_params), opt, jax.random.PRNGKey(int(config.seed)),
+        mesh, layout, janus.param_logical_axes(mc))
+    step_fn = state_lib.make_train_step(
+        make_loss_fn(mc, config), opt, shardings, mesh,
+        accum_steps=int(config.grad_accum_steps), compute_dtype_name=config.compute_dtype,
+        learning_rate_fn=optim.make_schedule(config.optim, int(config.total_steps)))
+    batcher = MixedBatcher(data, int(config.batch_size), dc.task_mix, int(dc.seed),
+                           mc.vision.image_size)
+    tokens_per_batch = int(config.batch_size) * int(dc.seq_len)
+
+    def eval_fn(st, step):
+        ec = config.eval
+        if int(ec.num_prompts) <= 0:
+            return {}
+        from jaxgen.train.metrics import save_image_grid
+        res = generation_accuracy(jax.device_get(st.params), mc, tokenizer,
+                                  int(ec.num_prompts), int(ec.seed), sample_options(config),
+                                  int(ec.batch_size))
+        save_image_grid(workdir / "samples" / f"sft_step{step:06d}.png",
+                        res["images"][:int(config.sample_grid)])
+        return {"accuracy": res["accuracy"], "score": res["score"]}
+
+    loop_cfg = loop_lib.LoopConfig.from_config(config, tokens_per_batch=tokens_per_batch,
+                                               desc="sft")
+    result = loop_lib.run(workdir=workdir, state=state, shardings=shardings, train_step=step_fn,
+                          data=batcher, mesh=mesh, loop=loop_cfg, config=config,
+                          eval_fn=eval_fn)
+    out = {"metrics": result["metrics"], "step": result["step"], "status": result["status"]}
+    if result["status"] == "done":
+        out["checkpoint"] = str(export_checkpoint(workdir / "final", result["state"].params, mc,
+                                                  tokenizer))
+    if "eval_accuracy" in result["metrics"]:
+        out["accuracy"] = result["metrics"]["eval_accuracy"]
+    return out
+
+
+def export_checkpoint(path, params, mc, tokenizer):
+    """A jaxgen checkpoint dir (config.json + params.safetensors + tokenizer) for sampling."""
+    params = jax.device_get(params)
+    try:
+        from jaxgen.api import save_checkpoint
+    except ImportError:  # the API module is not there yet: write the same layout directly
+        save_checkpoint = _save_checkpoint_fallback
+    save_checkpoint(path, params, mc, tokenizer)
+    return path
+
+
+def _save_checkpoint_fallback(path, params, mc, tokenizer):
+    from flax.traverse_util import flatten_dict
+    from safetensors.numpy import save_file
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(mc.to_dict(), indent=1))
+    flat = {"/".join(k): np.ascontiguousarray(np.asarray(v)) for k, v in flatten_dict(params).items()}
+    save_file(flat, str(path / "params.safetensors"))
+    tokenizer.save_pretrained(str(path))

@@ -1,0 +1,126 @@
+"""Rule-based rewards on hand-made cases: plan parsing, format, plan checks, R_RI, composition."""
+
+import collections
+
+import numpy as np
+import pytest
+
+from jaxgen.errors import UserError
+from jaxgen.rewards import CompositeReward, RewardBatch, make_reward
+from jaxgen.rewards import plan as plan_lib
+from jaxgen.rewards import rules
+from jaxgen.rewards.vlm_judge import parse_boxed
+
+PLAN = ("A <obj>red circle</obj> <box>(100,400),(300,600)</box> left of "
+        "<obj>blue square</obj> <box>( 600 , 400 ),(800,600)</box>")
+META = {"tag": "position", "prompt": "a red circle left of a blue square",
+        "include": [{"class": "square", "count": 1, "color": "blue"},
+                    {"class": "circle", "count": 1, "color": "red", "position": ["left of", 0]}],
+        "exclude": []}
+
+
+def _batch(reasoning, metadata=None, images=None):
+    n = len(reasoning)
+    return RewardBatch(prompts=["p"] * n, reasoning=list(reasoning),
+                       metadata=list(metadata or [META] * n), images=images)
+
+
+def test_parse_plan():
+    objs = plan_lib.parse_plan(PLAN)
+    assert [o.name for o in objs] == ["red circle", "blue square"]
+    assert objs[1].box == (600.0, 400.0, 800.0, 600.0)
+    assert plan_lib.parse_plan("no plan here") == []
+
+
+@pytest.mark.parametrize("text,want", [
+    (PLAN, 1.0),
+    ("", 0.0),
+    ("<obj>red circle</obj> and nothing else", 0.0),                          # box missing
+    ("<obj>red circle</obj> <box>(300,400),(100,600)</box>", 0.0),            # x1 > x2
+    ("<obj>red circle</obj> <box>(100,400),(300,1200)</box>", 0.0),           # off the grid
+    ("<obj>red circle</obj> <box>(100,400),(300,600)</box> <obj>x", 0.0),     # dangling tag
+])
+def test_format_plan(text, want):
+    assert make_reward("format", mode="plan")(_batch([text]))[0] == want
+
+
+def test_format_caption():
+    fn = make_reward("format", mode="caption", max_words=5)
+    out = fn(_batch(["a red circle", "", "one two three four five six", "a <obj>x</obj>"]))
+    np.testing.assert_array_equal(out, [1, 0, 0, 0])
+    with pytest.raises(UserError, match="unknown format mode"):
+        make_reward("format", mode="json")
+
+
+def test_plan_prompt_match():
+    swapped = PLAN.replace("(100,400),(300,600)", "(900,400),(990,600)")  # circle now right
+    wrong_colour = PLAN.replace("red circle", "green circle")
+    out = make_reward("plan_prompt_match")(_batch([PLAN, swapped, wrong_colour, "nothing"]))
+    # checks: square count, circle count, circle-left-of-square relation
+    np.testing.assert_allclose(out, [1.0, 2 / 3, 1 / 3, 0.0], rtol=1e-6)
+    md = dict(META, exclude=[{"class": "triangle", "count": 1}])
+    extra = PLAN + " <obj>triangle</obj> <box>(0,0),(10,10)</box>"
+    out = make_reward("plan_prompt_match")(_batch([PLAN, extra], [md, md]))
+    np.testing.assert_allclose(out, [1.0, 0.75], rtol=1e-6)
+
+
+def test_draw_plan():
+    img = plan_lib.draw_plan(plan_lib.parse_plan(PLAN), 20)
+    assert img.shape == (20, 20, 3) and img.dtype == np.uint8
+    assert tuple(img[10, 4]) == plan_lib.COLOURS["red"]     # inside the circle's box (2..6)
+    assert tuple(img[10, 14]) == plan_lib.COLOURS["blue"]   # inside the square's box (12..16)
+    assert tuple(img[0, 0]) == (255, 255, 255)
+
+
+Det = collections.namedtuple("Det", "shape color size texture box_xyxy")
+
+
+def test_plan_image_iou_by_hand():
+    objs = plan_lib.parse_plan(PLAN)  # on a 100 px image: circle (10,40,30,60), square (60,40,80,60)
+    dets = [Det("circle", "red", "small", None, (10, 40, 30, 60)),        # exact: IoU 1
+            Det("square", "blue", "small", None, (70, 40, 90, 60)),       # half overlap: 1/3
+            Det("square", "green", "small", None, (60, 40, 80, 60))]      # wrong colour
+    got = rules.plan_image_iou(objs, dets, 100, 100)
+    np.testing.assert_allclose(got, (1.0 + (10 * 20) / (2 * 400 - 200)) / 2, rtol=1e-6)
+    assert rules.plan_image_iou(objs, [], 100, 100) == 0.0
+    assert rules.plan_image_iou([], dets, 100, 100) == 0.0
+
+
+@pytest.mark.parametrize("text,want", [
+    ("The image shows two cubes. \\boxed{1}", 1.0),
+    ("wrong colour, so \\boxed{0}", 0.0),
+    ("\\boxed{ 1 }", 1.0),
+    ("\\boxed{\\text{yes}}", 1.0),
+    ("first \\boxed{1} then on reflection \\boxed{0}", 0.0),   # the last box wins
+    ("boxed{1.0}", 1.0),
+    ("no box at all", 0.0),
+    ("\\boxed{maybe}", 0.0),
+])
+def test_parse_boxed(text, want):
+    assert parse_boxed(text) == want
+    assert parse_boxed("nothing", default=0.5) == 0.5
+
+
+def test_composite_sum_and_product():
+    spec = {"op": "sum", "terms": [
+        {"name": "format", "weight": 0.5, "kwargs": {"mode": "plan"}},
+        {"op": "product", "weight": 2.0, "terms": [
+            {"name": "plan_prompt_match"},
+            {"name": "constant", "weight": 3.0, "kwargs": {"value": 0.5}}]}]}
+    reward = CompositeReward(spec)
+    batch = _batch([PLAN, "nothing"])
+    total, streams, weights = reward(batch)
+    np.testing.assert_allclose(streams, [[1.0, 1.5], [0.0, 0.0]], rtol=1e-6)
+    np.testing.assert_allclose(total, [0.5 + 2 * 1.5, 0.0], rtol=1e-6)
+    assert weights == [0.5, 2.0]
+    assert reward.stream_names == ["format", "product(plan_prompt_match,constant)"]
+    assert set(reward.timings) == {"format", "plan_prompt_match", "constant"}
+    with pytest.raises(UserError, match="unknown reward 'nope'"):
+        CompositeReward({"name": "nope"})
+    with pytest.raises(UserError, match="op 'max'"):
+        CompositeReward({"op": "max", "terms": [{"name": "constant"}]})
+
+
+def test_pixel_rewards_need_images():
+    with pytest.raises(UserError, match="needs decoded images"):
+        make_reward("got_box_iou")(_batch([PLAN]))

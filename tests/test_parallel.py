@@ -1,0 +1,161 @@
+"""Sharded training on 8 fake CPU devices matches one device; FSDP holds ~1/8 per device.
+
+The multi-device checks run in a subprocess (XLA_FLAGS must be set before jax is imported,
+and other test modules of the session may already have imported it).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from jaxgen import parallel
+from jaxgen.errors import UserError
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# Runs the tiny Janus model's SFT loss for a few AdamW steps on (a) one device, (b) FSDP over
+# 8 devices, (c) FSDP 4 x tensor 2, (d) FSDP with 2 gradient-accumulation micro-batches, and
+# prints max |param difference| and per-device byte fractions.
+SCRIPT = textwrap.dedent("""
+    import os, json
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax, numpy as np, ml_collections
+    from jaxgen import parallel
+    from jaxgen.config import load_config
+    from jaxgen.models import janus
+    from jaxgen.train import optim, sft, state as st
+
+    config = load_config("sft:tiny")
+    mc = sft.model_config_for(config)
+    opt = optim.make_optimizer(config, total_steps=10)
+    rng = np.random.default_rng(0)
+    B, L, n_img = 8, 24, 12
+    def batch():
+        inputs = rng.integers(0, mc.text.vocab_size - 8, (B, L)).astype(np.int32)
+        is_img = np.zeros((B, L), bool); is_img[:, L - n_img:] = True
+        inputs[is_img] = rng.integers(0, mc.vq.num_embeddings, is_img.sum())
+        targets = np.roll(inputs, -1, 1); t_img = np.roll(is_img, -1, 1)
+        kind = np.where(t_img, sft.KIND_IMAGE, sft.KIND_TEXT).astype(np.int8)
+        kind[:, :4] = sft.KIND_NONE
+        region = np.zeros((B, L), np.int8); region[:, 1:4] = 1
+        return dict(inputs=inputs, input_is_image=is_img, targets=targets, target_is_image=t_img,
+                    target_kind=kind, region=region, valid=np.ones((B, L), bool))
+    batches = [batch() for _ in range(3)]
+    loss_fn = sft.make_loss_fn(mc, config)
+    axes = janus.param_logical_axes(mc)
+
+    def run(sizes, layout, accum=1):
+        devices = jax.devices()[:int(np.prod(sizes))]
+        mesh = parallel.make_mesh(sizes, devices)
+        state, sh = st.init_state(lambda r: janus.init_params(mc, r), opt, jax.random.PRNGKey(0),
+                                  mesh, layout, axes)
+        step = st.make_train_step(loss_fn, opt, sh, mesh, accum_steps=accum)
+        losses = []
+        for b in batches:
+            state, m = step(state, parallel.shard_batch(b, mesh))
+            losses.append(float(m["loss"]))
+        return state, losses
+
+    ref, ref_losses = run((1, 1, 1), "fsdp")
+    ref_params = jax.device_get(ref.params)
+    out = {"ref_losses": ref_losses}
+    for name, sizes, layout, accum in [("fsdp8", (1, 8, 1), "fsdp", 1),
+                                       ("fsdp4_tp2", (1, 4, 2), "fsdp_tp", 1),
+                                       ("fsdp8_accum2", (1, 8, 1), "fsdp", 2),
+                                       ("dp8", (8, 1, 1), "dp", 1)]:
+        s, losses = run(sizes, layout, accum)
+        diff = max(float(np.max(np.abs(np.asarray(a) - b))) for a, b in
+                   zip(jax.tree.leaves(s.params), jax.tree.leaves(ref_params)))
+        out[name] = dict(losses=losses, max_param_diff=diff,
+                         param_fraction=st.sharded_bytes_fraction(s.params),
+                         opt_fraction=st.sharded_bytes_fraction(s.opt_state),
+                         n_devices=len(parallel.bytes_per_device(s.params)))
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def sharded_results():
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")][-1]
+    return json.loads(line[len("RESULT"):])
+
+
+@pytest.mark.parametrize("name", ["fsdp8", "fsdp4_tp2", "fsdp8_accum2", "dp8"])
+def test_sharded_matches_single_device(sharded_results, name):
+    r = sharded_results[name]
+    assert r["n_devices"] == 8
+    # float32 tolerance: only the order of reductions differs between layouts.
+    for a, b in zip(r["losses"], sharded_results["ref_losses"]):
+        assert abs(a - b) <= 1e-5 * max(1.0, abs(b)), (name, r["losses"], sharded_results["ref_losses"])
+    assert r["max_param_diff"] < 2e-5, (name, r["max_param_diff"])
+    # The loss really moved: AdamW steps were taken.
+    assert sharded_results["ref_losses"][-1] < sharded_results["ref_losses"][0]
+
+
+@pytest.mark.parametrize("name", ["fsdp8", "fsdp4_tp2", "fsdp8_accum2"])
+def test_fsdp_shards_params_and_optimizer_state(sharded_results, name):
+    r = sharded_results[name]
+    # Each device holds ~1/8 of the bytes (tiny vectors that do not divide stay replicated).
+    assert r["param_fraction"] < 1.25 / 8, r
+    assert r["opt_fraction"] < 1.25 / 8, r
+
+
+def test_data_parallel_replicates(sharded_results):
+    assert sharded_results["dp8"]["param_fraction"] == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- pure rules, 1 device
+
+
+def test_mesh_shape_infers_minus_one():
+    assert parallel.mesh_shape({"data": 2, "fsdp": -1, "tensor": 2}, 8) == (2, 2, 2)
+    assert parallel.mesh_shape((1, -1, 1), 8) == (1, 8, 1)
+
+
+def test_mesh_that_does_not_divide_devices_is_a_clear_error():
+    with pytest.raises(UserError, match="does not divide the 8 devices"):
+        parallel.mesh_shape({"data": 3, "fsdp": -1, "tensor": 1}, 8)
+    with pytest.raises(UserError, match="needs 6 devices but 8 are available"):
+        parallel.mesh_shape({"data": 3, "fsdp": 2, "tensor": 1}, 8)
+    with pytest.raises(UserError, match="unknown mesh axis"):
+        parallel.mesh_shape({"dta": 2}, 8)
+    with pytest.raises(UserError, match="at most one axis may be -1"):
+        parallel.mesh_shape({"data": -1, "fsdp": -1}, 8)
+
+
+def test_unknown_layout_is_a_clear_error():
+    with pytest.raises(UserError, match="unknown sharding layout 'zero3'"):
+        parallel.mesh_from_config({"data": 1, "fsdp": -1, "tensor": 1, "layout": "zero3"})
+
+
+class _FakeMesh:
+    def __init__(self, **shape):
+        self.shape = shape
+
+
+def test_rules_table_maps_logical_axes():
+    mesh = _FakeMesh(data=1, fsdp=4, tensor=2)
+    P = parallel.P
+    assert parallel.logical_to_spec(("embed", "mlp"), (64, 128), mesh, "fsdp_tp") == P("fsdp", "tensor")
+    assert parallel.logical_to_spec(("vocab", "embed"), (256, 64), mesh, "fsdp_tp") == P("tensor", "fsdp")
+    assert parallel.logical_to_spec(("embed", "mlp"), (64, 128), mesh, "dp") == P()
+    # A dim that does not divide stays whole; the FSDP fallback shards another dim.
+    assert parallel.logical_to_spec(("embed", "heads"), (6, 8), mesh, "fsdp") == P(None, "fsdp")
+    # Scan axis never sharded; norm vectors fall back to fsdp when divisible.
+    assert parallel.logical_to_spec(("layers", "norm"), (3, 64), mesh, "fsdp") == P(None, "fsdp")
+    assert parallel.logical_to_spec(("norm",), (6,), mesh, "fsdp") == P()
+
+
+def test_batch_must_divide_data_parallel_devices():
+    mesh = _FakeMesh(data=2, fsdp=4, tensor=1)
+    with pytest.raises(UserError, match="batch_size=12 does not divide over the 8"):
+        parallel.check_batch_divides(12, mesh)
