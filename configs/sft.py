@@ -53,7 +53,8 @@ def get_config(arg=None):
     c.optim = dict(name="adamw", learning_rate=1e-3 if shapes else 1e-3,
                    warmup_steps=100 if shapes else 1, schedule="cosine", end_lr_ratio=0.05,
                    b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, grad_clip_norm=1.0,
-                   decay_steps=0)
+                   decay_steps=0,
+                   frozen=("vqmodel",))  # the VQ tokenizer stays as trained
     c.mesh = dict(data=1, fsdp=-1, tensor=1, layout="fsdp")
     c.train = dict(log_every=25 if shapes else 1, ckpt_every=250 if shapes else 2,
                    keep_checkpoints=2, eval_every=0, async_checkpoints=True)

@@ -1,1 +1,13 @@
-"""data."""
+"""data: ShapesWorld and the dataset interfaces.
+
+shapes_world  renderer, scenes, scene graphs, sample_prompt / render_for
+prompts       categories (GenEval, T2I-CompBench), metadata, held-out splits, perturbations
+reasoning     GoT-R1 layout plans (+ parser) and ReasonGen-R1 detailed captions
+tokenizer     small byte-level BPE tokenizer: build_tokenizer, load_tokenizer, special_token_ids
+tfds_builders array_record TFDS datasets without TensorFlow; read_split
+readers       ReasonGen-R1 SFT jsonl, GenEval metadata, T2I-CompBench txt, LAION-SG json
+pipeline      Grain loader: seeded order, per-host shards, checkpointable iterator
+judge         yes/no judge examples with hard negatives
+build         build_all(config, out_dir), load_split(data_dir, name, split)
+templates     prompt templates of the unified model
+"""

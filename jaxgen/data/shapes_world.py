@@ -62,7 +62,7 @@ class WorldSpec:
     relation_margin: float = 0.12  # unit-offset components stay this far from RELATION_COSINE
     place_candidates: int = 256  # random positions tried at once per object
     place_restarts: int = 60
-    crowded_objects: int = 4  # scenes with this many objects draw unspecified sizes as small
+    crowded_objects: int = 3  # scenes with this many objects draw unspecified sizes as small
 
 
 DEFAULT_SPEC = WorldSpec()

@@ -53,9 +53,15 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: getattr(p, "ndim", 0) >= 2, params)
 
 
-def make_optimizer(config, total_steps: int | None = None) -> optax.GradientTransformation:
-    """AdamW (or SGD) with clipping and the schedule; `config` is the job config or its .optim."""
+def make_optimizer(config, total_steps: int | None = None,
+                   frozen: tuple = ()) -> optax.GradientTransformation:
+    """AdamW (or SGD) with clipping and the schedule; `config` is the job config or its .optim.
+
+    `frozen` (or config.optim.frozen): top-level parameter keys that never change (e.g. the VQ
+    tokenizer 'vqmodel' during SFT); they get no optimizer state and no weight decay.
+    """
     oc = config.optim if "optim" in config else config
+    frozen = tuple(frozen) or tuple(oc.get("frozen", ()))
     if total_steps is None:
         total_steps = int(config.get("total_steps", 0) or oc.get("decay_steps", 0) or 1)
     schedule = make_schedule(oc, total_steps)
@@ -72,4 +78,9 @@ def make_optimizer(config, total_steps: int | None = None) -> optax.GradientTran
     clip = float(oc.get("grad_clip_norm", 0.0))
     if clip > 0:
         opt = optax.chain(optax.clip_by_global_norm(clip), opt)
+    if frozen:
+        def labels(params):
+            return {k: jax.tree.map(lambda _, k=k: "frozen" if k in frozen else "train", v)
+                    for k, v in params.items()}
+        opt = optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
     return opt

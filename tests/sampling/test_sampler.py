@@ -3,6 +3,7 @@ reasoning phase's stopping rule, and log-probs against the teacher-forced scorer
 
 import copy
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -61,27 +62,17 @@ def test_greedy_cfg_matches_hugging_face(tiny_jax, hf_tiny_model):
     np.testing.assert_array_equal(np.asarray(got.image_ids_bn), want)
     # A different prompt leads to a different image (the comparison is not vacuous).
     assert not np.array_equal(want[0], want[1])
-
-
-def test_left_padding_does_not_change_greedy_tokens(tiny_jax):
-    params, config, _ = tiny_jax
-    ids, mask = _prompts(config, [4, 9], seed=2)
-    opts = SampleOptions(greedy=True, cfg_weight=5.0, max_think_tokens=THINK_BUDGET)
-    both = sample(params, config, ids, mask, jax.random.PRNGKey(0), opts)
-    alone = sample(params, config, ids[:1, -4:], mask[:1, -4:], jax.random.PRNGKey(0), opts)
-    np.testing.assert_array_equal(np.asarray(both.image_ids_bn[0]), np.asarray(alone.image_ids_bn[0]))
-    np.testing.assert_array_equal(np.asarray(both.think_ids_bt[0]), np.asarray(alone.think_ids_bt[0]))
-    np.testing.assert_allclose(np.asarray(both.image_logprobs_bn[0]),
-                               np.asarray(alone.image_logprobs_bn[0]), atol=LOGPROB_ATOL)
+    # Without reasoning, the reported log-probs are the scorer's (greedy reports them too).
+    _assert_logprobs_match(params, config, got, SampleOptions(greedy=True, cfg_weight=5.0), "cfg")
 
 
 @pytest.fixture(scope="module")
 def sampled(tiny_jax):
-    """One temperature-sampled rollout with reasoning and CFG (the seed test reuses it)."""
+    """One temperature-sampled rollout with reasoning hidden from the CFG unconditional row."""
     params, config, _ = tiny_jax
     ids, mask = _prompts(config, [5, 8, 8], seed=3)
-    opts = SampleOptions(max_think_tokens=THINK_BUDGET, temperature=0.9, top_k=50, top_p=0.95,
-                         image_temperature=0.8, cfg_weight=4.0)
+    opts = SampleOptions(max_think_tokens=THINK_BUDGET, temperature=1.3, top_k=50, top_p=0.95,
+                         image_temperature=0.8, cfg_weight=4.0, uncond_hides="prompt_and_reasoning")
     rollout = sample(params, config, ids, mask, jax.random.PRNGKey(7), opts)
     return ids, mask, opts, rollout
 
@@ -96,9 +87,6 @@ def test_fixed_seed_is_reproducible_and_compiles_once(tiny_jax, sampled):
     for a, b in zip(jax.tree_util.tree_leaves(first), jax.tree_util.tree_leaves(again)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(first.image_ids_bn), np.asarray(other.image_ids_bn))
-    # New prompt lengths are a new shape: exactly one more executable.
-    sample(params, config, ids[:, 1:], mask[:, 1:], jax.random.PRNGKey(7), opts)
-    assert sampler.compiled_count() == compiled + 1
 
 
 def _scored(params, config, rollout, opts, cfg_mode):
@@ -125,20 +113,10 @@ def test_logprobs_match_scorer_with_reasoning_and_cfg(tiny_jax, sampled):
     # Guidance matters: conditional-only scoring gives other numbers for the same tokens.
     _, cond_lp = _scored(params, config, rollout, opts, "conditional")
     assert np.abs(np.asarray(cond_lp) - np.asarray(rollout.image_logprobs_bn)).max() > 1e-3
-
-
-@pytest.mark.parametrize("think", [0, THINK_BUDGET])
-def test_logprobs_match_scorer_hiding_reasoning(tiny_jax, think):
-    params, config, _ = tiny_jax
-    ids, mask = _prompts(config, [6, 3], seed=4)
-    opts = SampleOptions(max_think_tokens=think, temperature=1.3,
-                         uncond_hides="prompt_and_reasoning", cfg_weight=3.0)
-    rollout = sample(params, config, ids, mask, jax.random.PRNGKey(3), opts)
-    _assert_logprobs_match(params, config, rollout, opts, "cfg")
-    if think:  # with reasoning, hiding it from the uncond row changes the guided distribution
-        shown_opts = dataclasses.replace(opts, uncond_hides="prompt")
-        shown = _scored(params, config, rollout, shown_opts, "cfg")[1]
-        assert np.abs(np.asarray(shown) - np.asarray(rollout.image_logprobs_bn)).max() > 1e-4
+    # Hiding the reasoning from the unconditional row changes the guided distribution.
+    shown = _scored(params, config, rollout, dataclasses.replace(opts, uncond_hides="prompt"),
+                    "cfg")[1]
+    assert np.abs(np.asarray(shown) - np.asarray(rollout.image_logprobs_bn)).max() > 1e-4
 
 
 def test_logprobs_without_guidance_match_all_modes(tiny_jax):
@@ -160,7 +138,7 @@ def test_scorer_is_differentiable_and_reports_entropy(tiny_jax, sampled):
             temperature=opts.temperature, image_temperature=opts.image_temperature)
         return think_lp.sum() + image_lp.sum(), (think_ent, image_ent)
 
-    grads, (think_ent, image_ent) = jax.grad(loss, has_aux=True)(params)
+    grads, (think_ent, image_ent) = jax.jit(jax.grad(loss, has_aux=True))(params)
     for part in ("lm_head", "generation_head", "language_model", "generation_aligner"):
         norms = [float(jnp.linalg.norm(g)) for g in jax.tree_util.tree_leaves(grads[part])]
         assert all(np.isfinite(norms)) and max(norms) > 0, part
@@ -171,6 +149,7 @@ def test_scorer_is_differentiable_and_reports_entropy(tiny_jax, sampled):
     assert (np.asarray(image_ent) <= np.log(config.vq.num_embeddings) + 1e-4).all()
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def _teacher_forced(params, config, rollout):
     """Hidden states [B, L+T, D] and text logits over [prompt; reasoning] (no cache)."""
     ids = jnp.concatenate([rollout.prompt_ids_bl, rollout.think_ids_bt], 1)
@@ -201,11 +180,20 @@ def _check_greedy_reasoning(params, config, rollout):
     return lengths
 
 
-def test_reasoning_stops_at_begin_of_image_and_respects_budget(tiny_jax):
+GREEDY_THINK = SampleOptions(max_think_tokens=THINK_BUDGET, greedy=True, cfg_weight=5.0)
+
+
+@pytest.fixture(scope="module")
+def greedy_reasoning(tiny_jax):
+    """Greedy reasoning + CFG image tokens for three prompts, the first one left padded."""
     params, config, _ = tiny_jax
     ids, mask = _prompts(config, [5, 7, 7], seed=6)
-    opts = SampleOptions(max_think_tokens=THINK_BUDGET, greedy=True, cfg_weight=1.0)
-    first = sample(params, config, ids, mask, jax.random.PRNGKey(0), opts)
+    return ids, mask, sample(params, config, ids, mask, jax.random.PRNGKey(0), GREEDY_THINK)
+
+
+def test_reasoning_stops_at_begin_of_image_and_respects_budget(tiny_jax, greedy_reasoning):
+    params, config, _ = tiny_jax
+    ids, mask, first = greedy_reasoning
     stop_step = 2
     assert _check_greedy_reasoning(params, config, first)[0] > stop_step
     # Make <begin_of_image> the argmax right where row 0 wrote its 3rd reasoning token: its
@@ -216,13 +204,25 @@ def test_reasoning_stops_at_begin_of_image_and_respects_budget(tiny_jax):
     kernel = params["lm_head"]["kernel"]
     kernel = kernel.at[:, config.boi_token_id].set(kernel[:, tok] + 1.0 * h / jnp.dot(h, h))
     nudged = {**params, "lm_head": {**params["lm_head"], "kernel": kernel}}
-    second = sample(nudged, config, ids, mask, jax.random.PRNGKey(0), opts)
+    second = sample(nudged, config, ids, mask, jax.random.PRNGKey(0), GREEDY_THINK)
     lengths = _check_greedy_reasoning(nudged, config, second)
     assert lengths[0] <= stop_step
-    # Image tokens of the stopped row follow <begin_of_image> right after its reasoning.
-    think_lp, image_lp = sequence_logprobs(nudged, config, second, "none", 1.0)
-    np.testing.assert_allclose(np.asarray(image_lp), np.asarray(second.image_logprobs_bn),
-                               atol=LOGPROB_ATOL)
+    # The stopped row's image tokens follow <begin_of_image> right after its short reasoning,
+    # in the layout the scorer recomputes.
+    _assert_logprobs_match(nudged, config, second, GREEDY_THINK, "cfg")
+
+
+def test_left_padding_does_not_change_greedy_tokens(tiny_jax, greedy_reasoning):
+    params, config, _ = tiny_jax
+    ids, mask, both = greedy_reasoning
+    n = int(mask[0].sum())
+    compiled = sampler.compiled_count()
+    alone = sample(params, config, ids[:1, -n:], mask[:1, -n:], jax.random.PRNGKey(0), GREEDY_THINK)
+    assert sampler.compiled_count() == compiled + 1  # a new shape is a new executable
+    np.testing.assert_array_equal(np.asarray(both.think_ids_bt[0]), np.asarray(alone.think_ids_bt[0]))
+    np.testing.assert_array_equal(np.asarray(both.image_ids_bn[0]), np.asarray(alone.image_ids_bn[0]))
+    np.testing.assert_allclose(np.asarray(both.image_logprobs_bn[0]),
+                               np.asarray(alone.image_logprobs_bn[0]), atol=LOGPROB_ATOL)
 
 
 def test_options_and_context_are_validated(tiny_jax):

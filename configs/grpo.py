@@ -1,0 +1,84 @@
+"""GRPO for reasoning-then-image generation: `configs/grpo.py:<arg>`.
+
+Command:
+    jaxgen train grpo --config configs/grpo.py:shapes --workdir /tmp/grpo \\
+        --config.policy_checkpoint=SFT_DIR --config.judge_checkpoint=JUDGE_DIR
+
+Variants:
+  shapes           ShapesWorld policy (an SFT'd jaxgen checkpoint) rewarded by the yes/no VLM
+                   judge (a ShapesWorld judge checkpoint) on ShapesWorld RL 'train' prompts.
+                   2-core CPU: ~6 s per iteration, 30 iterations ~3 minutes; the mean reward
+                   rises visibly within that budget (see the GRPO report for measured numbers).
+  shapes_detector  the same with the pixel-only GenEval-style detector as reward (no judge).
+  tiny             a random tiny model for tests (needs --config.tokenizer or a policy dict).
+Paper recipes (with Janus-Pro-7B / 1B hyperparameters) are in configs/recipes/.
+"""
+
+import ml_collections
+
+
+def _janus(arg):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent / "janus.py"
+    spec = importlib.util.spec_from_file_location("jaxgen_config_janus", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg).model
+
+
+YES_NO_JUDGE = {"name": "vlm_yes_no", "kwargs": {
+    "judge": "judge",  # = config.judge_checkpoint
+    "question_template": "Does this image show {prompt}? Answer yes or no.",
+    "max_text_tokens": 48}}
+DETECTOR = {"name": "geneval"}
+
+
+def base_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 30
+    c.checkpoint_every = 10
+    c.policy_checkpoint = ""  # jaxgen checkpoint dir (SFT'd policy); empty: random init of model
+    c.judge_checkpoint = ""  # jaxgen checkpoint dir of the reward VLM (rewards with judge='judge')
+    c.tokenizer = ""  # only for a random init without a checkpoint
+    c.model = _janus("shapes")
+    c.data = ml_collections.ConfigDict(dict(
+        source="shapes", split="train", categories=(), path="", max_prompt_tokens=32))
+    c.sampling = ml_collections.ConfigDict(dict(
+        max_think_tokens=0, temperature=1.0, top_k=0, top_p=1.0, image_temperature=1.0,
+        cfg_weight=3.0, uncond_hides="prompt"))
+    c.grpo = ml_collections.ConfigDict(dict(
+        group_size=8, prompts_per_step=4, inner_epochs=1, minibatches=1,
+        advantage="grpo", per_reward_norm=False, dynamic_sampling=True, advantage_clip=0.0,
+        cfg_mode="cfg", old_logprobs="auto",
+        loss=dict(eps_low=0.2, eps_high=0.28, beta=0.0, aggregation="token_mean",
+                  text_weight=1.0, image_weight=1.0),
+        entropy=dict(adaptive=False, text_coef=0.0, image_coef=0.0, text_target=2.0,
+                     image_target=7.0, lr=5e-5, max_coef=5e-3)))
+    c.rewards = ml_collections.ConfigDict(YES_NO_JUDGE)
+    c.optim = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-4, warmup_steps=0, schedule="constant", end_lr_ratio=1.0,
+        b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, layout="fsdp"))
+    return c
+
+
+def get_config(arg=None):
+    arg = arg or "shapes"
+    c = base_config()
+    if arg == "shapes":
+        return c
+    if arg == "shapes_detector":
+        c.rewards = ml_collections.ConfigDict(DETECTOR)
+        return c
+    if arg == "tiny":
+        c.model = _janus("tiny")
+        c.total_steps = 2
+        c.checkpoint_every = 1
+        c.grpo.group_size = 4
+        c.grpo.prompts_per_step = 2
+        c.data.max_prompt_tokens = 24
+        c.rewards = ml_collections.ConfigDict({"name": "constant"})
+        return c
+    raise ValueError(f"unknown grpo variant {arg!r}; use shapes, shapes_detector or tiny")

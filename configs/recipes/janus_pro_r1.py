@@ -1,0 +1,58 @@
+"""Janus-Pro-R1 ("Aha moments") GRPO recipe: `configs/recipes/janus_pro_r1.py:<7b|1b|shapes>`.
+
+Command:
+    jaxgen train grpo --config configs/recipes/janus_pro_r1.py:7b --workdir W \\
+        --config.policy_checkpoint=JANUS_PRO_R1_SFT_DIR --config.judge_checkpoint=JUDGE_DIR
+Paper setup: Janus-Pro-7B after the 3-task SFT (T2I / self-evaluation / regeneration); 8x A800
+class GPUs; GRPO G=7, beta 0.05 (k3 KL), batch 128, lr 6e-6 -> 2e-6 linear over 400 steps then
+cosine to 2e-7, AdamW 0.9/0.95, weight decay 0.05, clip-norm 1.0; image log-probs from
+CFG-combined logits; rewards: R_QA = P(yes)/(P(yes)+P(no)) from a VLM, with the self-reflection
+rewards R_Gen / R_Comp of jaxgen.train.reflection; each reward stream group-normalised
+separately (per_reward_norm).
+Expected result (paper, Table 1): GenEval 0.80 -> 0.86 (counting 0.59 -> 0.66, position 0.79 ->
+0.87); T2I-CompBench colour/shape/texture 83.4 / 59.4 / 75.2.
+:shapes: ShapesWorld policy + judge on this CPU (30 steps); expected: mean judge reward rises.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def _common():
+    path = pathlib.Path(__file__).resolve().parent / "_common.py"
+    spec = importlib.util.spec_from_file_location("jaxgen_recipes_common", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(arg=None):
+    arg = arg or "7b"
+    common = _common()
+    _, c = common.grpo_base("shapes")
+    c.grpo.update(dict(group_size=7, prompts_per_step=128 // 7 + 1, advantage="grpo",
+                       dynamic_sampling=False, cfg_mode="cfg", per_reward_norm=True))
+    c.grpo.loss.update(dict(eps_low=0.2, eps_high=0.2, beta=0.05, aggregation="sequence_mean"))
+    c.sampling.update(dict(cfg_weight=5.0, max_think_tokens=0))
+    c.rewards = ml_collections.ConfigDict({"op": "sum", "terms": [
+        {"name": "vlm_yes_no", "weight": 1.0, "kwargs": {"judge": "judge", "max_text_tokens": 96}},
+        {"name": "geneval", "weight": 1.0}]})
+    c.optim.update(dict(learning_rate=6e-6, schedule="linear_then_cosine", mid_lr_ratio=2e-6 / 6e-6,
+                        linear_steps=400, end_lr_ratio=2e-7 / 6e-6, b1=0.9, b2=0.95,
+                        weight_decay=0.05, grad_clip_norm=1.0))
+    c.total_steps = 800
+    c.reflection = ml_collections.ConfigDict(dict(max_images=3, yes_threshold=0.5))
+    if arg in ("7b", "1b"):
+        c.model = common.janus_model(arg)
+        c.data.update(dict(source="jsonl", path="", max_prompt_tokens=128))
+        return c
+    if arg == "shapes":
+        c.total_steps = 30
+        c.grpo.prompts_per_step = 4
+        c.grpo.group_size = 8  # batch 32 divides the 8-device test mesh
+        c.optim.update(dict(learning_rate=1e-4, linear_steps=20, mid_lr_ratio=0.5,
+                            end_lr_ratio=0.1))
+        return c
+    raise ValueError(f"unknown variant {arg!r}; use 7b, 1b or shapes")

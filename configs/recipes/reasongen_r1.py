@@ -1,0 +1,55 @@
+"""ReasonGen-R1 GRPO recipe: `configs/recipes/reasongen_r1.py:<7b|1b|shapes>`.
+
+Command:
+    jaxgen train grpo --config configs/recipes/reasongen_r1.py:7b --workdir W \\
+        --config.policy_checkpoint=REASONGEN_SFT_DIR --config.judge_checkpoint=QWEN_JUDGE_DIR
+Paper setup: Janus-Pro-7B after CoT SFT; 8x A100/H100 class GPUs; GRPO G=8, 8 prompts per step,
+lr 5e-6, 400 steps, clip 0.2, no KL, dynamic sampling (groups with zero reward std dropped),
+CFG weight 1 during RL, adaptive entropy (text target 2.0, image target 7.0, alpha = sinh(psi)
+clamped to +-5e-3, lr 5e-5); reward: a VLM (Qwen2.5-VL-7B) answers ending in \\boxed{1}/\\boxed{0}.
+Expected result (paper): GenEval overall rises over the SFT model (ReasonGen-R1 reports ~+6 pts
+over Janus-Pro-7B on GenEval, with gains on counting/position).
+:shapes runs the same recipe on the ShapesWorld policy + judge on this CPU (30 steps, minutes);
+expected: the mean boxed-judge reward rises over the first iterations.
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def _common():
+    path = pathlib.Path(__file__).resolve().parent / "_common.py"
+    spec = importlib.util.spec_from_file_location("jaxgen_recipes_common", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(arg=None):
+    arg = arg or "7b"
+    common = _common()
+    _, c = common.grpo_base("shapes")
+    c.grpo.update(dict(group_size=8, prompts_per_step=8, advantage="grpo", dynamic_sampling=True,
+                       cfg_mode="none", per_reward_norm=False))
+    c.grpo.loss.update(dict(eps_low=0.2, eps_high=0.2, beta=0.0, aggregation="token_mean"))
+    c.grpo.entropy.update(dict(adaptive=True, text_target=2.0, image_target=7.0, lr=5e-5,
+                               max_coef=5e-3))
+    c.sampling.update(dict(cfg_weight=1.0, max_think_tokens=256, temperature=1.0))
+    c.rewards = ml_collections.ConfigDict({"name": "vlm_boxed", "kwargs": {
+        "judge": "judge", "max_new_tokens": 256, "max_text_tokens": 256}})
+    c.optim.update(dict(learning_rate=5e-6, schedule="constant", weight_decay=0.0))
+    c.total_steps = 400
+    if arg in ("7b", "1b"):
+        c.model = common.janus_model(arg)
+        c.data.update(dict(source="jsonl", path="", max_prompt_tokens=128))
+        return c
+    if arg == "shapes":
+        c.total_steps = 30
+        c.grpo.prompts_per_step = 4
+        c.sampling.max_think_tokens = 24
+        c.rewards.kwargs.update(dict(max_new_tokens=8, max_text_tokens=96))
+        c.optim.learning_rate = 1e-4
+        return c
+    raise ValueError(f"unknown variant {arg!r}; use 7b, 1b or shapes")

@@ -1,0 +1,119 @@
+"""`jaxgen bench grpo`: the time of one GRPO iteration split into rollout, reward, reference
+and update, and the share of wall time spent outside jitted work (goal < 5%).
+
+Jitted work is measured by timing every jitted call (sampler, VQ decode, scoring, update, VLM
+judge) to completion; host work is everything else (tokenising, detokenising, advantages,
+Python). Pixel-only rewards (detector, scene graphs) are NumPy by design and reported on their
+own line. Without a policy checkpoint the benchmark builds a ShapesWorld tokenizer and a random
+model of the config's size.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from jaxgen.config import load_config
+
+HOST_REWARDS = ("format", "geneval", "scene_graph_iou", "plan_prompt_match", "got_box_iou",
+                "constant")
+
+
+def grpo_args(parser):
+    parser.add_argument("--config", default="grpo:shapes_detector",
+                        help="GRPO config (default: configs/grpo.py:shapes_detector)")
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed iterations (compilation)")
+
+
+def _random_policy(config):
+    from jaxgen.data import prompts as shapes_prompts
+    from jaxgen.data.tokenizer import build_tokenizer, special_token_ids
+    from jaxgen.models import janus
+
+    rng = np.random.default_rng(0)
+    corpus = [shapes_prompts.sample_metadata(rng, "train")["prompt"] for _ in range(500)]
+    tokenizer = build_tokenizer(corpus)
+    model = config.model.to_dict()
+    model.update(special_token_ids(tokenizer))
+    model["text"]["vocab_size"] = max(len(tokenizer), model["text"]["vocab_size"])
+    model_config = janus.JanusConfig.from_dict(model)
+    params = jax.jit(janus.init_params, static_argnums=0)(model_config, jax.random.PRNGKey(0))
+    return params, model_config, tokenizer
+
+
+class _Timer:
+    """Wraps a callable: blocks on its result and adds the seconds to a counter."""
+
+    def __init__(self, fn, sink: list):
+        self.fn, self.sink = fn, sink
+
+    def __call__(self, *a, **kw):
+        start = time.perf_counter()
+        out = jax.block_until_ready(self.fn(*a, **kw))
+        self.sink.append(time.perf_counter() - start)
+        return out
+
+
+def run_bench(config, iterations: int, warmup: int, policy=None) -> dict:
+    from jaxgen.rewards import vlm_judge
+    from jaxgen.sampling import sampler as sampler_lib
+    from jaxgen.train import grpo as grpo_lib
+
+    if policy is None and not config.get("policy_checkpoint"):
+        policy = _random_policy(config)
+    runner = grpo_lib.GRPORunner(config, policy=policy)
+    for it in range(warmup):  # compile everything before any wrapper sees a tracer
+        runner.iteration(it)
+    jitted: list = []
+    runner._update = _Timer(runner._update, jitted)
+    runner._score = _Timer(runner._score, jitted)
+    runner._decode = _Timer(runner._decode, jitted)
+    originals = (sampler_lib.sample, vlm_judge.yes_probability, vlm_judge.yes_probability_from_codes,
+                 vlm_judge.greedy_answer)
+    sampler_lib.sample = _Timer(originals[0], jitted)
+    vlm_judge.yes_probability = _Timer(originals[1], jitted)
+    vlm_judge.yes_probability_from_codes = _Timer(originals[2], jitted)
+    vlm_judge.greedy_answer = _Timer(originals[3], jitted)
+    try:
+        rows = []
+        for it in range(warmup, warmup + iterations):
+            jitted.clear()
+            m = runner.iteration(it)
+            host_reward = sum(v for k, v in runner.reward.timings.items()
+                              if k.split("#")[0] in HOST_REWARDS)
+            m["time_jitted"] = sum(jitted)
+            m["time_host_reward"] = host_reward
+            rows.append(m)
+    finally:
+        (sampler_lib.sample, vlm_judge.yes_probability, vlm_judge.yes_probability_from_codes,
+         vlm_judge.greedy_answer) = originals
+    keys = ("time_rollout", "time_reward", "time_reference", "time_update", "time_iteration",
+            "time_jitted", "time_host_reward")
+    out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    other = out["time_iteration"] - out["time_jitted"] - out["time_host_reward"]
+    out["time_host_other"] = other
+    out["share_outside_jit"] = other / out["time_iteration"]
+    out["share_outside_jit_incl_host_rewards"] = (other + out["time_host_reward"]) / \
+        out["time_iteration"]
+    out["batch"] = runner.batch_size
+    out["devices"] = len(runner.mesh.devices.flat)
+    return out
+
+
+def grpo(args) -> int:
+    config = load_config(args.config, args.config_overrides)
+    r = run_bench(config, args.iterations, args.warmup)
+    it = r["time_iteration"]
+    print(f"GRPO iteration ({r['batch']} samples, {r['devices']} device(s)): {it:.3f} s")
+    for name in ("rollout", "reward", "reference", "update"):
+        t = r[f"time_{name}"]
+        print(f"  {name:<10} {t:8.3f} s  {100 * t / it:5.1f} %")
+    print(f"  jitted work            {r['time_jitted']:8.3f} s")
+    print(f"  host rewards (NumPy)   {r['time_host_reward']:8.3f} s")
+    print(f"  other host work        {r['time_host_other']:8.3f} s")
+    print(f"share outside jitted work: {100 * r['share_outside_jit']:.2f} % (goal < 5 %); "
+          f"with NumPy rewards: {100 * r['share_outside_jit_incl_host_rewards']:.2f} %")
+    return 0

@@ -1,0 +1,56 @@
+"""Examples for training a ShapesWorld reward judge (a yes/no VLM question about an image).
+
+Positives: a record's image with its own prompt ('yes'). Negatives: the same image with a
+minimally perturbed prompt: one colour, shape, count or relation changed
+(`prompts.perturb_metadata`), answer 'no'. Balanced 50/50; a negative is kept only when the
+pixel evaluator agrees that the image does not satisfy it (so labels are never wrong).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from jaxgen.data.prompts import PERTURBATIONS, perturb_metadata
+
+QUESTION = "Does this image match the description: {prompt}? Answer yes or no."
+
+
+def judge_question(prompt: str) -> str:
+    return QUESTION.format(prompt=prompt)
+
+
+def judge_examples(records, rng: np.random.Generator, verify: bool = True) -> list:
+    """list of dicts {image, prompt, question, answer ('yes'|'no'), category, perturbation}.
+
+    records: iterable of SFT records ({'image', 'prompt', 'category', 'metadata' (json str or
+    dict)}). Each record gives one positive and one negative (when some perturbation applies).
+    """
+    from jaxgen.eval.geneval import score
+
+    out = []
+    for rec in records:
+        meta = rec["metadata"]
+        meta = json.loads(meta) if isinstance(meta, (str, bytes)) else meta
+        negative = None
+        kinds = list(PERTURBATIONS)
+        rng.shuffle(kinds)
+        for kind in kinds:
+            cand = perturb_metadata(meta, rng, kind)
+            if cand is None:
+                continue
+            if verify and score(rec["image"], cand)["correct"]:
+                continue
+            negative = (kind, cand)
+            break
+        if negative is None:
+            continue
+        out.append({"image": rec["image"], "prompt": meta["prompt"],
+                    "question": judge_question(meta["prompt"]), "answer": "yes",
+                    "category": meta["tag"], "perturbation": "none"})
+        kind, cand = negative
+        out.append({"image": rec["image"], "prompt": cand["prompt"],
+                    "question": judge_question(cand["prompt"]), "answer": "no",
+                    "category": meta["tag"], "perturbation": kind})
+    return out

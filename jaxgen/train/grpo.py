@@ -1,0 +1,494 @@
+"""GRPO for reasoning-then-image generation, split the Tunix way, on one mesh.
+
+One iteration (each stage a pure function; the jitted ones compile once per run):
+
+  rollout     G completions per prompt with the jitted sampler (reasoning text, then image
+              tokens); the sampler's log-probs can serve as the old policy's
+  reference   teacher-forced log-probs of the frozen reference model (only when beta > 0)
+  rewards     the configured reward tree (jaxgen.rewards) on prompts, reasoning, images
+  advantages  a registered estimator (jaxgen.train.advantages), dynamic-sampling mask
+  update      inner epochs x minibatches of the clipped-ratio loss (jaxgen.train.policy_loss)
+
+Policy, reference and reward judge live on the same `jax.sharding.Mesh` with their own
+shardings (parameters never travel to the host). Shapes are fixed by the config (prompts are
+left-padded to data.max_prompt_tokens, reasoning to sampling.max_think_tokens), so nothing
+recompiles between iterations.
+
+The image log-prob convention is `grpo.cfg_mode` (REFERENCE.md section 3): 'conditional'
+(T2I-R1), 'cfg' (CFG-combined, Janus-Pro-R1) or 'none' (sample with CFG weight 1, ReasonGen-R1);
+`sampling.uncond_hides` says what the unconditional row hides.
+
+Entry point: `train(config, workdir) -> dict` (resumable from workdir; metrics in
+workdir/metrics.jsonl; final policy saved as a jaxgen checkpoint in workdir/policy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxgen import parallel
+from jaxgen.data import templates
+from jaxgen.errors import PromptTooLongError, UserError
+from jaxgen.models import janus
+from jaxgen.rewards import CompositeReward, RewardBatch, RewardContext
+from jaxgen.sampling import sampler as sampler_lib
+from jaxgen.sampling import scoring
+from jaxgen.train import advantages as adv_lib
+from jaxgen.train import policy_loss as loss_lib
+
+CFG_MODES = ("conditional", "cfg", "none")
+OLD_LOGPROBS = ("auto", "sampler", "recompute", "detached")
+# Rewards that read host pixels (the others use image tokens on device or only text).
+HOST_IMAGE_REWARDS = {"geneval", "scene_graph_iou", "got_box_iou", "vlm_boxed"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSettings:
+    """How log-probs are recomputed (static under jit)."""
+    cfg_mode: str
+    cfg_weight: float
+    uncond_hides: str
+    temperature: float
+    image_temperature: float
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateSettings:
+    score: ScoreSettings
+    loss: loss_lib.LossConfig
+    old_mode: str  # 'detached' | 'given'
+
+
+# ---------------------------------------------------------------------------- pure stages
+
+
+def score_rollout(params, config, rollout, s: ScoreSettings):
+    """(think_lp [B,T], image_lp [B,N], think_entropy [B,T], image_entropy [B,N])."""
+    return scoring.sequence_logprobs_and_entropy(
+        params, config, rollout, s.cfg_mode, s.cfg_weight, s.uncond_hides,
+        temperature=s.temperature, image_temperature=s.image_temperature)
+
+
+def grpo_objective(params, config, batch, entropy_coefs, u: UpdateSettings):
+    """Scalar loss and metrics of one minibatch.
+
+    batch: dict(rollout, adv [B], keep [B], old_think, old_image (ignored when detached),
+    ref_think, ref_image (None without KL)).
+    """
+    rollout = batch["rollout"]
+    think_lp, image_lp, think_ent, image_ent = score_rollout(params, config, rollout, u.score)
+    if u.old_mode == "detached":  # one update per rollout: the old policy is the current one
+        old_think, old_image = jax.lax.stop_gradient(think_lp), jax.lax.stop_gradient(image_lp)
+    else:
+        old_think, old_image = batch["old_think"], batch["old_image"]
+    text = loss_lib.TokenBatch(think_lp, old_think, rollout.think_mask_bt.astype(jnp.float32),
+                               batch.get("ref_think"), think_ent)
+    image = loss_lib.TokenBatch(image_lp, old_image, jnp.ones_like(image_lp),
+                                batch.get("ref_image"), image_ent)
+    return loss_lib.grpo_loss(text, image, batch["adv"], batch["keep"], u.loss,
+                              entropy_coefs[0], entropy_coefs[1])
+
+
+def update_step(params, opt_state, batch, entropy_coefs, *, config, settings, optimizer):
+    """One optimizer step on a minibatch: (params, opt_state, metrics)."""
+    (loss, metrics), grads = jax.value_and_grad(grpo_objective, has_aux=True)(
+        params, config, batch, entropy_coefs, settings)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    return params, opt_state, metrics
+
+
+def decode_images_uint8(params, config, codes_bn):
+    """Image tokens -> uint8 pixels [B,H,W,3] (in-graph VQ decode)."""
+    pixels = janus.vq_decode(params, config, codes_bn)
+    return jnp.clip(jnp.round((pixels + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+# ------------------------------------------------------------------------------ prompts
+
+
+class PromptSource:
+    """Deterministic prompts per iteration: ShapesWorld RL prompts generated from the seed
+    ('shapes'), or records {'prompt', 'metadata'} from a JSONL file ('jsonl')."""
+
+    def __init__(self, data_config, seed: int):
+        self.kind = data_config.get("source", "shapes")
+        self.split = data_config.get("split", "train")
+        self.categories = tuple(data_config.get("categories", ()) or ())
+        self.seed = seed
+        if self.kind == "jsonl":
+            path = pathlib.Path(data_config.get("path", ""))
+            if not path.is_file():
+                raise UserError(f"prompt file {path} not found; set --config.data.path to a JSONL "
+                                "of {'prompt', 'metadata'} records or use data.source=shapes")
+            self.records = [json.loads(line) for line in path.read_text().splitlines() if line]
+            if not self.records:
+                raise UserError(f"prompt file {path} is empty")
+        elif self.kind != "shapes":
+            raise UserError(f"unknown prompt source {self.kind!r}; use 'shapes' or 'jsonl'")
+
+    def batch(self, iteration: int, num_prompts: int) -> list[dict]:
+        rng = np.random.default_rng([self.seed, iteration])
+        if self.kind == "jsonl":
+            idx = rng.choice(len(self.records), num_prompts, replace=len(self.records) < num_prompts)
+            return [self.records[i] for i in idx]
+        from jaxgen.data import prompts as shapes_prompts
+        out = []
+        for _ in range(num_prompts):
+            cat = self.categories[rng.integers(len(self.categories))] if self.categories else None
+            md = shapes_prompts.sample_metadata(rng, self.split, cat)
+            out.append({"prompt": md["prompt"], "metadata": md})
+        return out
+
+
+def tokenize_prompts(tokenizer, config, texts, length: int):
+    """Left-padded generation prompts (ids int32[B, length], mask bool[B, length])."""
+    bos = tokenizer.bos_token or "<bos>"
+    ids = np.full((len(texts), length), config.pad_token_id, np.int32)
+    mask = np.zeros((len(texts), length), bool)
+    for i, t in enumerate(texts):
+        enc = tokenizer.encode(templates.generation_prompt(t, bos), add_special_tokens=False)
+        if len(enc) > length:
+            raise PromptTooLongError(f"prompt {t[:60]!r} has {len(enc)} tokens > "
+                                     f"data.max_prompt_tokens={length}; raise it")
+        ids[i, length - len(enc):] = enc
+        mask[i, length - len(enc):] = True
+    return ids, mask
+
+
+def detokenize_reasoning(tokenizer, think_ids_bt, think_mask_bt) -> list[str]:
+    out = []
+    for ids, m in zip(np.asarray(think_ids_bt), np.asarray(think_mask_bt)):
+        out.append(tokenizer.decode([int(t) for t, k in zip(ids, m) if k],
+                                    skip_special_tokens=False) if m.any() else "")
+    return out
+
+
+# ------------------------------------------------------------------------------- runner
+
+
+def _resolve_judges(node, judge_path: str):
+    """Replace kwargs judge='judge' by the config's judge checkpoint path."""
+    if isinstance(node, dict):
+        node = {k: _resolve_judges(v, judge_path) for k, v in node.items()}
+        kw = node.get("kwargs")
+        if isinstance(kw, dict) and kw.get("judge") == "judge":
+            if not judge_path:
+                raise UserError("a reward uses judge='judge' but judge_checkpoint is empty; set "
+                                "--config.judge_checkpoint=DIR (a jaxgen checkpoint)")
+            node["kwargs"] = dict(kw, judge=judge_path)
+        return node
+    if isinstance(node, list):
+        return [_resolve_judges(v, judge_path) for v in node]
+    return node
+
+
+def _leaf_names(node) -> set:
+    if isinstance(node, dict):
+        if "name" in node:
+            return {node["name"]}
+        return set().union(*[_leaf_names(t) for t in node.get("terms", [])])
+    return set()
+
+
+def load_policy(config):
+    """(params, JanusConfig, tokenizer) from config.policy_checkpoint, else random init."""
+    from jaxgen import api
+    if config.get("policy_checkpoint"):
+        params, model_config, tokenizer = api.load_checkpoint(config.policy_checkpoint)
+        if tokenizer is None:
+            raise UserError(f"policy checkpoint {config.policy_checkpoint} has no tokenizer files")
+        return params, model_config, tokenizer
+    if not config.get("tokenizer"):
+        raise UserError("GRPO needs a tokenizer: set --config.policy_checkpoint=DIR (an SFT'd "
+                        "jaxgen checkpoint) or --config.tokenizer=PATH with a random init")
+    from jaxgen.data.tokenizer import load_tokenizer
+    model_config = janus.config_from_configdict(config.model)
+    params = jax.jit(janus.init_params, static_argnums=0)(model_config,
+                                                          jax.random.PRNGKey(config.seed))
+    return params, model_config, load_tokenizer(config.tokenizer)
+
+
+class GRPORunner:
+    """Everything one GRPO run holds: mesh, policy / reference params, optimizer, rewards."""
+
+    def __init__(self, config, policy=None, mesh=None):
+        self.config = config
+        g = config.grpo
+        self.group_size = int(g.group_size)
+        self.num_prompts = int(g.prompts_per_step)
+        self.batch_size = self.group_size * self.num_prompts
+        if g.cfg_mode not in CFG_MODES:
+            raise UserError(f"grpo.cfg_mode={g.cfg_mode!r}; choose one of {CFG_MODES}")
+        if g.old_logprobs not in OLD_LOGPROBS:
+            raise UserError(f"grpo.old_logprobs={g.old_logprobs!r}; choose one of {OLD_LOGPROBS}")
+        if self.batch_size % int(g.minibatches):
+            raise UserError(f"batch {self.batch_size} (prompts_per_step x group_size) does not "
+                            f"split into grpo.minibatches={g.minibatches}")
+        if mesh is None:
+            mesh, layout = parallel.mesh_from_config(config.mesh)
+        else:
+            layout = config.mesh.get("layout", "fsdp")
+        self.mesh, self.layout = mesh, layout
+        parallel.check_batch_divides(self.batch_size // int(g.minibatches), mesh,
+                                     "grpo minibatch (prompts_per_step*group_size/minibatches)")
+        params, self.model_config, self.tokenizer = policy or load_policy(config)
+        s = config.sampling
+        cfg_weight = 1.0 if g.cfg_mode == "none" else float(s.cfg_weight)
+        self.options = sampler_lib.SampleOptions(
+            max_think_tokens=int(s.max_think_tokens), temperature=float(s.temperature),
+            top_k=int(s.top_k), top_p=float(s.top_p), image_temperature=float(s.image_temperature),
+            cfg_weight=cfg_weight, uncond_hides=s.uncond_hides)
+        self.score = ScoreSettings(g.cfg_mode, cfg_weight, s.uncond_hides, float(s.temperature),
+                                   float(s.image_temperature))
+        inner = int(g.inner_epochs) * int(g.minibatches)
+        self.old_mode = g.old_logprobs
+        if self.old_mode == "auto":
+            self.old_mode = "detached" if inner == 1 else "recompute"
+        if self.old_mode == "detached" and inner != 1:
+            raise UserError("old_logprobs='detached' is exact only for one update per rollout; use "
+                            "'recompute' or 'sampler' with inner_epochs/minibatches > 1")
+        lc = g.loss
+        self.loss_config = loss_lib.LossConfig(
+            eps_low=float(lc.eps_low), eps_high=float(lc.eps_high), beta=float(lc.beta),
+            aggregation=lc.aggregation, text_weight=float(lc.text_weight),
+            image_weight=float(lc.image_weight))
+        self.update_settings = UpdateSettings(self.score, self.loss_config,
+                                              "detached" if self.old_mode == "detached" else "given")
+        from jaxgen.train.optim import make_optimizer
+        self.optimizer = make_optimizer(config, int(config.total_steps) * inner)
+
+        # Shardings: policy params by logical axes; optimizer state like its params.
+        axes = janus.param_logical_axes(self.model_config)
+        self.param_shardings = parallel.param_shardings(params, axes, mesh, layout)
+        self.params = parallel.shard_tree(params, self.param_shardings)
+        opt_shape = jax.eval_shape(self.optimizer.init, self.params)
+        self.opt_shardings = parallel.tree_shardings_like_params(opt_shape, self.params,
+                                                                 self.param_shardings, mesh)
+        self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(self.params)
+        # The reference model: a frozen copy with the same shardings (its own buffers).
+        self.ref_params = None
+        if self.loss_config.beta > 0:
+            self.ref_params = jax.tree.map(jnp.copy, self.params)
+        self.batch_sharding = parallel.batch_sharding(mesh)
+        self.psi = np.zeros(2, np.float64)  # adaptive entropy state (text, image)
+
+        config_static = self.model_config
+        self._update = jax.jit(
+            functools.partial(update_step, config=config_static, settings=self.update_settings,
+                              optimizer=self.optimizer),
+            out_shardings=(self.param_shardings, self.opt_shardings, None), donate_argnums=(0, 1))
+        self._score = jax.jit(score_rollout, static_argnums=(1, 3))
+        self._decode = jax.jit(decode_images_uint8, static_argnums=1)
+
+        spec = _resolve_judges(_plain(config.rewards), config.get("judge_checkpoint", ""))
+        self.context = RewardContext(mesh=mesh, layout=layout, policy_config=self.model_config,
+                                     policy_params_fn=lambda: self.params,
+                                     policy_tokenizer=self.tokenizer)
+        self.reward = CompositeReward(spec, self.context)
+        self.needs_host_images = bool(_leaf_names(spec) & HOST_IMAGE_REWARDS)
+        self.prompts = PromptSource(config.data, int(config.seed))
+
+    # -------------------------------------------------------------------------------- stages
+
+    def _put_batch(self, x):
+        return jax.device_put(x, self.batch_sharding)
+
+    def rollout(self, iteration: int, records):
+        """Sample G completions per prompt; returns (Rollout, prompts_b, metadata_b)."""
+        texts = [r["prompt"] for r in records for _ in range(self.group_size)]
+        metadata = [r.get("metadata", {}) for r in records for _ in range(self.group_size)]
+        ids, mask = tokenize_prompts(self.tokenizer, self.model_config, texts,
+                                     int(self.config.data.max_prompt_tokens))
+        rng = jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed)), iteration)
+        with self.mesh:
+            rollout = sampler_lib.sample(self.params, self.model_config, self._put_batch(ids),
+                                         self._put_batch(mask), rng, self.options)
+        return rollout, texts, metadata
+
+    def rewards(self, rollout, texts, metadata):
+        reasoning = detokenize_reasoning(self.tokenizer, rollout.think_ids_bt, rollout.think_mask_bt)
+        images = None
+        if self.needs_host_images:
+            images = np.asarray(self._decode(self.params, self.model_config, rollout.image_ids_bn))
+        batch = RewardBatch(prompts=texts, reasoning=reasoning, metadata=metadata, images=images,
+                            image_tokens=rollout.image_ids_bn)
+        total, streams, weights = self.reward(batch)
+        return total, streams, weights, reasoning, images
+
+    def reference(self, rollout):
+        if self.ref_params is None:
+            return None, None
+        think_lp, image_lp, _, _ = self._score(self.ref_params, self.model_config, rollout,
+                                               self.score)
+        return think_lp, image_lp
+
+    def old_logprobs(self, rollout):
+        if self.old_mode == "sampler":
+            return rollout.think_logprobs_bt, rollout.image_logprobs_bn
+        if self.old_mode == "recompute":
+            think_lp, image_lp, _, _ = self._score(self.params, self.model_config, rollout,
+                                                   self.score)
+            return think_lp, image_lp
+        return None, None
+
+    def entropy_coefs(self):
+        e = self.config.grpo.entropy
+        if e.adaptive:
+            coefs = np.clip(np.sinh(self.psi), -float(e.max_coef), float(e.max_coef))
+        else:
+            coefs = np.array([float(e.text_coef), float(e.image_coef)])
+        return jnp.asarray(coefs, jnp.float32)
+
+    def update(self, batch, iteration: int):
+        """Inner epochs x minibatches of optimizer steps; returns the mean metrics."""
+        g = self.config.grpo
+        n_mb = int(g.minibatches)
+        mb = self.batch_size // n_mb
+        rng = np.random.default_rng([int(self.config.seed), iteration, 7])
+        history = []
+        for _ in range(int(g.inner_epochs)):
+            order = rng.permutation(self.batch_size) if n_mb > 1 else None
+            for k in range(n_mb):
+                if order is None:
+                    part = batch
+                else:
+                    idx = self._put_batch(np.sort(order[k * mb:(k + 1) * mb]).astype(np.int32))
+                    part = jax.tree.map(lambda x: None if x is None else x[idx], batch)
+                with self.mesh:
+                    self.params, self.opt_state, m = self._update(
+                        self.params, self.opt_state, part, self.entropy_coefs())
+                history.append(m)
+        metrics = {k: float(np.mean([float(h[k]) for h in history])) for k in history[0]}
+        e = g.entropy
+        if e.adaptive and "entropy_text" in metrics:
+            self.psi[0] -= float(e.lr) * np.cosh(self.psi[0]) * (metrics["entropy_text"] -
+                                                                  float(e.text_target))
+            self.psi[1] -= float(e.lr) * np.cosh(self.psi[1]) * (metrics["entropy_image"] -
+                                                                  float(e.image_target))
+        coefs = np.asarray(self.entropy_coefs())
+        metrics.update(entropy_coef_text=float(coefs[0]), entropy_coef_image=float(coefs[1]))
+        return metrics
+
+    def iteration(self, iteration: int) -> dict:
+        """One GRPO iteration; returns metrics with the per-stage wall times (seconds)."""
+        g = self.config.grpo
+        t0 = time.perf_counter()
+        records = self.prompts.batch(iteration, self.num_prompts)
+        rollout, texts, metadata = self.rollout(iteration, records)
+        jax.block_until_ready(rollout)
+        t1 = time.perf_counter()
+        total, streams, weights, reasoning, _ = self.rewards(rollout, texts, metadata)
+        t2 = time.perf_counter()
+        ref_think, ref_image = self.reference(rollout)
+        old_think, old_image = self.old_logprobs(rollout)
+        jax.block_until_ready((ref_think, ref_image, old_think, old_image))
+        t3 = time.perf_counter()
+        adv, keep, _ = adv_lib.compute_advantages(
+            streams, self.group_size, g.advantage, weights=weights,
+            per_reward_norm=bool(g.per_reward_norm), dynamic_sampling=bool(g.dynamic_sampling),
+            clip=float(g.advantage_clip))
+        batch = dict(rollout=rollout, adv=self._put_batch(np.asarray(adv)),
+                     keep=self._put_batch(np.asarray(keep)), old_think=old_think,
+                     old_image=old_image, ref_think=ref_think, ref_image=ref_image)
+        metrics = self.update(batch, iteration)
+        jax.block_until_ready(self.params)
+        t4 = time.perf_counter()
+        metrics.update(
+            reward_mean=float(total.mean()), reward_std=float(total.std()),
+            keep_frac=float(np.mean(keep)),
+            think_len=float(np.asarray(rollout.think_mask_bt).sum(1).mean()),
+            time_rollout=t1 - t0, time_reward=t2 - t1, time_reference=t3 - t2,
+            time_update=t4 - t3, time_iteration=t4 - t0)
+        for name, col in zip(self.reward.stream_names, streams.T):
+            metrics[f"reward/{name}"] = float(col.mean())
+        for name, secs in self.reward.timings.items():
+            metrics[f"time_reward/{name}"] = secs
+        self.last_reasoning = reasoning
+        return metrics
+
+    # ------------------------------------------------------------------------- state io
+
+    def state(self):
+        return {"params": self.params, "opt_state": self.opt_state,
+                "psi": jnp.asarray(self.psi, jnp.float32)}
+
+    def load_state(self, state):
+        self.params, self.opt_state = state["params"], state["opt_state"]
+        self.psi = np.asarray(state["psi"], np.float64)
+
+    def abstract_state(self):
+        shard = {"params": self.param_shardings, "opt_state": self.opt_shardings,
+                 "psi": parallel.replicated(self.mesh)}
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
+                            self.state(), shard)
+
+
+def _plain(node):
+    if hasattr(node, "to_dict"):
+        node = node.to_dict()
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [_plain(v) for v in node]
+    return node
+
+
+def train(config, workdir, policy=None) -> dict:
+    """Run (or resume) GRPO; returns a summary with the per-iteration mean rewards.
+
+    policy: optional (params, JanusConfig, tokenizer) instead of config.policy_checkpoint.
+    """
+    from tqdm import tqdm
+
+    from jaxgen import api
+    from jaxgen.checkpoint import CheckpointManager
+
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    runner = GRPORunner(config, policy=policy)
+    total = int(config.total_steps)
+    ckpt = CheckpointManager(workdir / "checkpoints", max_to_keep=2,
+                             save_interval_steps=int(config.checkpoint_every), async_save=False)
+    start = 0
+    restored = ckpt.restore_latest(runner.abstract_state())
+    if restored is not None:
+        start, state, _, _ = restored
+        runner.load_state(state)
+    metrics_path = workdir / "metrics.jsonl"
+    history = []
+    if metrics_path.exists():  # keep the log of the iterations before the restored step
+        history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+        history = [h for h in history if h["step"] < start]
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    bar = tqdm(range(start, total), desc="grpo", initial=start, total=total)
+    with metrics_path.open("a") as log:
+        for it in bar:
+            m = runner.iteration(it)
+            m["step"] = it
+            history.append(m)
+            log.write(json.dumps(m) + "\n")
+            log.flush()
+            bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kl=f"{m.get('kl', 0.0):.4f}")
+            if (it + 1) % int(config.checkpoint_every) == 0 or it + 1 == total:
+                ckpt.save(it + 1, runner.state(), meta={"step": it + 1})
+    ckpt.close()
+    policy_dir = workdir / "policy"
+    api.save_checkpoint(policy_dir, jax.device_get(runner.params), runner.model_config,
+                        runner.tokenizer)
+    rewards = [h["reward_mean"] for h in history]
+    return {"workdir": str(workdir), "policy_checkpoint": str(policy_dir), "steps": total,
+            "start_step": start, "reward_per_step": rewards,
+            "first_reward": rewards[0] if rewards else None,
+            "last_reward": rewards[-1] if rewards else None}
