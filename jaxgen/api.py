@@ -148,8 +148,12 @@ def _hf_model_type(path: pathlib.Path) -> Optional[str]:
         return None
 
 
-def load(path) -> "Generator":
-    """Load a jaxgen checkpoint or a Hugging Face Janus directory as a Generator."""
+def load(path, **import_options) -> "Generator":
+    """Load a jaxgen checkpoint or a Hugging Face Janus directory as a Generator.
+
+    import_options (Hugging Face directories only) go to `jaxgen.convert.hf.import_hf_dir`,
+    e.g. scan_layers=True, dtype='bfloat16'.
+    """
     path = pathlib.Path(path)
     if not path.exists():
         raise CheckpointError(f"model path {path} does not exist; pass a jaxgen checkpoint "
@@ -157,11 +161,14 @@ def load(path) -> "Generator":
     if not path.is_dir():
         raise CheckpointError(f"model path {path} is a file; pass the directory that holds it")
     if (path / PARAMS_FILE).exists():
+        if import_options:
+            raise UserError(f"{sorted(import_options)} only apply when importing a Hugging Face "
+                            f"directory; {path} is a jaxgen checkpoint (its config.json decides)")
         return Generator(*load_checkpoint(path))
     model_type = _hf_model_type(path)
     if model_type == "janus":
         from jaxgen.convert.hf import import_hf_dir
-        return Generator(*import_hf_dir(str(path)))
+        return Generator(*import_hf_dir(str(path), **import_options))
     if model_type is not None:
         raise CheckpointError(f"{path} holds a Hugging Face {model_type!r} model, not Janus "
                               f"(model_type 'janus'); jaxgen loads Janus-Pro models only")

@@ -11,9 +11,9 @@ The same code runs on 1 CPU device, 8 fake CPU devices, a GPU or a TPU slice: a 
 size 1 makes its rules no-ops. A dimension that does not divide by its mesh axes stays whole
 (replicated along those axes) rather than failing, so tiny test models shard too.
 
-Under the FSDP layouts, a parameter whose logical axes map nothing to 'fsdp' (a conv kernel, a
-norm scale) is sharded along its largest dimension that divides by the fsdp size, so each
-device holds ~1/fsdp of every large array (`fsdp_fallback`).
+Under the FSDP layouts, a mesh axis ('fsdp' or 'tensor') that the rules leave unused for a
+parameter (a conv kernel, a norm scale) shards its largest free dimension that divides by the
+axis size, so each device holds ~1/(fsdp*tensor) of every large array (ZeRO-3 style).
 """
 
 from __future__ import annotations
@@ -172,12 +172,17 @@ def logical_to_spec(logical_axes: Sequence[str | None] | None, shape: Sequence[i
                 chosen.append(a)
         used.update(chosen)
         spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
-    if layout in FSDP_LAYOUTS and "fsdp" not in used and mesh.shape["fsdp"] > 1:
-        # Fallback: shard the largest free dimension that divides by the fsdp size.
-        free = [i for i in range(ndim) if spec[i] is None and shape[i] % mesh.shape["fsdp"] == 0]
-        if free:
-            i = max(free, key=lambda j: shape[j])
-            spec[i] = "fsdp"
+    if layout in FSDP_LAYOUTS:
+        # Fallback (ZeRO-3 over every model-parallel axis): an axis the rules left unused
+        # shards the largest free dimension it divides.
+        for axis in ("fsdp", "tensor"):
+            if axis in used or mesh.shape[axis] == 1:
+                continue
+            free = [i for i in range(ndim) if spec[i] is None and shape[i] % mesh.shape[axis] == 0]
+            if free:
+                i = max(free, key=lambda j: shape[j])
+                spec[i] = axis
+                used.add(axis)
     while spec and spec[-1] is None:
         spec.pop()
     return P(*spec)

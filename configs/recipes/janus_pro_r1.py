@@ -32,7 +32,8 @@ def get_config(arg=None):
     arg = arg or "7b"
     common = _common()
     _, c = common.grpo_base("shapes")
-    c.grpo.update(dict(group_size=7, prompts_per_step=128 // 7 + 1, advantage="grpo",
+    # batch 128 in the paper; 16 prompts x G=7 = 112 samples keeps the batch divisible by 8 devices
+    c.grpo.update(dict(group_size=7, prompts_per_step=16, advantage="grpo",
                        dynamic_sampling=False, cfg_mode="cfg", per_reward_norm=True))
     c.grpo.loss.update(dict(eps_low=0.2, eps_high=0.2, beta=0.05, aggregation="sequence_mean"))
     c.sampling.update(dict(cfg_weight=5.0, max_think_tokens=0))

@@ -13,8 +13,9 @@ Dense kernel [in, out]; norm weight <-> scale; Embedding weight <-> embedding; d
 <-> 'layers_{i}' (or row i of the stacked 'layers' tree when config.text.scan_layers). The vision
 tower and VQ model are delegated to jaxgen/convert/hf_vision_vq.py.
 
-Special ids: HF's config.json only holds image_token_id; bos/eos/pad/boi come from
-generation_config.json (generation_kwargs.boi_token_id, which HF's image `generate` needs), then
+Special ids: HF's config.json only holds image_token_id; bos/eos/pad/boi/eoi come from
+generation_config.json (generation_kwargs.boi_token_id, which HF's image `generate` needs, and
+generation_kwargs.eoi_token_id, which jaxgen's export adds), then
 the tokenizer ('<begin_of_image>', '<end_of_image>', '<image_placeholder>' and its bos/eos/pad),
 then text_config; anything still unknown keeps the jaxgen default.
 """
@@ -199,7 +200,9 @@ def generation_config_dict(config: JanusConfig) -> dict:
         "bos_token_id": config.bos_token_id,
         "eos_token_id": config.eos_token_id,
         "pad_token_id": config.pad_token_id,
-        "generation_kwargs": {"boi_token_id": config.boi_token_id},
+        # HF reads boi_token_id; eoi is kept here too so a directory without tokenizer round-trips.
+        "generation_kwargs": {"boi_token_id": config.boi_token_id,
+                              "eoi_token_id": config.eoi_token_id},
         "guidance_scale": 5.0,
     }
 
@@ -424,9 +427,10 @@ def _special_ids(path: pathlib.Path, tokenizer) -> Dict[str, int]:
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             if isinstance(gen.get(key), int):
                 ids[key] = gen[key]
-        boi = (gen.get("generation_kwargs") or {}).get("boi_token_id")
-        if isinstance(boi, int):
-            ids["boi_token_id"] = boi
+        for key in ("boi_token_id", "eoi_token_id"):
+            value = (gen.get("generation_kwargs") or {}).get(key)
+            if isinstance(value, int):
+                ids[key] = value
     return ids
 
 

@@ -272,7 +272,9 @@ class GRPORunner:
         # Shardings: policy params by logical axes; optimizer state like its params.
         axes = janus.param_logical_axes(self.model_config)
         self.param_shardings = parallel.param_shardings(params, axes, mesh, layout)
-        self.params = parallel.shard_tree(params, self.param_shardings)
+        # A fresh sharded copy: the update donates its params, which must not be the caller's.
+        self.params = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                              out_shardings=self.param_shardings)(params)
         opt_shape = jax.eval_shape(self.optimizer.init, self.params)
         self.opt_shardings = parallel.tree_shardings_like_params(opt_shape, self.params,
                                                                  self.param_shardings, mesh)
@@ -280,7 +282,8 @@ class GRPORunner:
         # The reference model: a frozen copy with the same shardings (its own buffers).
         self.ref_params = None
         if self.loss_config.beta > 0:
-            self.ref_params = jax.tree.map(jnp.copy, self.params)
+            self.ref_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                                      out_shardings=self.param_shardings)(self.params)
         self.batch_sharding = parallel.batch_sharding(mesh)
         self.psi = np.zeros(2, np.float64)  # adaptive entropy state (text, image)
 

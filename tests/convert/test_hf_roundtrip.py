@@ -176,3 +176,29 @@ def test_export_rejects_grid_mismatch(hf_tiny_dir, tmp_path):
     with pytest.raises(ConfigError, match="VQ grid"):
         hf.export_hf_dir(params, bad, tmp_path)
     assert not (tmp_path / hf.WEIGHTS_FILE).exists()
+
+
+def test_init_params_export_to_hf_and_back(tmp_path):
+    """Freshly initialised (scanned-layer) params have the layout conversion expects: they export
+    to a directory HF loads, and import back bit-identical; param_logical_axes mirrors them."""
+    import dataclasses
+
+    from conftest import tiny_janus_config
+    from jaxgen.models import janus
+
+    config = tiny_janus_config()
+    config = config.replace(text=dataclasses.replace(config.text, scan_layers=True))
+    params = janus.init_params(config, jax.random.PRNGKey(3))
+    axes = janus.param_logical_axes(config)
+    flat_axes = jax.tree_util.tree_leaves(axes, is_leaf=lambda x: isinstance(x, tuple))
+    flat_params = jax.tree_util.tree_leaves(params)
+    assert len(flat_axes) == len(flat_params)
+    assert all(len(a) == p.ndim for a, p in zip(flat_axes, flat_params))
+    assert axes["language_model"]["layers"]["self_attn"]["q_proj"]["kernel"] == ("layers", "embed", "heads")
+    hf.export_hf_dir(params, config, tmp_path)
+    model = transformers.JanusForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert model.config.text_config.num_key_value_heads == config.text.num_key_value_heads
+    back, config2, tokenizer = hf.import_hf_dir(tmp_path, scan_layers=True)
+    assert config2 == config and tokenizer is None
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(back)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(path))

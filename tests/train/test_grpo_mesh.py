@@ -1,5 +1,6 @@
-"""A GRPO run on 8 fake CPU devices gives the same updates as on one device and compiles its
-update step and sampler once across iterations."""
+"""A GRPO run on 8 fake CPU devices gives the same updates as on one device (float32
+tolerance; plain SGD so the comparison is of the update itself, not of Adam's normalisation of
+near-zero gradients) and compiles its update step and sampler once across iterations."""
 
 import pathlib
 import subprocess
@@ -10,20 +11,18 @@ import numpy as np
 SCRIPT = pathlib.Path(__file__).with_name("grpo_mesh_script.py")
 
 
-def _run(n, out):
-    subprocess.run([sys.executable, str(SCRIPT), str(n), str(out)], check=True, timeout=900)
-    return np.load(out)
-
-
 def test_eight_devices_match_one(tmp_path):
-    one = _run(1, tmp_path / "one.npz")
-    eight = _run(8, tmp_path / "eight.npz")
-    assert int(eight["max_devices"]) == 8  # parameters really are spread over the mesh
-    np.testing.assert_allclose(eight["stats"], one["stats"], rtol=2e-4, atol=1e-5)
-    keys = [k for k in one.files if k.startswith("arr_")]
+    out = tmp_path / "runs.npz"
+    subprocess.run([sys.executable, str(SCRIPT), "8", str(out)], check=True, timeout=900)
+    r = np.load(out)
+    assert int(r["many_max_devices"]) == 8  # parameters really are spread over the mesh
+    assert int(r["one_max_devices"]) == 1
+    np.testing.assert_allclose(r["many_stats"], r["one_stats"], rtol=2e-4, atol=1e-5)
+    keys = sorted(k[len("one_"):] for k in r.files if k.startswith("one_p"))
+    assert keys
     for k in keys:
-        np.testing.assert_allclose(eight[k], one[k], rtol=2e-4, atol=2e-5, err_msg=k)
-    for run in (one, eight):
-        # 3 iterations x 2 minibatches: one executable each for update and sampler
-        assert int(run["update_compiles"]) == 1
-        assert int(run["sampler_compiles"]) == 1
+        np.testing.assert_allclose(r["many_" + k], r["one_" + k], rtol=1e-4, atol=1e-5, err_msg=k)
+    for run in ("one", "many"):
+        # 2 iterations x 2 minibatches: one executable each for the update and the sampler
+        assert int(r[f"{run}_update_compiles"]) == 1
+        assert int(r[f"{run}_sampler_compiles"]) == 1
