@@ -5,11 +5,16 @@ Check a variant builds (CPU, seconds):
     python -c "from jaxgen.config import load_config; from jaxgen.models import janus; \
         print(janus.config_from_configdict(load_config('janus:shapes')))"
 - tiny: the parity-test size (2 layers x 64, GQA 4/2 heads, VQ 16 px / 2 levels); builds in < 1 s.
-- shapes: the ShapesWorld demo model (64x64 images, 64 image tokens, Llama 4 x 256, ~10M params).
-- 1b / 7b: Janus-Pro-1B / 7B shapes (REFERENCE.md section 2); use with an imported checkpoint.
+- shapes: the ShapesWorld demo model (64x64 images, 64 image tokens, Llama 4 x 256; 8.6M params,
+  3.1M of them in the LLM).
+- 1b / 7b: Janus-Pro-1B / 7B shapes (REFERENCE.md section 2; 2.08B / 7.41B params with the
+  vision tower and VQ); scanned layers, dots_saveable remat, bf16 compute. Use with an imported
+  checkpoint (`jaxgen.convert.hf.import_hf_dir`).
 """
 
 import ml_collections
+
+from jaxgen.models.config import ConfigError
 
 # Special ids of the real Janus-Pro tokenizer (a ShapesWorld tokenizer overrides them).
 JANUS_PRO_IDS = dict(image_token_id=100581, boi_token_id=100016, eoi_token_id=100593,
@@ -76,5 +81,5 @@ VARIANTS = {
 def get_config(arg=None):
     arg = arg or "shapes"
     if arg not in VARIANTS:
-        raise ValueError(f"unknown janus variant {arg!r}; use one of {sorted(VARIANTS)}")
+        raise ConfigError(f"unknown janus variant {arg!r}; use one of {sorted(VARIANTS)}")
     return ml_collections.ConfigDict({"model": VARIANTS[arg]()})

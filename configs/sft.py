@@ -3,7 +3,8 @@
 Command (ShapesWorld, after `jaxgen data build` and `jaxgen train vq`; ~10 minutes on 2 CPU
 cores):
     jaxgen train sft --config configs/sft.py:shapes --workdir /tmp/sft \
-        --config.data.tokenizer=<data dir> --config.data.vq_params=/tmp/vq/vq_params.safetensors
+        --config.data.data_dir=<jaxgen data build dir> \
+        --config.data.vq_params=/tmp/vq/vq_params.safetensors
 Expected result: the GenEval-style accuracy of images sampled for held-out prompts
 (pixel-only evaluator, 'eval/accuracy' in metrics.jsonl) far above the untrained model's (~0);
 a jaxgen checkpoint in <workdir>/final for `jaxgen sample`.
@@ -42,7 +43,7 @@ def get_config(arg=None):
     c.compute_dtype = "float32"  # 'bfloat16' on accelerators (float32 master weights either way)
     c.sample_grid = 16 if shapes else 4
     c.data = dict(
-        tokenizer="", vq_params="", records_dir="", seed=0,
+        data_dir="", tokenizer="", vq_params="", seed=0,
         num_examples=8000 if shapes else 16, seq_len=160 if shapes else 96,
         reasoning="plan" if shapes else "none",  # plan | caption | none
         prompt_dropout=0.1, dropout_hides="prompt",  # or prompt_and_reasoning

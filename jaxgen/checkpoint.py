@@ -64,6 +64,7 @@ class CheckpointManager:
             max_to_keep=max_to_keep, save_interval_steps=1, create=True,
             cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
         self._options = options
+        self.max_to_keep = max_to_keep
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
     # ---------------------------------------------------------------------------- queries
@@ -100,8 +101,13 @@ class CheckpointManager:
         return self.save(step, state, data_state, meta)
 
     def wait(self):
-        """Block until pending asynchronous saves are on disk."""
+        """Block until pending asynchronous saves are on disk, then apply keep-N (Orbax only
+        prunes at the next save, so a finished run would otherwise keep one extra step)."""
         self._mngr.wait_until_finished()
+        steps = self.all_steps()
+        if self.max_to_keep and len(steps) > self.max_to_keep:
+            for step in steps[:len(steps) - self.max_to_keep]:
+                self._mngr.delete(step)
 
     # ---------------------------------------------------------------------------- restore
 
@@ -149,7 +155,7 @@ class CheckpointManager:
         return dst
 
     def close(self):
-        self._mngr.wait_until_finished()
+        self.wait()
         self._mngr.close()
 
     def __enter__(self):

@@ -102,9 +102,8 @@ def _judge(config, paths):
 def _grpo(config, paths):
     from jaxgen.train import grpo
     c = config.grpo.copy_and_resolve_references()
-    c.policy_ckpt = str(paths["sft"] / "final")
-    c.judge_ckpt = str(paths["judge"] / "final")
-    c.data_dir = str(paths["data"])
+    c.policy_checkpoint = str(paths["sft"] / "final")
+    c.judge_checkpoint = str(paths["judge"] / "final")
     return dict(grpo.train(c, str(paths["grpo"])))
 
 

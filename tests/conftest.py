@@ -17,6 +17,17 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+
+
+def pytest_configure(config):
+    # Tiny models: one torch thread is faster than two fighting JAX's pool on the 2 shared cores.
+    try:
+        import torch
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+
+
 # Scale of the random perturbation added to every HF parameter so that norms, biases and the
 # codebook are far from their default init (a parity test against ones/zeros proves little).
 PERTURB_STD = 0.05

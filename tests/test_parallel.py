@@ -172,11 +172,15 @@ def test_rules_table_maps_logical_axes():
     assert parallel.logical_to_spec(("embed", "mlp"), (64, 128), mesh, "fsdp_tp") == P("fsdp", "tensor")
     assert parallel.logical_to_spec(("vocab", "embed"), (256, 64), mesh, "fsdp_tp") == P("tensor", "fsdp")
     assert parallel.logical_to_spec(("embed", "mlp"), (64, 128), mesh, "dp") == P()
+    fsdp_only = _FakeMesh(data=1, fsdp=4, tensor=1)
     # A dim that does not divide stays whole; the FSDP fallback shards another dim.
-    assert parallel.logical_to_spec(("embed", "heads"), (6, 8), mesh, "fsdp") == P(None, "fsdp")
-    # Scan axis never sharded; norm vectors fall back to fsdp when divisible.
-    assert parallel.logical_to_spec(("layers", "norm"), (3, 64), mesh, "fsdp") == P(None, "fsdp")
-    assert parallel.logical_to_spec(("norm",), (6,), mesh, "fsdp") == P()
+    assert parallel.logical_to_spec(("embed", "heads"), (6, 8), fsdp_only, "fsdp") == P(None, "fsdp")
+    # Scan axis never sharded by rule; norm vectors fall back to fsdp when divisible.
+    assert parallel.logical_to_spec(("layers", "norm"), (3, 64), fsdp_only, "fsdp") == P(None, "fsdp")
+    assert parallel.logical_to_spec(("norm",), (6,), fsdp_only, "fsdp") == P()
+    # Conv kernels (no tensor rule) use the tensor axis through the fallback too.
+    assert parallel.logical_to_spec((None, None, "conv_in", "conv_out"), (3, 3, 32, 64), mesh,
+                                    "fsdp_tp") == P(None, None, "tensor", "fsdp")
 
 
 def test_batch_must_divide_data_parallel_devices():

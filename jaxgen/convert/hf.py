@@ -58,6 +58,16 @@ GENERIC_HF_KEYS = {
     "id2label", "label2id", "is_encoder_decoder", "model_type", "output_attentions",
     "output_hidden_states", "problem_type", "return_dict", "transformers_version",
     "initializer_range", "use_cache", "_attn_implementation_autoset", "tie_word_embeddings",
+    # transformers 4.x wrote these base/generation attributes into (sub-)configs as well.
+    "add_cross_attention", "bad_words_ids", "begin_suppress_tokens", "cross_attention_hidden_size",
+    "decoder_start_token_id", "diversity_penalty", "do_sample", "early_stopping",
+    "encoder_no_repeat_ngram_size", "exponential_decay_length_penalty", "finetuning_task",
+    "forced_bos_token_id", "forced_eos_token_id", "is_decoder", "length_penalty", "max_length",
+    "min_length", "no_repeat_ngram_size", "num_beam_groups", "num_beams", "num_return_sequences",
+    "output_scores", "prefix", "pruned_heads", "remove_invalid_values", "repetition_penalty",
+    "return_dict_in_generate", "sep_token_id", "suppress_tokens", "task_specific_params",
+    "temperature", "tf_legacy_loss", "tie_encoder_decoder", "tokenizer_class", "top_k", "top_p",
+    "torchscript", "typical_p", "use_bfloat16", "_name_or_path",
 }
 
 # HF key -> jaxgen field (same name unless given), per sub-config.
@@ -466,9 +476,8 @@ def export_hf_dir(params, config: JanusConfig, path, tokenizer=None) -> pathlib.
     path = pathlib.Path(path)
     hf_config = jaxgen_config_to_hf(config)  # validates before anything is written
     tensors = params_to_hf_tensors(params, config)
-    tensors = {k: np.ascontiguousarray(v.astype(np.float32) if v.dtype.kind == "V" or
-                                       str(v.dtype) == "bfloat16" else v)
-               for k, v in tensors.items()}
+    # Tensors keep their dtype (bfloat16 params are written as BF16, which torch reads).
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
     (path / GENERATION_CONFIG_FILE).write_text(json.dumps(generation_config_dict(config), indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""Janus-Pro unified model as pure functions of a plain params pytree (work in progress).
+"""Janus-Pro unified model as pure functions of a plain params pytree.
 
 Functional API (binding contract; `config` is a frozen, hashable JanusConfig, static under jit):
 
@@ -17,6 +17,10 @@ Functional API (binding contract; `config` is a frozen, hashable JanusConfig, st
     vq_decode(params, config, codes_bn) -> pixels_bhwc f32 in ~[-1,1]
     config_from_configdict(cd) -> JanusConfig
 
+Every function is jit-able with `config` static (e.g. `jax.jit(decode, static_argnums=1)`);
+`cache_index` may be traced. Conversion to/from Hugging Face: jaxgen/convert/hf.py.
+Parity with transformers (1e-4, float32): tests/models/test_janus_parity.py.
+
 Top-level param keys mirror Hugging Face: 'language_model', 'lm_head', 'vision_model', 'aligner',
 'vqmodel', 'generation_embeddings', 'generation_aligner', 'generation_head'.
 """
@@ -29,8 +33,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen.errors import PromptTooLongError, UserError
 from jaxgen.models import llama
-from jaxgen.models.config import ConfigError, JanusConfig
+from jaxgen.models.config import JanusConfig
 
 
 def config_from_configdict(cd) -> JanusConfig:
@@ -255,8 +260,29 @@ def decode(params, config: JanusConfig, emb_bld, positions_bl, kv_mask_bs, cache
     slots j <= cache_index + i with kv_mask_bs[:, j] true (kv_mask_bs is [B, max_len]).
     Left-padded prompts: kv_mask = attention_mask, positions = clip(cumsum(mask) - 1, 0).
     """
+    _check_decode_shapes(config, emb_bld, positions_bl, kv_mask_bs, cache, cache_index)
     return _language_model(config).apply({"params": params["language_model"]}, emb_bld,
                                          positions_bl, kv_mask_bs, cache, cache_index)
+
+
+def _check_decode_shapes(config, emb_bld, positions_bl, kv_mask_bs, cache, cache_index):
+    """Shape mistakes raise one clear UserError here instead of a broadcasting error deep inside."""
+    b, l, d = emb_bld.shape
+    if d != config.text.hidden_size:
+        raise UserError(f"decode: embeddings have width {d} but the model's hidden_size is "
+                        f"{config.text.hidden_size}; embed with embed_text / embed_image_codes.")
+    if tuple(positions_bl.shape) not in ((b, l), (1, l)):
+        raise UserError(f"decode: positions_bl has shape {tuple(positions_bl.shape)}, expected "
+                        f"{(b, l)} (one position per input embedding).")
+    slots = l if cache is None else cache["k"].shape[2]
+    if tuple(kv_mask_bs.shape) not in ((b, slots), (1, slots)):
+        what = "the input length" if cache is None else "the cache length (max_len)"
+        raise UserError(f"decode: kv_mask_bs has shape {tuple(kv_mask_bs.shape)}, expected "
+                        f"{(b, slots)}: [batch, {what}].")
+    if cache is not None and isinstance(cache_index, int) and cache_index + l > slots:
+        raise PromptTooLongError(f"decode: writing {l} positions at cache slot {cache_index} "
+                                 f"overflows the cache of {slots} slots; allocate init_cache with a "
+                                 "larger max_len or shorten the prompt.")
 
 
 def text_logits(params, config: JanusConfig, hidden_bld):

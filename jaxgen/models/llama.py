@@ -18,8 +18,6 @@ mlp/{gate,up,down}_proj/kernel, input_layernorm/scale, post_attention_layernorm/
 
 from __future__ import annotations
 
-from typing import Optional
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

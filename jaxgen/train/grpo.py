@@ -19,7 +19,7 @@ The image log-prob convention is `grpo.cfg_mode` (REFERENCE.md section 3): 'cond
 `sampling.uncond_hides` says what the unconditional row hides.
 
 Entry point: `train(config, workdir) -> dict` (resumable from workdir; metrics in
-workdir/metrics.jsonl; final policy saved as a jaxgen checkpoint in workdir/policy).
+workdir/metrics.jsonl; final policy saved as a jaxgen checkpoint in workdir/final).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def update_step(params, opt_state, batch, entropy_coefs, *, config, settings, op
         params, config, batch, entropy_coefs, settings)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
     return params, opt_state, metrics
 
 
@@ -315,9 +315,8 @@ class GRPORunner:
         ids, mask = tokenize_prompts(self.tokenizer, self.model_config, texts,
                                      int(self.config.data.max_prompt_tokens))
         rng = jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed)), iteration)
-        with self.mesh:
-            rollout = sampler_lib.sample(self.params, self.model_config, self._put_batch(ids),
-                                         self._put_batch(mask), rng, self.options)
+        rollout = sampler_lib.sample(self.params, self.model_config, self._put_batch(ids),
+                                     self._put_batch(mask), rng, self.options)
         return rollout, texts, metadata
 
     def rewards(self, rollout, texts, metadata):
@@ -369,9 +368,8 @@ class GRPORunner:
                 else:
                     idx = self._put_batch(np.sort(order[k * mb:(k + 1) * mb]).astype(np.int32))
                     part = jax.tree.map(lambda x: None if x is None else x[idx], batch)
-                with self.mesh:
-                    self.params, self.opt_state, m = self._update(
-                        self.params, self.opt_state, part, self.entropy_coefs())
+                self.params, self.opt_state, m = self._update(
+                    self.params, self.opt_state, part, self.entropy_coefs())
                 history.append(m)
         metrics = {k: float(np.mean([float(h[k]) for h in history])) for k in history[0]}
         e = g.entropy
@@ -448,6 +446,16 @@ def _plain(node):
     return node
 
 
+_ALIASES = {"policy_ckpt": "policy_checkpoint", "judge_ckpt": "judge_checkpoint"}
+
+
+def _apply_aliases(config):
+    """Accept the short names policy_ckpt / judge_ckpt (used by the demo) for the two paths."""
+    for short, full in _ALIASES.items():
+        if short in config and config[short] and not config.get(full):
+            config[full] = config[short]
+
+
 def train(config, workdir, policy=None) -> dict:
     """Run (or resume) GRPO; returns a summary with the per-iteration mean rewards.
 
@@ -460,6 +468,7 @@ def train(config, workdir, policy=None) -> dict:
 
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    _apply_aliases(config)
     runner = GRPORunner(config, policy=policy)
     total = int(config.total_steps)
     ckpt = CheckpointManager(workdir / "checkpoints", max_to_keep=2,
@@ -487,7 +496,7 @@ def train(config, workdir, policy=None) -> dict:
             if (it + 1) % int(config.checkpoint_every) == 0 or it + 1 == total:
                 ckpt.save(it + 1, runner.state(), meta={"step": it + 1})
     ckpt.close()
-    policy_dir = workdir / "policy"
+    policy_dir = workdir / "final"  # same layout as SFT's final checkpoint
     api.save_checkpoint(policy_dir, jax.device_get(runner.params), runner.model_config,
                         runner.tokenizer)
     rewards = [h["reward_mean"] for h in history]

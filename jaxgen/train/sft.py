@@ -33,7 +33,7 @@ from jaxgen import parallel
 from jaxgen.data import templates
 from jaxgen.errors import UserError
 from jaxgen.models import janus
-from jaxgen.train import batching, losses, loop as loop_lib, optim, state as state_lib
+from jaxgen.train import losses, loop as loop_lib, optim, state as state_lib
 
 TASK_GENERATION, TASK_UNDERSTANDING = 0, 1
 # Target kinds (for per-kind metrics); weights come from config.loss.
@@ -51,8 +51,9 @@ def load_tokenizer(path):
     """The ShapesWorld tokenizer (jaxgen.data.tokenizer when present, else a plain HF fast one)."""
     path = str(path)
     if not path or not pathlib.Path(path).exists():
-        raise UserError(f"tokenizer {path!r} not found; build the data first (`jaxgen data build`) "
-                        "and pass --config.data.tokenizer=<dir with tokenizer.json>")
+        raise UserError(f"tokenizer {path!r} not found; build the data first (`jaxgen data build "
+                        "--out D`) and pass --config.data.data_dir=D (or "
+                        "--config.data.tokenizer=<dir with tokenizer.json>)")
     try:
         from jaxgen.data.tokenizer import load_tokenizer as data_load
     except ImportError:
@@ -93,65 +94,35 @@ def model_config_for(config, tokenizer=None):
 # --------------------------------------------------------------------------- records
 
 
-def _fallback_plan(scene) -> str:
-    """GoT-style layout plan from a scene: '<obj>desc</obj> <box>(x0,y0),(x1,y1)</box>' on a
-    0-1000 grid, objects in reading order."""
-    grid = 1000
-    parts = []
-    for o in scene.objects:
-        x0, y0, x1, y1 = (int(round(v * grid / scene.canvas)) for v in o.box)
-        parts.append(f"<obj>{o.describe()}</obj> <box>({x0},{y0}),({x1},{y1})</box>")
-    return " ".join(parts)
-
-
-def _fallback_caption(scene) -> str:
-    return "a picture of " + ", ".join(f"a {o.describe()}" for o in scene.objects) + "."
-
-
 def procedural_records(n: int, seed: int, split: str, image_size: int) -> list[dict]:
-    """SFT records rendered on the fly from ShapesWorld (used when no built dataset is given)."""
-    from jaxgen.data import shapes_world
-    out = []
+    """SFT records rendered on the fly from ShapesWorld (used when no built dataset is given);
+    same fields and reasoning texts as `jaxgen.data.build.sft_records`."""
+    from jaxgen.data import prompts, shapes_world
+    from jaxgen.data.build import sft_records
+    cats = prompts.CATEGORIES
     rng = np.random.default_rng(seed)
-    while len(out) < n:
-        try:
-            prompt, metadata, scene = shapes_world.sample_prompt(rng, split, canvas=image_size)
-        except UserError:
-            continue
-        out.append({"prompt": prompt, "category": metadata.get("tag", ""),
-                    "plan": _fallback_plan(scene), "caption": _fallback_caption(scene),
-                    "image": shapes_world.render(scene), "metadata": json.dumps(metadata)})
-    return out
+    return sft_records(n, split, rng, image_size, cats)
 
 
 def load_records(config, split: str, n: int, seed: int) -> list[dict]:
-    """SFT records: from the built dataset (config.data.records_dir, via jaxgen.data.pipeline)
-    when set, else rendered procedurally."""
+    """SFT records: the first n of the built dataset (config.data.data_dir, `jaxgen data
+    build`) when set, else rendered procedurally."""
     dc = config.data
-    if dc.get("records_dir"):
-        from jaxgen.data import pipeline  # the ShapesWorld engineer's reader
-        return list(pipeline.read_records(dc.records_dir, split=split, limit=n))
+    if dc.get("data_dir"):
+        from jaxgen.data.build import load_split
+        ds = load_split(dc.data_dir, "sft", split)
+        if len(ds) == 0:
+            raise UserError(f"no '{split}' SFT records in {dc.data_dir}; rebuild the data")
+        return [ds[i] for i in range(min(n, len(ds)))]
     mc = janus.config_from_configdict(config.model)
     return procedural_records(n, seed, split, mc.vq.image_size)
 
 
 def judge_records(records: list[dict], seed: int) -> list[dict]:
-    """(image, question, answer) rows for the understanding task (Janus-Pro-R1 self-evaluation)."""
+    """(image, question, answer) rows for the understanding task (Janus-Pro-R1 self-evaluation:
+    the image with its own prompt -> 'yes', with a perturbed prompt -> 'no')."""
     from jaxgen.data import judge
-    rows = judge.judge_examples(records, np.random.default_rng(seed))
-    out = []
-    for r in rows:
-        if isinstance(r, dict):
-            out.append({"image": r["image"], "question": r.get("question", r.get("prompt")),
-                        "answer": r["answer"]})
-        else:
-            image, prompt, answer = r[:3]
-            out.append({"image": image, "question": prompt, "answer": answer})
-    return out
-
-
-def understanding_question(prompt: str) -> str:
-    return f"Does the image match the prompt: {prompt}? Answer yes or no."
+    return judge.judge_examples(records, np.random.default_rng(seed))
 
 
 # ---------------------------------------------------------------------- tokenisation
@@ -255,8 +226,8 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
     und = None
     if float(dc.task_mix.understanding) > 0:
         rows = judge_records(records, int(dc.seed) + 1)
-        und = _stack([understanding_row(tokenizer, mc, understanding_question(r["question"]),
-                                        r["answer"], int(dc.seq_len)) for r in rows])
+        und = _stack([understanding_row(tokenizer, mc, r["question"], r["answer"],
+                                        int(dc.seq_len)) for r in rows])
         und["pixels"] = resize_images(np.stack([np.asarray(r["image"], np.uint8) for r in rows]),
                                       mc.vision.image_size)
     return {"generation": gen, "understanding": und}
@@ -289,18 +260,42 @@ def cached_dataset(config, workdir, tokenizer, mc, vq_params, vq_path) -> dict:
     return data
 
 
+class _RowSource:
+    """Random-access view of equal-length arrays: source[i] -> {key: array[i]} (for Grain)."""
+
+    def __init__(self, arrays: dict):
+        self.arrays = arrays
+        self.n = len(next(iter(arrays.values())))
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.arrays.items()}
+
+
 class MixedBatcher:
-    """Fixed rows per task per batch, each task from its own shuffled ArrayBatcher."""
+    """Fixed rows per task per batch, each task from its own Grain loader
+    (`jaxgen.data.pipeline.make_loader`: seeded shuffles, per-host shard, checkpointable)."""
 
     def __init__(self, data: dict, batch_size: int, mix, seed: int, image_size: int):
+        from jaxgen.data.pipeline import host_shard, make_loader
         und_rows = 0
         if data.get("understanding") is not None:
             total = float(mix.generation) + float(mix.understanding)
             und_rows = int(round(batch_size * float(mix.understanding) / total))
         gen_rows = batch_size - und_rows
-        self.gen = batching.ArrayBatcher(data["generation"], gen_rows, seed) if gen_rows else None
-        self.und = batching.ArrayBatcher(data["understanding"], und_rows, seed + 1) \
-            if und_rows else None
+        _, hosts = host_shard()
+        for rows, what in ((gen_rows, "generation"), (und_rows, "understanding")):
+            if rows % hosts:
+                raise UserError(f"{rows} {what} rows per batch do not divide over {hosts} hosts; "
+                                "adjust batch_size or data.task_mix")
+
+        def loader(arrays, rows, s):
+            return iter(make_loader(_RowSource(arrays), batch_size=rows // hosts, seed=s))
+
+        self.gen = loader(data["generation"], gen_rows, seed) if gen_rows else None
+        self.und = loader(data["understanding"], und_rows, seed + 1) if und_rows else None
         self.image_size = image_size
 
     def __iter__(self):
@@ -326,9 +321,9 @@ class MixedBatcher:
                 "und": self.und.get_state() if self.und else None}
 
     def set_state(self, state: dict):
-        if self.gen is not None and state.get("gen"):
+        if self.gen is not None and state.get("gen") is not None:
             self.gen.set_state(state["gen"])
-        if self.und is not None and state.get("und"):
+        if self.und is not None and state.get("und") is not None:
             self.und.set_state(state["und"])
 
 
@@ -478,7 +473,7 @@ def train(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     dc = config.data
-    tokenizer = load_tokenizer(dc.tokenizer)
+    tokenizer = load_tokenizer(dc.tokenizer or dc.data_dir)
     mc = model_config_for(config, tokenizer)
     vq_path = dc.get("vq_params", "")
     if not vq_path:

@@ -163,7 +163,7 @@ def make_train_step(loss_fn, optimizer: optax.GradientTransformation, shardings:
         params = optax.apply_updates(state.params, updates)
         metrics = {k: jnp.where(d > 0, n / jnp.maximum(d, 1e-12), 0.0)
                    for k, (n, d) in aux["metrics"].items()}
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.step)
         new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)

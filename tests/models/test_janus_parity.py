@@ -6,8 +6,6 @@ float32 on every path (text, image generation, understanding with pixels, VQ dec
 codes for VQ encode and greedy CFG image generation.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,10 +23,6 @@ BATCH = 2
 def converted(hf_tiny_dir):
     params, config, tokenizer = import_hf_dir(hf_tiny_dir)
     return params, config, tokenizer
-
-
-def _jit(fn, **static):
-    return jax.jit(functools.partial(fn, **static), static_argnames=("config",))
 
 
 decode = jax.jit(janus.decode, static_argnums=1)

@@ -140,3 +140,23 @@ def test_left_padded_rows_equal_unpadded(setup):
     _, cache = _apply(CFG, params, emb[:, :-1], pos[:, :-1], kv_mask, cache, 0)
     last, _ = _apply(CFG, params, emb[:, -1:], pos[:, -1:], kv_mask, cache, L - 1)
     np.testing.assert_allclose(last[1, 0], ref[0, -1], atol=ATOL, rtol=0)
+
+
+def test_decode_shape_errors_are_user_errors():
+    from conftest import tiny_janus_config
+    from jaxgen.errors import PromptTooLongError, UserError
+    from jaxgen.models import janus
+
+    config = tiny_janus_config()
+    params = {"language_model": None}  # the checks run before any parameter is touched
+    emb = jnp.zeros((2, 3, config.text.hidden_size))
+    pos = jnp.zeros((2, 3), jnp.int32)
+    with pytest.raises(UserError, match=r"kv_mask_bs has shape \(2, 5\), expected \(2, 3\)"):
+        janus.decode(params, config, emb, pos, jnp.ones((2, 5), bool))
+    cache = janus.init_cache(config, 2, 4)
+    with pytest.raises(UserError, match=r"expected \(2, 4\): \[batch, the cache length"):
+        janus.decode(params, config, emb, pos, jnp.ones((2, 3), bool), cache, 0)
+    with pytest.raises(PromptTooLongError, match="overflows the cache of 4 slots"):
+        janus.decode(params, config, emb, pos, jnp.ones((2, 4), bool), cache, 2)
+    with pytest.raises(UserError, match="width 7"):
+        janus.decode(params, config, jnp.zeros((2, 3, 7)), pos, jnp.ones((2, 3), bool))
