@@ -43,8 +43,8 @@ def get_config(arg=None):
     c.compute_dtype = "float32"  # 'bfloat16' on accelerators (float32 master weights either way)
     c.sample_grid = 16 if shapes else 4
     c.data = dict(
-        data_dir="", tokenizer="", vq_params="", seed=0,
-        num_examples=8000 if shapes else 16, seq_len=160 if shapes else 96,
+        data_dir="", tokenizer="", vq_params="", seed=0, canvas=64,
+        num_examples=8000 if shapes else 16, seq_len=160 if shapes else 128,
         reasoning="plan" if shapes else "none",  # plan | caption | none
         prompt_dropout=0.1, dropout_hides="prompt",  # or prompt_and_reasoning
         task_mix=dict(generation=1.0, understanding=0.0),

@@ -1,6 +1,6 @@
 """VQ image tokenizer training: `configs/vq.py:<arg>` with arg in shapes | tiny.
 
-Command (ShapesWorld tokenizer, ~10 minutes on 2 CPU cores):
+Command (ShapesWorld tokenizer, ~15 minutes on 2 shared CPU cores):
     jaxgen train vq --config configs/vq.py:shapes --workdir /tmp/vq
 Expected result: held-out PSNR printed at the end and in metrics.jsonl ('eval/psnr'); the
 tokenizer is written to <workdir>/vq_params.safetensors for the SFT stage.
@@ -32,22 +32,22 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.model = _janus(arg)
     c.seed = 0
-    c.total_steps = 1500 if arg == "shapes" else 6
-    c.batch_size = 16 if arg == "shapes" else 4
+    c.total_steps = 400 if arg == "shapes" else 6
+    c.batch_size = 8 if arg == "shapes" else 4
     c.grad_accum_steps = 1
     c.compute_dtype = "float32"
     c.eval_batch_size = 64 if arg == "shapes" else 8
     c.sample_grid = 8 if arg == "shapes" else 4
     c.data = dict(seed=0, heldout_seed=12345, heldout_size=256 if arg == "shapes" else 8)
     c.optim = dict(name="adamw", learning_rate=2e-3 if arg == "shapes" else 1e-3,
-                   warmup_steps=100 if arg == "shapes" else 1, schedule="cosine",
+                   warmup_steps=20 if arg == "shapes" else 1, schedule="cosine",
                    end_lr_ratio=0.05, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0,
                    grad_clip_norm=1.0, decay_steps=0)
     c.loss = dict(l2_weight=1.0, codebook_weight=1.0, commit_weight=0.25, l2_norm_lookup=True,
                   gan_weight=0.0, gan_start_step=0, disc_channels=64, disc_layers=3,
                   perceptual_weight=0.0, perceptual_weights="")
     c.mesh = dict(data=-1, fsdp=1, tensor=1, layout="dp")
-    c.train = dict(log_every=50 if arg == "shapes" else 1, ckpt_every=250 if arg == "shapes" else 2,
-                   keep_checkpoints=2, eval_every=500 if arg == "shapes" else 0,
+    c.train = dict(log_every=20 if arg == "shapes" else 1, ckpt_every=100 if arg == "shapes" else 2,
+                   keep_checkpoints=2, eval_every=200 if arg == "shapes" else 0,
                    async_checkpoints=True)
     return c

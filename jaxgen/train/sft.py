@@ -114,8 +114,8 @@ def load_records(config, split: str, n: int, seed: int) -> list[dict]:
         if len(ds) == 0:
             raise UserError(f"no '{split}' SFT records in {dc.data_dir}; rebuild the data")
         return [ds[i] for i in range(min(n, len(ds)))]
-    mc = janus.config_from_configdict(config.model)
-    return procedural_records(n, seed, split, mc.vq.image_size)
+    # Scenes are drawn on a `canvas`-pixel canvas and resized to the model's image sizes.
+    return procedural_records(n, seed, split, int(dc.get("canvas", 64)))
 
 
 def judge_records(records: list[dict], seed: int) -> list[dict]:

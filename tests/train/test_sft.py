@@ -1,0 +1,175 @@
+"""SFT: sequence layout and loss weights, prompt dropout, config errors, and a tiny end-to-end
+run (VQ tokenizer -> SFT -> exported checkpoint, understanding rows included)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen.config import load_config
+from jaxgen.errors import UserError
+from jaxgen.models import janus
+from jaxgen.models.config import ConfigError
+from jaxgen.train import losses, sft
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    """The ShapesWorld tokenizer (jaxgen.data.tokenizer) built from procedural tiny records."""
+    from jaxgen.data import tokenizer as tok_lib
+    from jaxgen.data.build import tokenizer_corpus
+    from jaxgen.data.judge import judge_question
+    recs = sft.procedural_records(48, 0, "train", 64) + sft.procedural_records(16, 1, "test", 64)
+    corpus = tokenizer_corpus(recs) + [judge_question(r["prompt"]) for r in recs] + ["yes no"]
+    out = tmp_path_factory.mktemp("tok")
+    tok_lib.build_tokenizer(corpus, out, vocab_size=256)
+    return tok_lib.load_tokenizer(out), out
+
+
+@pytest.fixture(scope="module")
+def tiny(tokenizer):
+    config = load_config("sft:tiny")
+    mc = sft.model_config_for(config, tokenizer[0])
+    return config, mc
+
+
+def test_generation_row_layout_and_kinds(tokenizer, tiny):
+    tok, _ = tokenizer
+    config, mc = tiny
+    n = mc.num_image_tokens
+    codes = np.arange(n) % mc.vq.num_embeddings
+    row = sft.generation_row(tok, mc, "a red circle", "a red circle", codes, 128, config.loss)
+    prompt_len = len(tok("<bos><|User|>: a red circle\n\n<|Assistant|>:",
+                         add_special_tokens=False)["input_ids"])
+    reason_len = len(tok("a red circle", add_special_tokens=False)["input_ids"])
+    length = prompt_len + reason_len + 1 + n + 1
+    kind = row["target_kind"]
+    # target t = token t + 1: prompt -> no loss, reasoning -> text, then boi, codes, eoi.
+    assert (kind[:prompt_len - 1] == sft.KIND_NONE).all()
+    assert (kind[prompt_len - 1:prompt_len - 1 + reason_len] == sft.KIND_TEXT).all()
+    boi_at = prompt_len + reason_len - 1
+    assert kind[boi_at] == sft.KIND_BOI and row["targets"][boi_at] == mc.boi_token_id
+    assert (kind[boi_at + 1:boi_at + 1 + n] == sft.KIND_IMAGE).all()
+    np.testing.assert_array_equal(row["targets"][boi_at + 1:boi_at + 1 + n], codes)
+    assert row["target_is_image"][boi_at + 1:boi_at + 1 + n].all()
+    assert kind[boi_at + 1 + n] == sft.KIND_EOI
+    assert row["valid"].sum() == length - 1 and not kind[length - 1:].any()
+    # inputs = tokens shifted: the codes are inputs right after <begin_of_image>.
+    assert row["inputs"][boi_at + 1] == mc.boi_token_id
+    assert row["input_is_image"][boi_at + 2:boi_at + 2 + n].all()
+    # dropout regions: BOS visible (0), prompt (1), reasoning (2)
+    assert row["region"][0] == 0 and (row["region"][1:prompt_len] == 1).all()
+    assert (row["region"][prompt_len:prompt_len + reason_len] == 2).all()
+
+
+def test_too_long_sequence_is_a_clear_error(tokenizer, tiny):
+    tok, _ = tokenizer
+    config, mc = tiny
+    with pytest.raises(UserError, match="raise --config.data.seq_len"):
+        sft.generation_row(tok, mc, "a red circle", "", np.zeros(mc.num_image_tokens, int), 16,
+                           config.loss)
+
+
+def _batch(tok, mc, config, n_rows=2):
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(n_rows):
+        codes = rng.integers(0, mc.vq.num_embeddings, mc.num_image_tokens)
+        rows.append(sft.generation_row(tok, mc, "a red circle", "a large red circle", codes,
+                                       int(config.data.seq_len), config.loss))
+    return {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+
+
+def test_loss_uses_text_image_boi_weights(tokenizer, tiny):
+    tok, _ = tokenizer
+    config, mc = tiny
+    config = load_config("sft:tiny", ["--config.data.prompt_dropout=0.0"])
+    params = janus.init_params(mc, jax.random.PRNGKey(0))
+    batch = _batch(tok, mc, config)
+    text_lg, img_lg = sft.forward_logits(params, mc, batch)
+    nll = np.where(batch["target_is_image"], losses.token_nll(img_lg, batch["targets"]),
+                   losses.token_nll(text_lg, batch["targets"]))
+    kind = np.asarray(batch["target_kind"])
+    w = np.select([kind == sft.KIND_TEXT, kind == sft.KIND_IMAGE], [2.0, 1.0], 0.0)
+    expected = (nll * w).sum() / w.sum()
+    num, aux = sft.make_loss_fn(mc, config)(params, batch, jax.random.PRNGKey(1))
+    assert float(num / aux["denominator"]) == pytest.approx(expected, rel=1e-5)
+    n, d = aux["metrics"]["image_loss"]
+    assert float(n / d) == pytest.approx(nll[kind == sft.KIND_IMAGE].mean(), rel=1e-5)
+    # <begin_of_image> weight 0 by default; giving it weight changes the loss accordingly.
+    cfg2 = load_config("sft:tiny", ["--config.data.prompt_dropout=0.0",
+                                    "--config.loss.boi_weight=1.0"])
+    w2 = w + (kind == sft.KIND_BOI)
+    num2, aux2 = sft.make_loss_fn(mc, cfg2)(params, batch, jax.random.PRNGKey(1))
+    assert float(num2 / aux2["denominator"]) == pytest.approx((nll * w2).sum() / w2.sum(), rel=1e-5)
+
+
+def test_prompt_dropout_hides_prompt_keeps_bos(tokenizer, tiny):
+    tok, _ = tokenizer
+    _, mc = tiny
+    config = load_config("sft:tiny")
+    batch = _batch(tok, mc, config)
+    out, dropped = sft.apply_prompt_dropout(batch, jax.random.PRNGKey(0), mc, 1.0, "prompt")
+    assert dropped.all()
+    region = np.asarray(batch["region"])
+    assert (np.asarray(out["inputs"])[region == 1] == mc.pad_token_id).all()
+    np.testing.assert_array_equal(np.asarray(out["inputs"])[region != 1],
+                                  np.asarray(batch["inputs"])[region != 1])
+    assert (np.asarray(out["inputs"])[:, 0] == mc.bos_token_id).all()
+    both, _ = sft.apply_prompt_dropout(batch, jax.random.PRNGKey(0), mc, 1.0,
+                                       "prompt_and_reasoning")
+    assert (np.asarray(both["inputs"])[region >= 1] == mc.pad_token_id).all()
+    none, dropped0 = sft.apply_prompt_dropout(batch, jax.random.PRNGKey(0), mc, 0.0, "prompt")
+    assert not np.asarray(dropped0).any()
+    # Dropped rows carry no text loss: only image tokens train the unconditional branch.
+    cfg1 = load_config("sft:tiny", ["--config.data.prompt_dropout=1.0"])
+    params = janus.init_params(mc, jax.random.PRNGKey(0))
+    _, aux = sft.make_loss_fn(mc, cfg1)(params, batch, jax.random.PRNGKey(1))
+    n_img = int((np.asarray(batch["target_kind"]) == sft.KIND_IMAGE).sum())
+    assert float(aux["denominator"]) == pytest.approx(n_img * 1.0)
+
+
+def test_unknown_config_key_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lerning_rate'"):
+        load_config("sft:tiny", ["--config.optim.lerning_rate=1e-3"])
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config("vq:tiny", ["--config.loss.l3_weight=1"])
+
+
+def test_tiny_vq_then_sft_end_to_end(tokenizer, tmp_path):
+    """VQ tokenizer trains, exports; SFT with generation + understanding rows trains, resumes
+    as a no-op when finished, and writes a loadable jaxgen checkpoint."""
+    from jaxgen.train import vq as vq_lib
+    tok, tok_dir = tokenizer
+    vq_cfg = load_config("vq:tiny", ["--config.total_steps=3", "--config.data.heldout_size=4",
+                                     "--config.train.ckpt_every=3"])
+    vq_out = vq_lib.train(vq_cfg, tmp_path / "vq")
+    assert vq_out["status"] == "done" and vq_out["step"] == 3
+    assert 0 < vq_out["codebook_usage"] <= 1 and np.isfinite(vq_out["psnr"])
+    rows = [json.loads(x) for x in (tmp_path / "vq" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3]
+    assert (tmp_path / "vq" / "samples").is_dir()
+
+    overrides = [f"--config.data.tokenizer={tok_dir}",
+                 f"--config.data.vq_params={vq_out['params_path']}",
+                 "--config.data.num_examples=8", "--config.batch_size=4",
+                 "--config.total_steps=4", "--config.data.task_mix.understanding=0.5",
+                 "--config.model.vq.image_size=16"]
+    cfg = load_config("sft:tiny", overrides)
+    out = sft.train(cfg, tmp_path / "sft")
+    assert out["status"] == "done" and out["step"] == 4
+    assert np.isfinite(out["metrics"]["loss"]) and out["metrics"]["answer_loss"] > 0
+    assert out["metrics"]["image_loss"] > 0
+    assert (tmp_path / "sft" / "sft_cache.npz").exists()
+    ckpt = tmp_path / "sft" / "final"
+    assert (ckpt / "config.json").exists() and (ckpt / "params.safetensors").exists()
+    # The tokenizer stayed frozen: exported VQ weights equal the trained tokenizer.
+    from safetensors.numpy import load_file
+    exported = load_file(str(ckpt / "params.safetensors"))
+    vq_trained = load_file(vq_out["params_path"])
+    k = next(iter(vq_trained))
+    np.testing.assert_array_equal(exported[f"vqmodel/{k}"], vq_trained[k])
+    again = sft.train(cfg, tmp_path / "sft")  # resumes at the end: nothing left to do
+    assert again["step"] == 4
