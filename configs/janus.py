@@ -47,7 +47,7 @@ def _shapes():
                   max_position_embeddings=1024),
         vision=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=64,
                     patch_size=8, projection_dim=hidden, depth=2),
-        vq=dict(embed_dim=8, num_embeddings=512, latent_channels=128, base_channels=64,
+        vq=dict(embed_dim=8, num_embeddings=512, latent_channels=64, base_channels=32,
                 channel_multiplier=(1, 1, 2, 2), num_res_blocks=1, projection_dim=hidden,
                 num_hidden_layers=2, image_token_embed_dim=hidden, image_size=64),
         image_token_id=vocab - 6, boi_token_id=vocab - 5, eoi_token_id=vocab - 4,

@@ -183,7 +183,7 @@ def test_init_params_export_to_hf_and_back(tmp_path):
     to a directory HF loads, and import back bit-identical; param_logical_axes mirrors them."""
     import dataclasses
 
-    from conftest import tiny_janus_config
+    from third_party.hf_janus import tiny_janus_config
     from jaxgen.models import janus
 
     config = tiny_janus_config()

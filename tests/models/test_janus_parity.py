@@ -47,7 +47,7 @@ def _text_ids(config, length, seed):
 
 
 def test_config_matches_tiny_config(converted):
-    from conftest import tiny_janus_config
+    from third_party.hf_janus import tiny_janus_config
     _, config, tokenizer = converted
     assert config == tiny_janus_config()
     assert tokenizer is not None and tokenizer.convert_tokens_to_ids("<begin_of_image>") == config.boi_token_id

@@ -143,7 +143,7 @@ def test_left_padded_rows_equal_unpadded(setup):
 
 
 def test_decode_shape_errors_are_user_errors():
-    from conftest import tiny_janus_config
+    from third_party.hf_janus import tiny_janus_config
     from jaxgen.errors import PromptTooLongError, UserError
     from jaxgen.models import janus
 

@@ -156,7 +156,7 @@ def test_tiny_vq_then_sft_end_to_end(tokenizer, tmp_path):
                  f"--config.data.vq_params={vq_out['params_path']}",
                  "--config.data.num_examples=8", "--config.batch_size=4",
                  "--config.total_steps=4", "--config.data.task_mix.understanding=0.5",
-                 "--config.model.vq.image_size=16"]
+                 "--config.model.vq.image_size=16", "--config.data.seq_len=192"]
     cfg = load_config("sft:tiny", overrides)
     out = sft.train(cfg, tmp_path / "sft")
     assert out["status"] == "done" and out["step"] == 4

@@ -1,0 +1,1 @@
+"""Harnesses for outside reference systems, used only by tests and benchmarks."""
