@@ -1,0 +1,198 @@
+"""`jaxgen bench sft`: SFT training-step throughput, jaxgen vs a PyTorch eager step, same model.
+
+Builds a random Hugging Face JanusForConditionalGeneration from a jaxgen model config (default
+`configs/janus.py:shapes`), imports it with `jaxgen.convert.hf.import_hf_dir` (same weights),
+and times one full training step on the same batch of reasoning-then-image sequences
+(prompt/text tokens then image codes): forward through generation embeddings + aligner, the
+Llama decoder, lm_head and generation_head; the weighted cross-entropy of the SFT trainer
+(text 2.0, image 1.0); backward; AdamW update.
+  - PyTorch: eager, torch.optim.AdamW, float32.
+  - jaxgen: `jaxgen.train.state.make_train_step` (jit, donated state) with the SFT loss.
+Prints tokens/s of both and the ratio, and jaxgen's achieved FLOP/s (XLA cost analysis of the
+compiled step / step time) as a fraction of this machine's measured matmul peak. On a GPU it
+uses bfloat16 compute and reports model FLOPs utilisation (goal >= 50% for janus:1b).
+
+    jaxgen bench sft                      # CPU, ~1-2 minutes
+    jaxgen bench sft --batch 8 --seq 160 --config.model.text.num_hidden_layers=8
+Goal on CPU: ratio >= 2x.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+
+def sft_args(parser):
+    parser.add_argument("--model-config", default="janus:shapes",
+                        help="jaxgen model config (configs/<family>.py:<arg>); --config.model.* "
+                             "overrides apply")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--text-len", type=int, default=48,
+                        help="text tokens (prompt + reasoning) before <begin_of_image>")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per implementation")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _batch(config, batch, text_len, seed):
+    """Host arrays for both implementations: a text part then the image codes."""
+    from jaxgen.train import sft
+    rng = np.random.default_rng(seed)
+    n = config.num_image_tokens
+    length = text_len + 1 + n  # text, <begin_of_image>, codes (last code is the final target)
+    high = min(config.boi_token_id, config.image_token_id, config.pad_token_id)
+    toks = rng.integers(0, high, (batch, length)).astype(np.int32)
+    toks[:, 0] = config.bos_token_id
+    toks[:, text_len] = config.boi_token_id
+    is_img = np.zeros((batch, length), bool)
+    is_img[:, text_len + 1:] = True
+    toks[is_img] = rng.integers(0, config.vq.num_embeddings, is_img.sum())
+    kind = np.full((batch, length), sft.KIND_TEXT, np.int8)
+    kind[:, :text_len // 2] = sft.KIND_NONE  # the prompt half carries no loss
+    kind[:, text_len] = sft.KIND_BOI
+    kind[is_img] = sft.KIND_IMAGE
+    return {"inputs": toks[:, :-1], "input_is_image": is_img[:, :-1], "targets": toks[:, 1:],
+            "target_is_image": is_img[:, 1:], "target_kind": kind[:, 1:],
+            "region": np.zeros((batch, length - 1), np.int8),
+            "valid": np.ones((batch, length - 1), bool)}
+
+
+def _torch_step_fn(model, batch, lr):
+    import torch
+    weights = {1: 2.0, 3: 1.0}  # text, image (KIND_TEXT, KIND_IMAGE); boi 0
+    inputs = torch.tensor(batch["inputs"], dtype=torch.long)
+    in_img = torch.tensor(batch["input_is_image"])
+    targets = torch.tensor(batch["targets"], dtype=torch.long)
+    t_img = torch.tensor(batch["target_is_image"])
+    kind = torch.tensor(batch["target_kind"].astype(np.int64))
+    w = torch.zeros(kind.shape)
+    for k, v in weights.items():
+        w[kind == k] = v
+    inner = model.model
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        text_emb = inner.get_input_embeddings()(torch.where(in_img, 0, inputs))
+        img_emb = model.prepare_embeddings_for_image_generation(torch.where(in_img, inputs, 0))
+        emb = torch.where(in_img[..., None], img_emb, text_emb)
+        hidden = inner.language_model(inputs_embeds=emb).last_hidden_state
+        text_lp = torch.log_softmax(model.lm_head(hidden).float(), -1)
+        img_lp = torch.log_softmax(inner.generation_head(hidden).float(), -1)
+        nll_t = -text_lp.gather(-1, torch.where(t_img, 0, targets)[..., None])[..., 0]
+        nll_i = -img_lp.gather(-1, torch.where(t_img, targets, 0)[..., None])[..., 0]
+        nll = torch.where(t_img, nll_i, nll_t)
+        loss = (nll * w).sum() / w.sum()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return float(loss)
+
+    return step
+
+
+def matmul_peak_flops(dtype_name: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+    """Best observed FLOP/s of an n x n matmul on the default device."""
+    import jax
+    import jax.numpy as jnp
+    dtype = jnp.dtype(dtype_name)
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(f(a))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a))
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def sft(args) -> int:
+    import jax
+    import ml_collections
+    import torch
+    from tqdm import tqdm
+
+    from jaxgen import parallel
+    from jaxgen.bench.sample import _hf_model
+    from jaxgen.config import load_config
+    from jaxgen.convert.hf import import_hf_dir
+    from jaxgen.errors import UserError
+    from jaxgen.models.janus import config_from_configdict, param_logical_axes
+    from jaxgen.train import optim, sft as sft_lib, state as st
+
+    if min(args.batch, args.text_len, args.repeats) < 1:
+        raise UserError("--batch, --text-len and --repeats must be >= 1")
+    on_gpu = jax.default_backend() == "gpu"
+    config = config_from_configdict(load_config(args.model_config, args.config_overrides))
+    model = _hf_model(config, args.seed).train()
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(pathlib.Path(tmp), safe_serialization=True)
+        params, jconfig, _ = import_hf_dir(tmp)
+    batch = _batch(config, args.batch, args.text_len, args.seed)
+    tokens = batch["inputs"].size
+    lr = 1e-4
+    print(f"model: {config.text.num_hidden_layers} layers x {config.text.hidden_size}, "
+          f"{config.num_image_tokens} image tokens; batch {args.batch} x {batch['inputs'].shape[1]}"
+          f" tokens; torch threads {torch.get_num_threads()}, jax devices {jax.devices()}")
+    progress = tqdm(total=2 * (args.repeats + 1), desc="bench sft", unit="step")
+
+    torch_step = _torch_step_fn(model, batch, lr)
+    torch_step()
+    progress.update()
+    torch_times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        torch_step()
+        torch_times.append(time.perf_counter() - t0)
+        progress.update()
+
+    cfg = ml_collections.ConfigDict(dict(
+        optim=dict(learning_rate=lr, warmup_steps=0, schedule="constant", b1=0.9, b2=0.95,
+                   weight_decay=0.05, grad_clip_norm=1.0),
+        data=dict(prompt_dropout=0.0, dropout_hides="prompt"),
+        loss=dict(text_weight=2.0, image_weight=1.0, boi_weight=0.0, eoi_weight=0.0,
+                  answer_weight=1.0)))
+    opt = optim.make_optimizer(cfg, total_steps=100)
+    mesh = parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    state, sh = st.shard_state(st.create_state(params, opt, jax.random.PRNGKey(0)), mesh, "fsdp",
+                               param_logical_axes(jconfig))
+    step = st.make_train_step(sft_lib.make_loss_fn(jconfig, cfg), opt, sh, mesh,
+                              compute_dtype_name="bfloat16" if on_gpu else None)
+    dev_batch = parallel.shard_batch(batch, mesh)
+    compiled = step.lower(state, dev_batch).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float((cost or {}).get("flops", 0.0))
+    t0 = time.perf_counter()
+    state, m = step(state, dev_batch)
+    jax.block_until_ready(m)
+    first = time.perf_counter() - t0
+    progress.update()
+    jax_times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        state, m = step(state, dev_batch)
+        jax.block_until_ready(m)
+        jax_times.append(time.perf_counter() - t0)
+        progress.update()
+    progress.close()
+
+    t_torch, t_jax = statistics.median(torch_times), statistics.median(jax_times)
+    peak = matmul_peak_flops("bfloat16" if on_gpu else "float32")
+    achieved = flops / t_jax if flops else 0.0
+    print(f"pytorch eager : {tokens / t_torch:10.0f} tokens/s  ({t_torch * 1e3:.1f} ms/step)")
+    print(f"jaxgen jit    : {tokens / t_jax:10.0f} tokens/s  ({t_jax * 1e3:.1f} ms/step; first "
+          f"call incl. compile {first:.1f} s)")
+    print(f"ratio jaxgen / pytorch: {t_torch / t_jax:.2f}x  (goal >= 2x on CPU)")
+    print(f"jaxgen step: {flops / 1e9:.2f} GFLOP (XLA cost analysis), achieved "
+          f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the measured matmul peak "
+          f"{peak / 1e9:.1f} GFLOP/s")
+    if on_gpu:
+        print(f"model FLOPs utilisation (bfloat16): {achieved / peak:.1%} (goal >= 50% for "
+              "janus:1b)")
+    return 0
