@@ -37,6 +37,7 @@ def get_config(arg=None):
     # Execution options of the LLM (not weights): scan over layers, rematerialisation.
     c.model_options = dict(scan_layers=True, remat_policy="none")
     c.seed = 0
+    c.init_checkpoint = ""  # a jaxgen checkpoint dir to start from (empty: random init)
     c.total_steps = 2000 if shapes else 6
     c.batch_size = 32 if shapes else 4
     c.grad_accum_steps = 1

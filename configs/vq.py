@@ -45,7 +45,12 @@ def get_config(arg=None):
                    grad_clip_norm=1.0, decay_steps=0)
     c.loss = dict(l2_weight=1.0, codebook_weight=1.0, commit_weight=0.25, l2_norm_lookup=True,
                   gan_weight=0.0, gan_start_step=0, disc_channels=64, disc_layers=3,
-                  perceptual_weight=0.0, perceptual_weights="")
+                  perceptual_weight=0.0, perceptual_weights="",
+                  # Dead-code restarts every `restart_every` steps up to `restart_until`
+                  # (0 disables), from the latents of `restart_probe_images` fixed images.
+                  restart_every=20 if arg == "shapes" else 2,
+                  restart_until=1000 if arg == "shapes" else 4,
+                  restart_probe_images=64 if arg == "shapes" else 4, restart_noise=0.01)
     c.mesh = dict(data=-1, fsdp=1, tensor=1, layout="dp")
     c.train = dict(log_every=20 if arg == "shapes" else 1, ckpt_every=100 if arg == "shapes" else 2,
                    keep_checkpoints=2, eval_every=200 if arg == "shapes" else 0,

@@ -83,8 +83,7 @@ def _vq(config, paths):
 
 def _sft_config(base, paths):
     c = base.copy_and_resolve_references()
-    c.data.tokenizer = str(paths["data"])
-    c.data.records_dir = str(paths["data"])
+    c.data.data_dir = str(paths["data"])
     c.data.vq_params = str(paths["vq"] / "vq_params.safetensors")
     return c
 
@@ -95,8 +94,12 @@ def _sft(config, paths):
 
 
 def _judge(config, paths):
+    """The reward VLM: the SFT'd model taught to answer 'does this image show ...?' (as in
+    Janus-Pro-R1, where the generator learns to judge its own images)."""
     from jaxgen.train import sft
-    return dict(sft.train(_sft_config(config.judge, paths), str(paths["judge"])))
+    c = _sft_config(config.judge, paths)
+    c.init_checkpoint = str(paths["sft"] / "final")
+    return dict(sft.train(c, str(paths["judge"])))
 
 
 def _grpo(config, paths):

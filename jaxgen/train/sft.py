@@ -466,6 +466,22 @@ def init_model_params(mc, rng, vq_params=None):
     return params
 
 
+def _checkpoint_init_fn(path, mc, vq_params):
+    """Start from a jaxgen checkpoint (e.g. the judge from the SFT'd policy, as Janus-Pro-R1's
+    self-evaluation does) instead of a random init; its shapes must equal this config's."""
+    from jaxgen.api import load_checkpoint
+    params, ckpt_mc, _ = load_checkpoint(path)
+    want = jax.tree.map(lambda x: x.shape, jax.eval_shape(lambda r: janus.init_params(mc, r),
+                                                          jax.random.PRNGKey(0)))
+    have = jax.tree.map(lambda x: x.shape, params)
+    if want != have:
+        raise UserError(f"init_checkpoint {path} has other parameter shapes than this config "
+                        f"(checkpoint model: {ckpt_mc}); use a checkpoint of the same model config")
+    params = dict(params)
+    params["vqmodel"] = vq_params
+    return lambda r: jax.tree.map(jnp.asarray, params)
+
+
 def train(config, workdir) -> dict:
     """Train (or resume) SFT in `workdir`. Returns {'metrics', 'checkpoint' (jaxgen checkpoint
     dir for sampling), 'step', 'status', 'accuracy' (when config.eval.num_prompts > 0)}."""
@@ -486,9 +502,12 @@ def train(config, workdir) -> dict:
     mesh, layout = parallel.mesh_from_config(config.mesh)
     parallel.check_batch_divides(int(config.batch_size), mesh)
     opt = optim.make_optimizer(config)
+    init_fn = lambda r: init_model_params(mc, r, vq_params)  # noqa: E731
+    if config.get("init_checkpoint"):
+        init_fn = _checkpoint_init_fn(config.init_checkpoint, mc, vq_params)
     state, shardings = state_lib.init_state(
-        lambda r: init_model_params(mc, r, vq_params), opt, jax.random.PRNGKey(int(config.seed)),
-        mesh, layout, janus.param_logical_axes(mc))
+        init_fn, opt, jax.random.PRNGKey(int(config.seed)), mesh, layout,
+        janus.param_logical_axes(mc))
     step_fn = state_lib.make_train_step(
         make_loss_fn(mc, config), opt, shardings, mesh,
         accum_steps=int(config.grad_accum_steps), compute_dtype_name=config.compute_dtype,

@@ -220,6 +220,37 @@ def make_loss_fn(config, perceptual=None):
     return loss_fn
 
 
+def make_dead_code_restart(config, probe_images):
+    """Jitted `restart(vq_params, rng) -> vq_params`: codebook rows that no latent of the fixed
+    probe images picks are replaced by randomly chosen probe latents (plus a little noise).
+
+    Codebook collapse (a few codes serving every colour) is what limits a small VQ trained for
+    minutes; restarting dead codes from real encoder outputs (Jukebox, SoundStream) keeps the
+    whole codebook in use. Depends only on params, the probe set and rng: resumes stay exact.
+    """
+    from jaxgen.models.vq import VQModel, l2_normalize
+    q, vq_model, _ = _models(config)
+    probe = jnp.asarray(probe_images)
+    noise = float(config.loss.restart_noise)
+
+    @jax.jit
+    def restart(vq_params, rng):
+        z = vq_model.apply({"params": vq_params}, probe, method=VQModel.encode_continuous)
+        z_nd = z.reshape(-1, z.shape[-1]).astype(jnp.float32)
+        _, codes, _, _ = vq_model.apply({"params": vq_params}, z, method=VQModel.quantize)
+        counts = jnp.bincount(codes.reshape(-1), length=q.num_embeddings)
+        r1, r2 = jax.random.split(rng)
+        picks = jax.random.randint(r1, (q.num_embeddings,), 0, z_nd.shape[0])
+        fresh = z_nd[picks]
+        if vq_model.l2_norm_lookup:
+            fresh = l2_normalize(fresh)
+        fresh = fresh + noise * jax.random.normal(r2, fresh.shape) * jnp.std(fresh)
+        dead = (counts == 0)[:, None]
+        return {**vq_params, "codebook": jnp.where(dead, fresh, vq_params["codebook"])}
+
+    return restart
+
+
 def export_params(vq_params, path):
     """Write VQModel params (codebook rows l2-normalised) as '/'-joined safetensors."""
     from safetensors.numpy import save_file
@@ -323,6 +354,22 @@ def train(config, workdir) -> dict:
 
         def set_state(self, s):
             self.it.set_state(s)
+
+    every, until = int(config.loss.restart_every), int(config.loss.restart_until)
+    if every > 0:
+        probe = np.stack([render_example(i, int(dc.seed) + 1, "train", q.image_size)["image"]
+                          for i in range(int(config.loss.restart_probe_images))])
+        restart = make_dead_code_restart(config, probe)
+        plain_step, restart_key = step_fn, jax.random.PRNGKey(int(config.seed) + 1)
+
+        def step_fn(st, batch):
+            st, metrics = plain_step(st, batch)
+            step = int(st.step)
+            if step % every == 0 and step <= until:
+                vq_params = restart(st.params["vq"], jax.random.fold_in(restart_key, step))
+                vq_params = jax.device_put(vq_params, shardings.params["vq"])
+                st = st.replace(params={**st.params, "vq": vq_params})
+            return st, metrics
 
     held = heldout_images(config)
     reconstruct = reconstruct_fn(config)
