@@ -28,6 +28,7 @@ import pathlib
 from typing import Any, Dict, Mapping, Optional
 
 import flax.linen as nn
+from flax.traverse_util import flatten_dict, unflatten_dict
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -225,26 +226,6 @@ _OWN_PARTS = ("language_model", "lm_head", "aligner", "generation_embeddings",
 _LEAF_TO_HF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
 
-def _flatten(tree, prefix=()):
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def _unflatten(flat):
-    tree: Dict = {}
-    for path, v in flat.items():
-        node = tree
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = v
-    return tree
-
-
 def _hf_part(part: str) -> str:
     """'layers_3' -> 'layers.3', 'hidden_layers_0' -> 'hidden_layers.0'."""
     head, _, tail = part.rpartition("_")
@@ -276,7 +257,7 @@ def _own_expected_shapes(config: JanusConfig) -> Dict[tuple, tuple]:
         return {k: janus._init_part(k, cfg, rng) for k in _OWN_PARTS}
 
     shapes = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
-    return {path: tuple(x.shape) for path, x in _flatten(shapes).items()}
+    return {path: tuple(x.shape) for path, x in flatten_dict(shapes).items()}
 
 
 def _hf_shape(path, shape):
@@ -331,7 +312,7 @@ def params_from_hf_tensors(tensors: Mapping[str, Any], config: JanusConfig,
                 f"tensor '{name}' has shape {tuple(x.shape)} in the checkpoint but the config "
                 f"expects {want}; fix config.json (or the checkpoint) so they agree.")
         flat[path] = np.ascontiguousarray(x.T if _is_linear_kernel(path, x.ndim) else x)
-    params = _unflatten(flat)
+    params = unflatten_dict(flat)
     if config.text.scan_layers:
         params["language_model"] = _stack_layers(params["language_model"],
                                                  config.text.num_hidden_layers)
@@ -350,7 +331,7 @@ def params_to_hf_tensors(params, config: JanusConfig) -> Dict[str, np.ndarray]:
         own["language_model"] = _unstack_layers(own["language_model"],
                                                 config.text.num_hidden_layers)
     expected = _own_expected_shapes(config)
-    flat = _flatten(own)
+    flat = flatten_dict(own)
     missing = sorted("/".join(p) for p in set(expected) - set(flat))
     unexpected = sorted("/".join(p) for p in set(flat) - set(expected))
     if missing or unexpected:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxgen.errors import CheckpointError
 from jaxgen.models.config import VisionConfig, VQConfig
@@ -77,30 +78,10 @@ def _hf_shape(path, shape) -> tuple:
     return tuple(shape)
 
 
-def _flatten(tree, prefix=()):
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, prefix + (k,)))
-        else:
-            out[prefix + (k,)] = v
-    return out
-
-
-def _unflatten(flat):
-    tree: Dict = {}
-    for path, v in flat.items():
-        node = tree
-        for p in path[:-1]:
-            node = node.setdefault(p, {})
-        node[path[-1]] = v
-    return tree
-
-
 def _expected_shapes(init_fn: Callable) -> Dict[tuple, tuple]:
     shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
     shapes = nn.meta.unbox(shapes["params"])
-    return {path: tuple(v.shape) for path, v in _flatten(shapes).items()}
+    return {path: tuple(v.shape) for path, v in flatten_dict(shapes).items()}
 
 
 def _from_hf(tensors: Mapping[str, np.ndarray], expected: Dict[tuple, tuple], what: str):
@@ -122,11 +103,11 @@ def _from_hf(tensors: Mapping[str, np.ndarray], expected: Dict[tuple, tuple], wh
                 f"{what}: tensor '{hf_name}' has shape {tuple(x.shape)} but the config expects "
                 f"{want}; fix the config (or the checkpoint) so they agree.")
         flat[path] = np.ascontiguousarray(_from_hf_array(path, x))
-    return _unflatten(flat)
+    return unflatten_dict(flat)
 
 
 def _to_hf(params, expected: Dict[tuple, tuple], what: str) -> Dict[str, np.ndarray]:
-    flat = _flatten(params)
+    flat = flatten_dict(params)
     missing = sorted("/".join(p) for p in set(expected) - set(flat))
     unexpected = sorted("/".join(p) for p in set(flat) - set(expected))
     if missing or unexpected:

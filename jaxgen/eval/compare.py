@@ -149,13 +149,56 @@ def _sample_pages(name, samples, results, n, out_dir: pathlib.Path):
     (out_dir / f"samples_{name}.md").write_text("\n".join(lines) + "\n")
 
 
+def untrained_checkpoint(like_ckpt, out_dir) -> pathlib.Path:
+    """A randomly initialised model with `like_ckpt`'s config, tokenizer and VQ tokenizer: the
+    baseline that shows what training added."""
+    import jax
+
+    from jaxgen.api import load_checkpoint, save_checkpoint
+    from jaxgen.models import janus
+
+    params, config, tokenizer = load_checkpoint(like_ckpt)
+    fresh = dict(jax.device_get(janus.init_params(config, jax.random.PRNGKey(0))))
+    fresh["vqmodel"] = params["vqmodel"]
+    return save_checkpoint(out_dir, fresh, config, tokenizer)
+
+
+def vq_ceiling(ckpt_dir, metadata: list[dict], seed: int) -> list[dict]:
+    """Ground-truth renderings of the prompts passed through the VQ tokenizer (encode, decode)
+    and scored: the best accuracy any generator using this tokenizer can reach."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxgen.api import load_checkpoint, pixels_to_uint8
+    from jaxgen.data.shapes_world import render_for
+    from jaxgen.eval.geneval import score
+    from jaxgen.models import janus
+
+    params, config, _ = load_checkpoint(ckpt_dir)
+    vq = {"vqmodel": params["vqmodel"]}
+    roundtrip = jax.jit(lambda x: janus.vq_decode(vq, config, janus.vq_encode(vq, config, x)))
+    rng = np.random.default_rng(seed)
+    images = np.stack([render_for(m, rng, size=config.vq.image_size) for m in metadata])
+    out = pixels_to_uint8(roundtrip(jnp.asarray(images, jnp.float32) / 127.5 - 1.0))
+    return [dict(category=m["tag"], prompt=m["prompt"], correct=bool(score(img, m)["correct"]))
+            for img, m in zip(out, metadata)]
+
+
 def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, out_dir) -> dict:
-    """Score every checkpoint on the same held-out prompts; write report/; return the tables."""
+    """Score every checkpoint on the same held-out prompts; write report/; return the tables.
+
+    Besides the named checkpoints the table has 'untrained' (random init, same VQ) and
+    'VQ ceiling' (ground-truth images through the VQ tokenizer).
+    """
     del data_dir  # prompts are regenerated from the seed; same generator as the data build
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metadata = heldout_prompts(eval_config.split, eval_config.prompts_per_category, eval_config.seed)
-    tables, per_sample = {}, {}
+    first = next(iter(checkpoints.values()))
+    checkpoints = {"untrained": untrained_checkpoint(first, out_dir.parent / "untrained"),
+                   **checkpoints}
+    tables = {"VQ ceiling": accuracy_by_category(vq_ceiling(first, metadata, eval_config.seed))}
+    per_sample = {}
     for name, ckpt in checkpoints.items():
         samples = generate_images(ckpt, metadata, eval_config)
         results = score_samples(samples, metadata, eval_config.samples_per_prompt)
