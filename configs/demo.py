@@ -47,7 +47,7 @@ def get_config(arg=None):
     c.judge = _family("sft", "shapes")
     c.judge.total_steps = 100
     c.judge.batch_size = 16
-    c.judge.data.seq_len = 112  # <boi> + 64 placeholders + question + answer
+    c.judge.data.seq_len = 128  # <boi> + 64 placeholders + question + answer
     c.judge.data.task_mix = dict(generation=0.0, understanding=1.0)
     c.judge.optim.warmup_steps = 10
     c.judge.eval.num_prompts = 0

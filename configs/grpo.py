@@ -16,6 +16,8 @@ Paper recipes (with Janus-Pro-7B / 1B hyperparameters) are in configs/recipes/.
 
 import ml_collections
 
+from jaxgen.data.judge import QUESTION
+
 
 def _janus(arg):
     import importlib.util
@@ -29,8 +31,8 @@ def _janus(arg):
 
 YES_NO_JUDGE = {"name": "vlm_yes_no", "kwargs": {
     "judge": "judge",  # = config.judge_checkpoint
-    "question_template": "Does this image show {prompt}? Answer yes or no.",
-    "max_text_tokens": 48}}
+    "question_template": QUESTION,  # the question the ShapesWorld judge is trained on
+    "max_text_tokens": 64}}
 DETECTOR = {"name": "geneval"}
 
 

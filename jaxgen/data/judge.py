@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxgen.data.prompts import PERTURBATIONS, perturb_metadata
 
-QUESTION = "Does this image match the description: {prompt}? Answer yes or no."
+QUESTION = "Does this image show {prompt}? Answer yes or no."
 
 
 def judge_question(prompt: str) -> str:

@@ -22,13 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.data import judge as judge_data
 from jaxgen.data import templates
 from jaxgen.errors import PromptTooLongError, UserError
 from jaxgen.models import janus
 from jaxgen.rewards import plan as plan_lib
 from jaxgen.rewards.base import RewardBatch, RewardContext, register_reward
 
-DEFAULT_QUESTION = "Does this image match the description: {prompt}? Answer yes or no."
+DEFAULT_QUESTION = judge_data.QUESTION  # the question the ShapesWorld judge is trained on
 DEFAULT_BOXED_QUESTION = ("Does this image show exactly what the prompt asks: {prompt}? Check "
                           "every object, count, colour and position, then answer \\boxed{{1}} "
                           "or \\boxed{{0}}.")
@@ -176,10 +177,14 @@ class VLMJudge:
                                                      mesh, layout)
                 params = parallel.shard_tree(params, shardings)
             self._params_fn = lambda: params
-        self.yes_ids = _first_token_ids(tokenizer, yes_words)
-        self.no_ids = _first_token_ids(tokenizer, no_words)
-        if set(self.yes_ids) & set(self.no_ids):
-            raise UserError("the judge's yes and no words share a first token; pick other words")
+        yes_ids, no_ids = _first_token_ids(tokenizer, yes_words), _first_token_ids(tokenizer, no_words)
+        # A first token both answers start with (e.g. a bare space piece) says nothing: drop it.
+        shared = set(yes_ids) & set(no_ids)
+        self.yes_ids = tuple(i for i in yes_ids if i not in shared)
+        self.no_ids = tuple(i for i in no_ids if i not in shared)
+        if not self.yes_ids or not self.no_ids:
+            raise UserError(f"the judge's yes words {list(yes_words)} and no words "
+                            f"{list(no_words)} start with the same tokens; pick other words")
         self.bos = tokenizer.bos_token or "<bos>"
 
     @property

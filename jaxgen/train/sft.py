@@ -217,12 +217,14 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
     """{'generation': arrays, 'understanding': arrays or None} (see generation_row)."""
     dc, lc = config.data, config.loss
     records = load_records(config, "train", int(dc.num_examples), int(dc.seed))
-    images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
-    vq_model_params = {**jax.tree.map(jnp.asarray, vq_params)}
-    encode = jax.jit(lambda x: janus.vq_encode({"vqmodel": vq_model_params}, mc, x))
-    codes = images_to_codes(encode, resize_images(images, mc.vq.image_size))
-    gen = _stack([generation_row(tokenizer, mc, r["prompt"], _reasoning(r, dc.reasoning), c,
-                                 int(dc.seq_len), lc) for r, c in zip(records, codes)])
+    gen = None
+    if float(dc.task_mix.generation) > 0:
+        images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
+        vq_model_params = {**jax.tree.map(jnp.asarray, vq_params)}
+        encode = jax.jit(lambda x: janus.vq_encode({"vqmodel": vq_model_params}, mc, x))
+        codes = images_to_codes(encode, resize_images(images, mc.vq.image_size))
+        gen = _stack([generation_row(tokenizer, mc, r["prompt"], _reasoning(r, dc.reasoning), c,
+                                     int(dc.seq_len), lc) for r, c in zip(records, codes)])
     und = None
     if float(dc.task_mix.understanding) > 0:
         rows = judge_records(records, int(dc.seed) + 1)
@@ -246,12 +248,12 @@ def cached_dataset(config, workdir, tokenizer, mc, vq_params, vq_path) -> dict:
     if path.exists():
         z = np.load(path, allow_pickle=False)
         if str(z["key"]) == key:
-            out = {"generation": {k[4:]: z[k] for k in z.files if k.startswith("gen/")},
+            out = {"generation": {k[4:]: z[k] for k in z.files if k.startswith("gen/")} or None,
                    "understanding": {k[4:]: z[k] for k in z.files if k.startswith("und/")} or None}
             return out
     data = build_dataset(config, tokenizer, mc, vq_params)
     if jax.process_index() == 0:
-        flat = {f"gen/{k}": v for k, v in data["generation"].items()}
+        flat = {f"gen/{k}": v for k, v in (data["generation"] or {}).items()}
         if data["understanding"] is not None:
             flat.update({f"und/{k}": v for k, v in data["understanding"].items()})
         tmp = path.with_suffix(".tmp.npz")
