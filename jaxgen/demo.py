@@ -111,8 +111,8 @@ def _grpo(config, paths):
 
 
 def _eval(config, paths):
-    from jaxgen.eval import demo_report
-    return demo_report.evaluate_and_report(
+    from jaxgen.eval import compare
+    return compare.evaluate_and_report(
         config.eval,
         data_dir=paths["data"],
         checkpoints={"SFT": paths["sft"] / "final", "GRPO": paths["grpo"] / "final"},

@@ -33,7 +33,7 @@ def heldout_prompts(split: str, per_category: int, seed: int) -> list[dict]:
     return out
 
 
-def generate_images(ckpt_dir, metadata: list[dict], eval_config) -> list:
+def generate_images(ckpt_dir, metadata: list[dict], eval_config, name: str = "") -> list:
     """Samples (jaxgen.api.Sample) for every prompt, `samples_per_prompt` each, batched."""
     from jaxgen.api import load
 
@@ -41,7 +41,7 @@ def generate_images(ckpt_dir, metadata: list[dict], eval_config) -> list:
     prompts = [m["prompt"] for m in metadata]
     samples = []
     bs = max(1, eval_config.batch_size // eval_config.samples_per_prompt)
-    for start in tqdm(range(0, len(prompts), bs), desc=f"sampling {pathlib.Path(ckpt_dir).parent.name}",
+    for start in tqdm(range(0, len(prompts), bs), desc=f"sampling {name or ckpt_dir}",
                       leave=False):
         chunk = prompts[start:start + bs]
         chunk = chunk + [chunk[-1]] * (bs - len(chunk))  # one compiled shape for every batch
@@ -200,7 +200,7 @@ def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, 
     tables = {"VQ ceiling": accuracy_by_category(vq_ceiling(first, metadata, eval_config.seed))}
     per_sample = {}
     for name, ckpt in checkpoints.items():
-        samples = generate_images(ckpt, metadata, eval_config)
+        samples = generate_images(ckpt, metadata, eval_config, name)
         results = score_samples(samples, metadata, eval_config.samples_per_prompt)
         tables[name] = accuracy_by_category(results)
         per_sample[name] = results

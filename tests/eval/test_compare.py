@@ -1,0 +1,60 @@
+"""The demo's report helpers and stage bookkeeping (no models: pure functions and fakes)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxgen import demo
+from jaxgen.errors import UserError
+from jaxgen.eval import compare
+
+
+def test_accuracy_is_mean_over_categories_not_over_samples():
+    results = [dict(category="a", correct=True)] * 3 + [dict(category="a", correct=False)] + \
+              [dict(category="b", correct=False)] * 4
+    table = compare.accuracy_by_category(results)
+    assert table["a"] == 0.75 and table["b"] == 0.0
+    assert table["overall"] == pytest.approx(0.375)  # GenEval: (0.75 + 0.0) / 2, not 3/8
+
+
+def test_markdown_table_lists_every_category_and_overall_last():
+    md = compare.markdown_table({"SFT": {"a": 0.5, "overall": 0.5},
+                                 "GRPO": {"a": 0.75, "overall": 0.75}})
+    lines = md.splitlines()
+    assert lines[0] == "| category | SFT | GRPO |"
+    assert lines[2] == "| a | 50.0 | 75.0 |" and lines[-1] == "| overall | 50.0 | 75.0 |"
+
+
+def test_reward_curve_reads_grpo_metrics(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": i, "reward_mean": 0.1 * i}) + "\n" for i in range(3)))
+    assert compare.read_reward_curve(path) == [(0, 0.0), (1, 0.1), (2, 0.2)]
+    assert compare.read_reward_curve(tmp_path / "missing.jsonl") == []
+
+
+def test_grid_places_images_row_major():
+    images = [np.full((4, 4, 3), i, np.uint8) for i in range(3)]
+    grid = compare._grid(images, cols=2)
+    assert grid.shape == (2 * 6, 2 * 6, 3)
+    assert grid[0, 0, 0] == 0 and grid[0, 6, 0] == 1 and grid[6, 0, 0] == 2
+
+
+def test_demo_runs_stages_in_order_and_skips_finished_ones(tmp_path, monkeypatch):
+    calls = []
+    fakes = {name: (lambda n: lambda config, paths: calls.append(n) or {"stage": n})(name)
+             for name in demo.STAGES}
+    monkeypatch.setattr(demo, "_STAGE_FNS", fakes)
+    summary = demo.run(None, tmp_path, stages=("data", "vq"))
+    assert calls == ["data", "vq"] and summary["vq"]["stage"] == "vq"
+    assert json.loads((tmp_path / "vq" / "DONE.json").read_text())["stage"] == "vq"
+    calls.clear()
+    demo.run(None, tmp_path)  # a rerun resumes: finished stages are skipped
+    assert calls == ["sft", "judge", "grpo", "eval"]
+
+
+def test_demo_rejects_unknown_stage(tmp_path):
+    class Args:
+        config, config_overrides, workdir, stages = "configs/demo.py", [], str(tmp_path), "data,vqq"
+    with pytest.raises(UserError, match="unknown demo stage"):
+        demo.demo(Args())
