@@ -49,6 +49,9 @@ def get_config(arg=None):
         reasoning="plan" if shapes else "none",  # plan | caption | none
         prompt_dropout=0.1, dropout_hides="prompt",  # or prompt_and_reasoning
         task_mix=dict(generation=1.0, understanding=0.0),
+        # Understanding (judge) rows: images as rendered or through the VQ tokenizer ('vq', as
+        # the policy's samples look), and the fraction of easy negatives (another prompt).
+        understanding_images="rendered", easy_negatives=0.0,
     )
     c.loss = dict(text_weight=2.0, image_weight=1.0, boi_weight=0.0, eoi_weight=0.0,
                   answer_weight=1.0)

@@ -21,20 +21,33 @@ def judge_question(prompt: str) -> str:
     return QUESTION.format(prompt=prompt)
 
 
-def judge_examples(records, rng: np.random.Generator, verify: bool = True) -> list:
+def _metadata(rec) -> dict:
+    meta = rec["metadata"]
+    return json.loads(meta) if isinstance(meta, (str, bytes)) else meta
+
+
+def judge_examples(records, rng: np.random.Generator, verify: bool = True,
+                   easy_negatives: float = 0.0) -> list:
     """list of dicts {image, prompt, question, answer ('yes'|'no'), category, perturbation}.
 
-    records: iterable of SFT records ({'image', 'prompt', 'category', 'metadata' (json str or
+    records: sequence of SFT records ({'image', 'prompt', 'category', 'metadata' (json str or
     dict)}). Each record gives one positive and one negative (when some perturbation applies).
+    easy_negatives: fraction of negatives that use another record's prompt instead of a minimal
+    perturbation (perturbation 'other_prompt'); easy pairs give a small judge a learning signal
+    before the one-attribute differences do.
     """
     from jaxgen.eval.geneval import score
 
+    records = list(records)
     out = []
     for rec in records:
-        meta = rec["metadata"]
-        meta = json.loads(meta) if isinstance(meta, (str, bytes)) else meta
+        meta = _metadata(rec)
         negative = None
-        kinds = list(PERTURBATIONS)
+        if easy_negatives > 0 and rng.random() < easy_negatives:
+            other = _metadata(records[int(rng.integers(len(records)))])
+            if other["prompt"] != meta["prompt"] and not (verify and score(rec["image"], other)["correct"]):
+                negative = ("other_prompt", other)
+        kinds = list(PERTURBATIONS) if negative is None else []
         rng.shuffle(kinds)
         for kind in kinds:
             cand = perturb_metadata(meta, rng, kind)

@@ -118,11 +118,23 @@ def load_records(config, split: str, n: int, seed: int) -> list[dict]:
     return procedural_records(n, seed, split, int(dc.get("canvas", 64)))
 
 
-def judge_records(records: list[dict], seed: int) -> list[dict]:
+def judge_records(records: list[dict], seed: int, easy_negatives: float = 0.0) -> list[dict]:
     """(image, question, answer) rows for the understanding task (Janus-Pro-R1 self-evaluation:
     the image with its own prompt -> 'yes', with a perturbed prompt -> 'no')."""
     from jaxgen.data import judge
-    return judge.judge_examples(records, np.random.default_rng(seed))
+    return judge.judge_examples(records, np.random.default_rng(seed),
+                                easy_negatives=easy_negatives)
+
+
+def vq_roundtrip_images(vq_encode_decode_fn, images_uint8: np.ndarray, batch: int = 64):
+    """uint8 images -> the same images encoded and decoded by the VQ tokenizer (uint8), i.e. how
+    the policy's generated images look to a judge."""
+    out = []
+    for i in range(0, len(images_uint8), batch):
+        x = jnp.asarray(images_uint8[i:i + batch], jnp.float32) / 127.5 - 1.0
+        y = np.asarray(vq_encode_decode_fn(x), np.float32)
+        out.append(np.clip(np.round((y + 1.0) * 127.5), 0, 255).astype(np.uint8))
+    return np.concatenate(out)
 
 
 # ---------------------------------------------------------------------- tokenisation
@@ -217,21 +229,28 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
     """{'generation': arrays, 'understanding': arrays or None} (see generation_row)."""
     dc, lc = config.data, config.loss
     records = load_records(config, "train", int(dc.num_examples), int(dc.seed))
+    vq_model = {"vqmodel": jax.tree.map(jnp.asarray, vq_params)}
     gen = None
     if float(dc.task_mix.generation) > 0:
         images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
-        vq_model_params = {**jax.tree.map(jnp.asarray, vq_params)}
-        encode = jax.jit(lambda x: janus.vq_encode({"vqmodel": vq_model_params}, mc, x))
+        encode = jax.jit(lambda x: janus.vq_encode(vq_model, mc, x))
         codes = images_to_codes(encode, resize_images(images, mc.vq.image_size))
         gen = _stack([generation_row(tokenizer, mc, r["prompt"], _reasoning(r, dc.reasoning), c,
                                      int(dc.seq_len), lc) for r, c in zip(records, codes)])
     und = None
     if float(dc.task_mix.understanding) > 0:
-        rows = judge_records(records, int(dc.seed) + 1)
+        rows = judge_records(records, int(dc.seed) + 1, float(dc.get("easy_negatives", 0.0)))
         und = _stack([understanding_row(tokenizer, mc, r["question"], r["answer"],
                                         int(dc.seq_len)) for r in rows])
-        und["pixels"] = resize_images(np.stack([np.asarray(r["image"], np.uint8) for r in rows]),
-                                      mc.vision.image_size)
+        pixels = np.stack([np.asarray(r["image"], np.uint8) for r in rows])
+        kind = dc.get("understanding_images", "rendered")
+        if kind == "vq":  # judge images as the policy draws them: through the VQ tokenizer
+            roundtrip = jax.jit(lambda x: janus.vq_decode(vq_model, mc, janus.vq_encode(
+                vq_model, mc, x)))
+            pixels = vq_roundtrip_images(roundtrip, resize_images(pixels, mc.vq.image_size))
+        elif kind != "rendered":
+            raise UserError(f"unknown data.understanding_images {kind!r}; use 'rendered' or 'vq'")
+        und["pixels"] = resize_images(pixels, mc.vision.image_size)
     return {"generation": gen, "understanding": und}
 
 

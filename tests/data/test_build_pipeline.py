@@ -124,6 +124,20 @@ def test_judge_examples_balanced_and_correct(data_dir):
         assert score(e["image"], json.loads(rec["metadata"]))["correct"]
 
 
+def test_judge_easy_negatives_use_other_prompts_the_image_fails(data_dir):
+    from jaxgen.eval.geneval import score
+
+    out, _, _ = data_dir
+    records = list(build.load_split(out, "sft", "test"))
+    ex = judge.judge_examples(records, np.random.default_rng(1), easy_negatives=1.0)
+    no = [e for e in ex if e["answer"] == "no"]
+    easy = [e for e in no if e["perturbation"] == "other_prompt"]
+    assert len(easy) >= 0.8 * len(no)  # the rest: another prompt happened to fit the image
+    metas = {r["prompt"]: json.loads(r["metadata"]) for r in records}
+    for e in easy:
+        assert not score(e["image"], metas[e["prompt"]])["correct"]
+
+
 def test_data_build_cli(tmp_path, capsys):
     from jaxgen.cli import main
 
