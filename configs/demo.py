@@ -19,41 +19,30 @@ Stages and their family configs (each overridable as --config.<stage>.<field>=va
 The demo budgets below are smaller than the families' defaults so the whole run fits on a CPU.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-_HERE = pathlib.Path(__file__).resolve().parent
-
-
-def _family(name, arg):
-    spec = importlib.util.spec_from_file_location(f"jaxgen_demo_{name}", _HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
-
+from jaxgen.config import load_config
 
 def get_config(arg=None):
     del arg
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.data = _family("data", "shapes")
-    c.vq = _family("vq", "shapes")
+    c.data = load_config("data:shapes")
+    c.vq = load_config("vq:shapes")
     c.vq.total_steps = 400
-    c.sft = _family("sft", "shapes")
+    c.sft = load_config("sft:shapes")
     c.sft.total_steps = 280
     c.sft.batch_size = 16
     c.sft.data.seq_len = 192  # prompt + layout plan (<= ~125 tokens) + <boi> + 64 codes
     c.sft.eval.num_prompts = 0  # the eval stage below measures it
-    c.judge = _family("sft", "shapes")
+    c.judge = load_config("sft:shapes")
     c.judge.total_steps = 100
     c.judge.batch_size = 16
     c.judge.data.seq_len = 128  # <boi> + 64 placeholders + question + answer
     c.judge.data.task_mix = dict(generation=0.0, understanding=1.0)
     c.judge.optim.warmup_steps = 10
     c.judge.eval.num_prompts = 0
-    c.grpo = _family("grpo", "shapes")
+    c.grpo = load_config("grpo:shapes")
     c.grpo.total_steps = 16
     c.grpo.sampling.max_think_tokens = 112  # the policy writes its layout plan, then draws
     c.eval = ml_collections.ConfigDict(dict(

@@ -16,17 +16,9 @@ Paper recipes (with Janus-Pro-7B / 1B hyperparameters) are in configs/recipes/.
 
 import ml_collections
 
+from jaxgen.config import load_config
+
 from jaxgen.data.judge import QUESTION
-
-
-def _janus(arg):
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).resolve().parent / "janus.py"
-    spec = importlib.util.spec_from_file_location("jaxgen_config_janus", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg).model
 
 
 YES_NO_JUDGE = {"name": "vlm_yes_no", "kwargs": {
@@ -44,7 +36,7 @@ def base_config():
     c.policy_checkpoint = ""  # jaxgen checkpoint dir (SFT'd policy); empty: random init of model
     c.judge_checkpoint = ""  # jaxgen checkpoint dir of the reward VLM (rewards with judge='judge')
     c.tokenizer = ""  # only for a random init without a checkpoint
-    c.model = _janus("shapes")
+    c.model = load_config("janus:shapes").model
     c.data = ml_collections.ConfigDict(dict(
         source="shapes", split="train", categories=(), path="", max_prompt_tokens=32))
     c.sampling = ml_collections.ConfigDict(dict(
@@ -75,7 +67,7 @@ def get_config(arg=None):
         c.rewards = ml_collections.ConfigDict(DETECTOR)
         return c
     if arg == "tiny":
-        c.model = _janus("tiny")
+        c.model = load_config("janus:tiny").model
         c.total_steps = 2
         c.checkpoint_every = 1
         c.grpo.group_size = 4

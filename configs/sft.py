@@ -13,18 +13,9 @@ a jaxgen checkpoint in <workdir>/final for `jaxgen sample`.
 Loss weights (ReasonGen-R1): text 2.0, image 1.0, <begin_of_image> 0.0; prompt dropout 0.1.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _janus(arg):
-    path = pathlib.Path(__file__).with_name("janus.py")
-    spec = importlib.util.spec_from_file_location("jaxgen_config_janus_for_sft", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg).model
+from jaxgen.config import load_config
 
 
 def get_config(arg=None):
@@ -33,7 +24,7 @@ def get_config(arg=None):
         raise ValueError(f"unknown sft config {arg!r}; use shapes or tiny")
     shapes = arg == "shapes"
     c = ml_collections.ConfigDict()
-    c.model = _janus(arg)
+    c.model = load_config(f"janus:{arg}").model
     # Execution options of the LLM (not weights): scan over layers, rematerialisation.
     c.model_options = dict(scan_layers=True, remat_policy="none")
     c.seed = 0

@@ -11,18 +11,9 @@ perceptual term are off by default (set loss.gan_weight / loss.perceptual_weight
 loss.perceptual_weights=<VGG16 safetensors> to enable).
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _janus(arg):
-    path = pathlib.Path(__file__).with_name("janus.py")
-    spec = importlib.util.spec_from_file_location("jaxgen_config_janus_for_vq", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg).model
+from jaxgen.config import load_config
 
 
 def get_config(arg=None):
@@ -30,7 +21,7 @@ def get_config(arg=None):
     if arg not in ("shapes", "tiny"):
         raise ValueError(f"unknown vq config {arg!r}; use shapes or tiny")
     c = ml_collections.ConfigDict()
-    c.model = _janus(arg)
+    c.model = load_config(f"janus:{arg}").model
     c.seed = 0
     c.total_steps = 400 if arg == "shapes" else 6
     c.batch_size = 8 if arg == "shapes" else 4

@@ -3,6 +3,8 @@
 import importlib.util
 import pathlib
 
+from jaxgen.config import load_config
+
 
 def grpo_base(arg="shapes"):
     path = pathlib.Path(__file__).resolve().parent.parent / "grpo.py"
@@ -13,8 +15,4 @@ def grpo_base(arg="shapes"):
 
 
 def janus_model(arg):
-    path = pathlib.Path(__file__).resolve().parent.parent / "janus.py"
-    spec = importlib.util.spec_from_file_location("jaxgen_config_janus_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg).model
+    return load_config(f"janus:{arg}").model
