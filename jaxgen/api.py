@@ -111,11 +111,7 @@ def _check_params(params, config: JanusConfig, where: pathlib.Path):
 def _load_tokenizer(path: pathlib.Path):
     if not (path / TOKENIZER_FILE).exists():
         return None
-    try:
-        from jaxgen.data.tokenizer import load_tokenizer
-    except ImportError:  # data package without a tokenizer module: plain fast tokenizer
-        from transformers import PreTrainedTokenizerFast
-        return PreTrainedTokenizerFast.from_pretrained(str(path))
+    from jaxgen.data.tokenizer import load_tokenizer
     return load_tokenizer(str(path))
 
 

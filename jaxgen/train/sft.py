@@ -48,30 +48,19 @@ CACHE_FILE = "sft_cache.npz"
 
 
 def load_tokenizer(path):
-    """The ShapesWorld tokenizer (jaxgen.data.tokenizer when present, else a plain HF fast one)."""
+    """The ShapesWorld (or any HF fast) tokenizer saved in `path`."""
+    from jaxgen.data.tokenizer import load_tokenizer as data_load
     path = str(path)
     if not path or not pathlib.Path(path).exists():
         raise UserError(f"tokenizer {path!r} not found; build the data first (`jaxgen data build "
                         "--out D`) and pass --config.data.data_dir=D (or "
                         "--config.data.tokenizer=<dir with tokenizer.json>)")
-    try:
-        from jaxgen.data.tokenizer import load_tokenizer as data_load
-    except ImportError:
-        from transformers import PreTrainedTokenizerFast
-        return PreTrainedTokenizerFast.from_pretrained(path)
     return data_load(path)
 
 
 def special_ids(tokenizer) -> dict:
-    try:
-        from jaxgen.data.tokenizer import special_token_ids
-        return dict(special_token_ids(tokenizer))
-    except ImportError:
-        conv = tokenizer.convert_tokens_to_ids
-        return dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id, boi_token_id=conv(templates.BOI),
-                    eoi_token_id=conv(templates.EOI),
-                    image_token_id=conv(templates.IMAGE_PLACEHOLDER))
+    from jaxgen.data.tokenizer import special_token_ids
+    return dict(special_token_ids(tokenizer))
 
 
 def model_config_for(config, tokenizer=None):
@@ -565,21 +554,6 @@ def train(config, workdir) -> dict:
 
 def export_checkpoint(path, params, mc, tokenizer):
     """A jaxgen checkpoint dir (config.json + params.safetensors + tokenizer) for sampling."""
-    params = jax.device_get(params)
-    try:
-        from jaxgen.api import save_checkpoint
-    except ImportError:  # the API module is not there yet: write the same layout directly
-        save_checkpoint = _save_checkpoint_fallback
-    save_checkpoint(path, params, mc, tokenizer)
+    from jaxgen.api import save_checkpoint
+    save_checkpoint(path, jax.device_get(params), mc, tokenizer)
     return path
-
-
-def _save_checkpoint_fallback(path, params, mc, tokenizer):
-    from flax.traverse_util import flatten_dict
-    from safetensors.numpy import save_file
-    path = pathlib.Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(mc.to_dict(), indent=1))
-    flat = {"/".join(k): np.ascontiguousarray(np.asarray(v)) for k, v in flatten_dict(params).items()}
-    save_file(flat, str(path / "params.safetensors"))
-    tokenizer.save_pretrained(str(path))
