@@ -15,18 +15,9 @@ Expected result (third-party tables): GoT-R1-7B GenEval 0.75; T2I-CompBench colo
 images), the detector gives R_RI; expected: mean reward rises over 30 CPU iterations.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _common():
-    path = pathlib.Path(__file__).resolve().parent / "_common.py"
-    spec = importlib.util.spec_from_file_location("jaxgen_recipes_common", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from jaxgen.config import load_config
 
 
 def got_reward(sem="got_semantic", spa="got_spatial"):
@@ -40,8 +31,7 @@ def got_reward(sem="got_semantic", spa="got_spatial"):
 
 def get_config(arg=None):
     arg = arg or "7b"
-    common = _common()
-    _, c = common.grpo_base("shapes")
+    c = load_config("grpo:shapes")
     c.grpo.update(dict(group_size=16, prompts_per_step=4, advantage="grpo", dynamic_sampling=True,
                        cfg_mode="cfg", per_reward_norm=False))
     c.grpo.loss.update(dict(eps_low=0.2, eps_high=0.2, beta=0.0, aggregation="token_mean"))
@@ -50,7 +40,7 @@ def get_config(arg=None):
     c.optim.update(dict(learning_rate=1e-6, schedule="constant"))
     c.total_steps = 1000
     if arg in ("7b", "1b"):
-        c.model = common.janus_model(arg)
+        c.model = load_config(f"janus:{arg}").model
         c.data.update(dict(source="jsonl", path="", max_prompt_tokens=128))
         return c
     if arg == "shapes":

@@ -14,24 +14,14 @@ Expected result (paper, Table 1): GenEval 0.80 -> 0.86 (counting 0.59 -> 0.66, p
 :shapes: ShapesWorld policy + judge on this CPU (30 steps); expected: mean judge reward rises.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _common():
-    path = pathlib.Path(__file__).resolve().parent / "_common.py"
-    spec = importlib.util.spec_from_file_location("jaxgen_recipes_common", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from jaxgen.config import load_config
 
 
 def get_config(arg=None):
     arg = arg or "7b"
-    common = _common()
-    _, c = common.grpo_base("shapes")
+    c = load_config("grpo:shapes")
     # batch 128 in the paper; 16 prompts x G=7 = 112 samples keeps the batch divisible by 8 devices
     c.grpo.update(dict(group_size=7, prompts_per_step=16, advantage="grpo",
                        dynamic_sampling=False, cfg_mode="cfg", per_reward_norm=True))
@@ -46,7 +36,7 @@ def get_config(arg=None):
     c.total_steps = 800
     c.reflection = ml_collections.ConfigDict(dict(max_images=3, yes_threshold=0.5))
     if arg in ("7b", "1b"):
-        c.model = common.janus_model(arg)
+        c.model = load_config(f"janus:{arg}").model
         c.data.update(dict(source="jsonl", path="", max_prompt_tokens=128))
         return c
     if arg == "shapes":

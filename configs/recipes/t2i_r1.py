@@ -13,24 +13,14 @@ Expected result (paper): T2I-CompBench colour/shape/texture 81.3 / 58.5 / 72.4 (
 :shapes: ShapesWorld policy + judge on this CPU (30 steps); expected: mean reward rises.
 """
 
-import importlib.util
-import pathlib
-
 import ml_collections
 
-
-def _common():
-    path = pathlib.Path(__file__).resolve().parent / "_common.py"
-    spec = importlib.util.spec_from_file_location("jaxgen_recipes_common", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from jaxgen.config import load_config
 
 
 def get_config(arg=None):
     arg = arg or "7b"
-    common = _common()
-    _, c = common.grpo_base("shapes")
+    c = load_config("grpo:shapes")
     c.grpo.update(dict(group_size=8, prompts_per_step=8, advantage="grpo", dynamic_sampling=False,
                        cfg_mode="conditional", per_reward_norm=False))
     c.grpo.loss.update(dict(eps_low=0.2, eps_high=0.2, beta=0.01, aggregation="sequence_mean"))
@@ -42,7 +32,7 @@ def get_config(arg=None):
     c.optim.update(dict(learning_rate=1e-6, schedule="constant"))
     c.total_steps = 1600
     if arg in ("7b", "1b"):
-        c.model = common.janus_model(arg)
+        c.model = load_config(f"janus:{arg}").model
         c.data.update(dict(source="jsonl", path="", max_prompt_tokens=128))
         return c
     if arg == "shapes":

@@ -25,12 +25,19 @@ def sft_args(parser):
     _common_args(parser, "configs/sft.py:shapes")
 
 
-def sft(args) -> int:
+def _train(module_name: str, args) -> int:
+    """Run `jaxgen.train.<module_name>.train(config, workdir)` and print its summary."""
+    import importlib
+
     from jaxgen.config import load_config
-    from jaxgen.train import sft as sft_lib
-    result = sft_lib.train(load_config(args.config, args.config_overrides), args.workdir)
+    trainer = importlib.import_module(f"jaxgen.train.{module_name}")
+    result = trainer.train(load_config(args.config, args.config_overrides), args.workdir)
     _print_result(result)
     return 0
+
+
+def sft(args) -> int:
+    return _train("sft", args)
 
 
 def vq_args(parser):
@@ -38,11 +45,7 @@ def vq_args(parser):
 
 
 def vq(args) -> int:
-    from jaxgen.config import load_config
-    from jaxgen.train import vq as vq_lib
-    result = vq_lib.train(load_config(args.config, args.config_overrides), args.workdir)
-    _print_result(result)
-    return 0
+    return _train("vq", args)
 
 
 def grpo_args(parser):
@@ -50,9 +53,4 @@ def grpo_args(parser):
 
 
 def grpo(args) -> int:
-    # The GRPO trainer is owned by the GRPO engineer; it exposes train(config, workdir).
-    from jaxgen.config import load_config
-    from jaxgen.train import grpo as grpo_lib
-    result = grpo_lib.train(load_config(args.config, args.config_overrides), args.workdir)
-    _print_result(result if isinstance(result, dict) else {})
-    return 0
+    return _train("grpo", args)
