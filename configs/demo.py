@@ -31,14 +31,18 @@ def get_config(arg=None):
     c.vq = load_config("vq:shapes")
     c.vq.total_steps = 400
     c.sft = load_config("sft:shapes")
-    c.sft.total_steps = 280
-    c.sft.batch_size = 16
-    c.sft.data.seq_len = 192  # prompt + layout plan (<= ~125 tokens) + <boi> + 64 codes
+    c.sft.total_steps = 400
+    c.sft.batch_size = 8
+    # rows of 256 tokens, each packed with ~2 sequences of prompt + layout plan + <boi> + 64 codes
+    # (mean ~128 tokens, longest ~180)
+    c.sft.data.seq_len = 256
+    c.sft.data.packing = True
     c.sft.eval.num_prompts = 0  # the eval stage below measures it
     c.judge = load_config("sft:shapes")
+    c.judge.model.understanding_input = "vq_codes"  # reads images as its own VQ tokens
     c.judge.total_steps = 100
     c.judge.batch_size = 16
-    c.judge.data.seq_len = 128  # <boi> + 64 placeholders + question + answer
+    c.judge.data.seq_len = 128  # <boi> + 64 image codes + question + answer
     c.judge.data.task_mix = dict(generation=0.0, understanding=1.0)
     c.judge.optim.warmup_steps = 10
     c.judge.eval.num_prompts = 0
@@ -54,7 +58,9 @@ def get_config(arg=None):
         think=True,
         max_think_tokens=112,
         cfg_weight=3.0,
-        temperature=1.0,
+        temperature=1.0,  # reasoning tokens
+        image_temperature=1.0,
+        uncond_hides="prompt_and_reasoning",  # as the SFT's prompt dropout trained it
         grid_samples=16,
     ))
     return c

@@ -41,7 +41,9 @@ def base_config():
         source="shapes", split="train", categories=(), path="", max_prompt_tokens=32))
     c.sampling = ml_collections.ConfigDict(dict(
         max_think_tokens=0, temperature=1.0, top_k=0, top_p=1.0, image_temperature=1.0,
-        cfg_weight=3.0, uncond_hides="prompt"))
+        # the unconditional CFG row hides prompt and plan, as configs/sft.py:shapes trains it, so
+        # guidance amplifies what the layout plan asks for
+        cfg_weight=3.0, uncond_hides="prompt_and_reasoning"))
     c.grpo = ml_collections.ConfigDict(dict(
         group_size=8, prompts_per_step=4, inner_epochs=1, minibatches=1,
         advantage="grpo", per_reward_norm=False, dynamic_sampling=True, advantage_clip=0.0,

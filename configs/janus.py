@@ -47,9 +47,12 @@ def _shapes():
                   max_position_embeddings=1024),
         vision=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=64,
                     patch_size=8, projection_dim=hidden, depth=2),
-        vq=dict(embed_dim=8, num_embeddings=512, latent_channels=64, base_channels=32,
+        # convolution-only encoder: a code depends on its neighbourhood alone, so the plain
+        # background gets a few codes in every image instead of hundreds (see VQConfig)
+        vq=dict(embed_dim=8, num_embeddings=256, latent_channels=64, base_channels=32,
                 channel_multiplier=(1, 1, 2, 2), num_res_blocks=1, projection_dim=hidden,
-                num_hidden_layers=2, image_token_embed_dim=hidden, image_size=64),
+                num_hidden_layers=2, image_token_embed_dim=hidden, image_size=64,
+                encoder_attention=False),
         image_token_id=vocab - 6, boi_token_id=vocab - 5, eoi_token_id=vocab - 4,
         pad_token_id=vocab - 3, bos_token_id=vocab - 2, eos_token_id=vocab - 1,
     )
@@ -82,4 +85,7 @@ def get_config(arg=None):
     arg = arg or "shapes"
     if arg not in VARIANTS:
         raise ConfigError(f"unknown janus variant {arg!r}; use one of {sorted(VARIANTS)}")
-    return ml_collections.ConfigDict({"model": VARIANTS[arg]()})
+    model = VARIANTS[arg]()
+    # 'siglip' (Janus-Pro) or 'vq_codes': how the understanding path reads an image
+    model.setdefault("understanding_input", "siglip")
+    return ml_collections.ConfigDict({"model": model})

@@ -10,7 +10,8 @@ Expected result: the GenEval-style accuracy of images sampled for held-out promp
 a jaxgen checkpoint in <workdir>/final for `jaxgen sample`.
 - shapes: configs/janus.py:shapes (Llama 4 x 256, 64 image tokens), reasoning = layout plan.
 - tiny: configs/janus.py:tiny shapes and a few steps; for tests (seconds).
-Loss weights (ReasonGen-R1): text 2.0, image 1.0, <begin_of_image> 0.0; prompt dropout 0.1.
+Loss weights (ReasonGen-R1): text 2.0, image 1.0, <begin_of_image> 0.0 (1.0 for shapes, see
+c.loss); prompt dropout 0.1.
 """
 
 import ml_collections
@@ -38,14 +39,22 @@ def get_config(arg=None):
         data_dir="", tokenizer="", vq_params="", seed=0, canvas=64,
         num_examples=8000 if shapes else 16, seq_len=160 if shapes else 128,
         reasoning="plan" if shapes else "none",  # plan | caption | none
-        prompt_dropout=0.1, dropout_hides="prompt",  # or prompt_and_reasoning
+        # Dropped rows hide the prompt and the layout plan, so CFG at sampling time amplifies
+        # what the plan asks for (hiding the prompt alone leaves the plan in both rows).
+        prompt_dropout=0.1, dropout_hides="prompt_and_reasoning" if shapes else "prompt",
         task_mix=dict(generation=1.0, understanding=0.0),
         # Understanding (judge) rows: images as rendered or through the VQ tokenizer ('vq', as
         # the policy's samples look), and the fraction of easy negatives (another prompt).
         understanding_images="rendered", easy_negatives=0.0,
+        # Pack several generation sequences into each seq_len row (attention stays inside each
+        # sequence): the same loss without computing padding.
+        packing=False,
     )
-    c.loss = dict(text_weight=2.0, image_weight=1.0, boi_weight=0.0, eoi_weight=0.0,
-                  answer_weight=1.0)
+    # ReasonGen-R1 weights <begin_of_image> 0 because its template appends the token after the
+    # reasoning; here the model itself ends its layout plan with <begin_of_image> (the sampler
+    # stops thinking there), so the shapes config learns it (weight 0: plans never end).
+    c.loss = dict(text_weight=2.0, image_weight=1.0, boi_weight=1.0 if shapes else 0.0,
+                  eoi_weight=0.0, answer_weight=1.0)
     c.optim = dict(name="adamw", learning_rate=1e-3 if shapes else 1e-3,
                    warmup_steps=100 if shapes else 1, schedule="cosine", end_lr_ratio=0.05,
                    b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05, grad_clip_norm=1.0,

@@ -42,6 +42,7 @@ def get_config(arg=None):
     if arg in ("7b", "1b"):
         c.model = load_config(f"janus:{arg}").model
         c.data.update(dict(source="jsonl", path="", max_prompt_tokens=128))
+        c.sampling.uncond_hides = "prompt"  # Janus-Pro was trained with prompt-only dropout
         return c
     if arg == "shapes":
         c.total_steps = 30

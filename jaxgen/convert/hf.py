@@ -173,6 +173,15 @@ def hf_config_to_jaxgen(hf: Mapping[str, Any], special_ids: Optional[Mapping[str
 def jaxgen_config_to_hf(config: JanusConfig) -> dict:
     """JanusConfig -> transformers JanusConfig dict (what export writes to config.json)."""
     t, v, q = config.text, config.vision, config.vq
+    if config.understanding_input != "siglip":
+        raise ConfigError(
+            f"this model reads images for understanding as {config.understanding_input!r}, "
+            "which Hugging Face Janus cannot express (it always uses the SigLIP tower); keep it "
+            "as a jaxgen checkpoint (Generator.save) instead of exporting it")
+    if not config.vq.encoder_attention:
+        raise ConfigError(
+            "vq.encoder_attention=False (a convolution-only VQ encoder) has no Hugging Face "
+            "JanusVQVAE equivalent; keep the model as a jaxgen checkpoint instead of exporting it")
     grid = v.image_size // v.patch_size
     if grid != q.grid:
         raise ConfigError(

@@ -48,7 +48,10 @@ def generate_images(ckpt_dir, metadata: list[dict], eval_config, name: str = "")
         out = gen.generate(chunk, num_samples=eval_config.samples_per_prompt,
                            think=eval_config.think, max_think_tokens=eval_config.max_think_tokens,
                            cfg_weight=eval_config.cfg_weight,
-                           temperature=eval_config.temperature, seed=eval_config.seed + start)
+                           temperature=eval_config.temperature,
+                           image_temperature=eval_config.get("image_temperature"),
+                           uncond_hides=eval_config.get("uncond_hides", "prompt"),
+                           seed=eval_config.seed + start)
         samples.extend(out[: len(prompts[start:start + bs]) * eval_config.samples_per_prompt])
     return samples
 

@@ -11,7 +11,15 @@ Pipeline (numpy + scipy.ndimage, no learned weights):
    growth); shape and size come from a soft mask (colour distance to the background), whose
    moments and mass blur does not change: apex-up triangles have negative y skewness, squares
    and discs differ in fourth moments, the side follows from the mass; texture from the
-   brightness modulation at the texture period along y (stripes) or y and x (dots).
+   brightness modulation at the texture period along y (stripes) or y and x (dots);
+4. shape-quality test: a component is reported only when it looks like a ShapesWorld object:
+   at least about a small object's size, a box of nearly equal width and height, a soft mask
+   mirror-symmetric about the vertical axis whose second to fourth moments lie near the ideal
+   shape's (prototypes are measured on `shape_mask` renderings), a refined mask that overlaps the
+   ideal shape drawn in its box, and a saturated, single palette colour (a blob that mixes hues
+   or fades to grey has a low chroma / value ratio). Anything else (smears, irregular or
+   multi-coloured blobs of an untrained generator) is kept in `detect_all`'s rejected list
+   with the failed test's name, and `detect` ignores it.
 It never reads tokens or text: only the image.
 """
 
@@ -22,7 +30,8 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from jaxgen.data.shapes_world import COLOR_NAMES, DEFAULT_SPEC, PALETTE_HUES
+from jaxgen.data.shapes_world import (COLOR_NAMES, COLORS, DEFAULT_SPEC, PALETTE_HUES, SHAPES,
+                                      shape_mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +53,43 @@ class DetectorSpec:
     texture_min_periods: float = 1.2  # inner height needed to read a texture, in periods
     texture_min_amplitude: float = 0.07  # relative brightness modulation: plain below this
     stripe_axis_ratio: float = 0.4  # x/y modulation below this: stripes (dots: ~1)
+    # --- shape-quality test (pipeline step 4). Each tolerance sits near the 1st/99th percentile
+    # of its statistic over (a) generator-like perturbed renderings (blur, JPEG 50-85,
+    # colour shift, noise, overlap) and (b) ShapesWorld scenes passed through the demo's trained
+    # 8x8-code VQ tokenizer (the best a generator can draw): together they reject 0.4% of (a)'s
+    # and 3.7% of (b)'s objects, none of a clean rendering's, and 97.5% of the blobs decoded from
+    # random VQ codes (what an untrained generator draws). Per-shape tuples follow SHAPES order
+    # (square, circle, triangle).
+    # longer box side: the smallest object is `small_frac` of the canvas (14 px at 64). Squares
+    # and discs keep their box within a pixel or two under blur, JPEG and the VQ (p1: 14 / 13
+    # px); a triangle loses its apex rows and, under an overlapping neighbour, part of its base
+    # (p1: 12 / 11 px). Random-code blobs are mostly 11-12 px.
+    min_side_frac: tuple = (0.85 * DEFAULT_SPEC.small_frac, 0.85 * DEFAULT_SPEC.small_frac,
+                            0.75 * DEFAULT_SPEC.small_frac)
+    # box height / width (either way up): shapes are drawn in square boxes; an object under an
+    # overlapping neighbour loses up to `overlap_frac` of a side, and the VQ squashes discs and
+    # small triangles (p1: 0.79 perturbed; through the VQ 0.82 square, 0.71 disc, 0.70 triangle)
+    min_box_aspect: float = 0.6
+    # |x skewness| and |x-y correlation| of the soft mask: all three shapes are mirror-symmetric
+    # about the vertical axis, so both are 0 (p99: 0.15 perturbed, 0.29 VQ)
+    max_skew_x: float = 0.4
+    max_xy_corr: float = 0.4
+    # distance to the classified shape's prototype (`PROTOTYPES`: moments of the ideal
+    # `shape_mask`): |y skewness - prototype's| (p99 0.18 / 0.28), |4th-moment ratio /
+    # prototype's - 1| (0.19 / 0.30), |log(var x / var y) - prototype's| (0.34 / 0.55; the
+    # prototype ratio is 1 for square and disc, 0.75 for the triangle)
+    max_skew_y_error: float = 0.35
+    max_kurtosis_error: float = 0.35
+    max_log_var_ratio_error: float = 0.7
+    # IoU of the refined mask with the ideal shape drawn in its box: the VQ rounds corners and
+    # apexes, a small triangle's most (p1 through the VQ: 0.71 square, 0.73 disc, 0.48
+    # triangle; perturbed: 0.75, 0.82, 0.54). Noise taken for a triangle scores ~0.5.
+    min_template_iou: tuple = (0.7, 0.72, 0.5)
+    # colour purity: median chroma / value over the core >= this fraction of the palette
+    # colour's own (0.70 purple ... 0.87 yellow). Mixing two palette hues, or a hue with grey,
+    # lowers it (p1: 0.78 perturbed; 2% of VQ objects, dark greens, fall below; random-code
+    # blobs: median 0.57)
+    min_saturation_frac: float = 0.7
 
 
 DEFAULT_DETECTOR = DetectorSpec()
@@ -58,6 +104,8 @@ class Detection:
     box_xyxy: tuple  # pixels, x1/y1 exclusive
     area: int = 0
     fill: float = 0.0
+    quality: dict = dataclasses.field(default_factory=dict)  # shape-quality statistics
+    rejected_by: str = ""  # the shape-quality test it failed ("" when accepted)
 
     def to_dict(self) -> dict:
         return {"shape": self.shape, "color": self.color, "size": self.size,
@@ -94,19 +142,90 @@ def _shape_of(skew_y: float, kurt_ratio: float, spec: "DetectorSpec") -> str:
     return "square" if kurt_ratio < spec.square_kurtosis_ratio else "circle"
 
 
-def _soft_moments(w: np.ndarray):
-    """(mass, skewness of y, E[dx^4 + dy^4] / (2 E[dx^2 dy^2])) of a soft mask w[h, w]."""
+def _soft_moments(w: np.ndarray) -> dict:
+    """Moment statistics of a soft mask w[h, w] (y grows downwards):
+    mass; skew_y (normalised third moment of y); kurt (E[dx^4 + dy^4] / (2 E[dx^2 dy^2]));
+    skew_x; xy_corr (mu11 / sqrt(mu20 mu02)); var_ratio (mu20 / mu02)."""
     ys, xs = np.mgrid[0 : w.shape[0], 0 : w.shape[1]]
     m = w.sum()
     cx, cy = (w * xs).sum() / m, (w * ys).sum() / m
     dx, dy = xs - cx, ys - cy
+    mu20 = (w * dx**2).sum() / m
     mu02 = (w * dy**2).sum() / m
+    mu11 = (w * dx * dy).sum() / m
+    mu30 = (w * dx**3).sum() / m
     mu03 = (w * dy**3).sum() / m
     mu40 = (w * dx**4).sum() / m
     mu04 = (w * dy**4).sum() / m
     mu22 = (w * dx**2 * dy**2).sum() / m
-    skew = mu03 / max(mu02, 1e-9) ** 1.5
-    return float(m), float(skew), float((mu40 + mu04) / max(2 * mu22, 1e-9))
+    eps = 1e-9
+    return {"mass": float(m),
+            "skew_y": float(mu03 / max(mu02, eps) ** 1.5),
+            "kurt": float((mu40 + mu04) / max(2 * mu22, eps)),
+            "skew_x": float(mu30 / max(mu20, eps) ** 1.5),
+            "xy_corr": float(mu11 / np.sqrt(max(mu20 * mu02, eps))),
+            "var_ratio": float(mu20 / max(mu02, eps))}
+
+
+# side of the ideal renderings the prototypes are measured on (large enough that pixel sampling
+# no longer moves the moments)
+_PROTOTYPE_SIDE = 96
+
+
+def _template(shape: str, h: int, w: int) -> np.ndarray:
+    """bool[h, w]: the ideal `shape` drawn in an h x w box (ShapesWorld's own renderer)."""
+    return shape_mask(shape, (0, 0, w, h), max(h, w))[:h, :w]
+
+
+# moment statistics of each ideal shape: what a detected object's moments are compared to
+PROTOTYPES = {s: _soft_moments(_template(s, _PROTOTYPE_SIDE, _PROTOTYPE_SIDE).astype(np.float64))
+              for s in SHAPES}
+# chroma / value of each palette colour (0.70 purple ... 0.87 yellow)
+_PALETTE_SATURATION = {name: (max(rgb) - min(rgb)) / max(rgb) for name, rgb in COLORS.items()}
+
+
+def shape_quality(shape: str, color: str, moments: dict, refined: np.ndarray, box_yx: tuple,
+                  chroma: np.ndarray, value: np.ndarray, spec: "DetectorSpec") -> dict:
+    """Statistics of the shape-quality test for one component (see `rejection`).
+
+    refined: bool[h, w] refined mask in a crop; box_yx: (y0, y1, x0, x1) of its bounding box in
+    that crop; chroma, value: f32[h, w] of the same crop."""
+    by0, by1, bx0, bx1 = box_yx
+    bh, bw = by1 - by0, bx1 - bx0
+    proto = PROTOTYPES[shape]
+    box_mask = refined[by0:by1, bx0:bx1]
+    template = _template(shape, bh, bw)
+    iou = (template & box_mask).sum() / max((template | box_mask).sum(), 1)
+    # the core (strong half of the chroma) carries the object's colour; its fringe mixes with
+    # the background
+    core = refined & (chroma >= spec.core_frac * np.percentile(chroma[refined], 90))
+    saturation = float(np.median(chroma[core] / np.maximum(value[core], 1.0)))
+    return {"side": int(max(bh, bw)),
+            "box_aspect": float(min(bh, bw) / max(bh, bw)),
+            "skew_x": abs(moments["skew_x"]),
+            "xy_corr": abs(moments["xy_corr"]),
+            "skew_y_error": abs(moments["skew_y"] - proto["skew_y"]),
+            "kurtosis_error": abs(moments["kurt"] / proto["kurt"] - 1.0),
+            "log_var_ratio_error": float(abs(np.log(max(moments["var_ratio"], 1e-9)
+                                                    / proto["var_ratio"]))),
+            "template_iou": float(iou),
+            "saturation_frac": saturation / _PALETTE_SATURATION[color]}
+
+
+def rejection(shape: str, quality: dict, canvas: int, spec: "DetectorSpec") -> str:
+    """Name of the first shape-quality test `quality` fails ("" when it looks like a ShapesWorld
+    `shape`); `canvas` is the image's shorter side."""
+    k = SHAPES.index(shape)
+    tests = (("size", quality["side"] >= spec.min_side_frac[k] * canvas),
+             ("aspect", quality["box_aspect"] >= spec.min_box_aspect),
+             ("symmetry", quality["skew_x"] <= spec.max_skew_x
+              and quality["xy_corr"] <= spec.max_xy_corr),
+             ("moments", quality["skew_y_error"] <= spec.max_skew_y_error
+              and quality["kurtosis_error"] <= spec.max_kurtosis_error
+              and quality["log_var_ratio_error"] <= spec.max_log_var_ratio_error),
+             ("template", quality["template_iou"] >= spec.min_template_iou[k]),
+             ("colour", quality["saturation_frac"] >= spec.min_saturation_frac))
+    return next((name for name, ok in tests if not ok), "")
 
 
 def _side_from_area(shape: str, area: float) -> float:
@@ -175,7 +294,14 @@ def _split_touching(comp: np.ndarray, n: int, bg_dist: np.ndarray, spec: "Detect
 
 
 def detect(image: np.ndarray, spec: DetectorSpec = DEFAULT_DETECTOR) -> list:
-    """list[Detection] of a uint8[H, W, 3] image, largest first (area is the confidence)."""
+    """list[Detection] of a uint8[H, W, 3] image, largest first (area is the confidence); only
+    components that pass the shape-quality test."""
+    return detect_all(image, spec)[0]
+
+
+def detect_all(image: np.ndarray, spec: DetectorSpec = DEFAULT_DETECTOR) -> tuple:
+    """(accepted, rejected): list[Detection] each, largest first. Rejected components failed the
+    shape-quality test (their `rejected_by` names which); kept for debugging."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"detect expects an RGB image [H, W, 3], got shape {image.shape}")
@@ -190,7 +316,7 @@ def detect(image: np.ndarray, spec: DetectorSpec = DEFAULT_DETECTOR) -> list:
     labels = np.where(fg, nearest_color(hue), -1)
     min_area = spec.min_area_frac * h * w
     min_thick = spec.min_thickness_frac * canvas
-    out = []
+    out, rejected = [], []
     eight = np.ones((3, 3), bool)
     for ci, cname in enumerate(COLOR_NAMES):
         mask_c = labels == ci
@@ -229,15 +355,19 @@ def detect(image: np.ndarray, spec: DetectorSpec = DEFAULT_DETECTOR) -> list:
             peak = np.percentile(dist[comp[sy0:sy1, sx0:sx1] == k], 90)
             soft = np.clip((dist / max(peak, 1e-6) - spec.soft_floor) / (1 - spec.soft_floor),
                            0, 1) * (near & ~others)
-            mass, skew_y, kurt = _soft_moments(soft)
-            shape = _shape_of(skew_y, kurt, spec)
-            side = _side_from_area(shape, mass)
+            moments = _soft_moments(soft)
+            shape = _shape_of(moments["skew_y"], moments["kurt"], spec)
+            side = _side_from_area(shape, moments["mass"])
             size = "large" if side >= spec.large_side_frac * canvas else "small"
             texture = _texture_of(value[y0:y1, x0:x1], refined, canvas, spec)
-            out.append(Detection(shape=shape, color=cname, size=size, texture=texture,
-                                 box_xyxy=(int(bx0 + x0), int(by0 + y0), int(bx1 + x0),
-                                           int(by1 + y0)),
-                                 area=int(round(mass)), fill=float(refined.sum() / (
-                                     (by1 - by0) * (bx1 - bx0)))))
+            quality = shape_quality(shape, cname, moments, refined, (by0, by1, bx0, bx1),
+                                    ch, value[y0:y1, x0:x1], spec)
+            det = Detection(shape=shape, color=cname, size=size, texture=texture,
+                            box_xyxy=(int(bx0 + x0), int(by0 + y0), int(bx1 + x0), int(by1 + y0)),
+                            area=int(round(moments["mass"])),
+                            fill=float(refined.sum() / ((by1 - by0) * (bx1 - bx0))),
+                            quality=quality, rejected_by=rejection(shape, quality, canvas, spec))
+            (rejected if det.rejected_by else out).append(det)
     out.sort(key=lambda d: -d.area)
-    return out
+    rejected.sort(key=lambda d: -d.area)
+    return out, rejected

@@ -99,6 +99,10 @@ class VQConfig:
     # Nearest-code lookup on l2-normalised latents and codebook (original Janus / LlamaGen) or on
     # raw vectors (transformers' JanusVQVAE); equal when the codebook rows have unit length.
     codebook_l2_norm: bool = False
+    # Self-attention in the encoder (Janus / LlamaGen: yes). Without it each code depends only on
+    # its neighbourhood, so a plain background gets the same few codes in every image, which is
+    # what a small language model can learn to predict (HF export needs True).
+    encoder_attention: bool = True
 
     @property
     def downsample(self) -> int:
@@ -117,6 +121,9 @@ class VQConfig:
         return _from_dict(cls, d, "vq config")
 
 
+UNDERSTANDING_INPUTS = ("siglip", "vq_codes")
+
+
 @dataclasses.dataclass(frozen=True)
 class JanusConfig:
     """The unified model: LLM + understanding encoder + VQ generation path, and special ids."""
@@ -129,11 +136,27 @@ class JanusConfig:
     pad_token_id: int = 100002
     bos_token_id: int = 100000
     eos_token_id: int = 100001
+    # How the understanding path reads an image: 'siglip' (Janus-Pro: SigLIP tower -> aligner) or
+    # 'vq_codes' (the image as the model's own VQ tokens through the generation embeddings, as
+    # token-based unified models read images). Hugging Face Janus knows only 'siglip'.
+    understanding_input: str = "siglip"
+
+    def __post_init__(self):
+        if self.understanding_input not in UNDERSTANDING_INPUTS:
+            raise ConfigError(f"understanding_input={self.understanding_input!r}; choose one of "
+                              f"{list(UNDERSTANDING_INPUTS)}")
 
     @property
     def num_image_tokens(self) -> int:
         """Image tokens the generation path writes per image."""
         return self.vq.num_image_tokens
+
+    @property
+    def num_understanding_tokens(self) -> int:
+        """Placeholders an understanding prompt holds for one image."""
+        if self.understanding_input == "vq_codes":
+            return self.vq.num_image_tokens
+        return self.vision.num_image_tokens
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

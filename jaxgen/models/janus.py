@@ -7,10 +7,11 @@ Functional API (binding contract; `config` is a frozen, hashable JanusConfig, st
     embed_text(params, config, ids_bl) -> f32[B,L,D]
     embed_image_codes(params, config, codes_bl) -> [B,L,D]
     embed_understanding_images(params, config, pixels_bhwc in [-1,1]) -> [B,N,D]
+    understanding_embeds(params, config, pixels_bhwc=None, codes_bn=None) -> [B,N,D]
     merge_image_embeds(emb_bld, ids_bl, image_emb_bnd, image_token_id) -> emb_bld
     init_cache(config, batch, max_len, dtype=jnp.float32) -> {'k','v'}: [layers,B,max_len,kv_heads,head_dim]
-    decode(params, config, emb_bld, positions_bl, kv_mask_bs, cache=None, cache_index=0)
-        -> (hidden_bld, cache)
+    decode(params, config, emb_bld, positions_bl, kv_mask_bs, cache=None, cache_index=0,
+           segment_ids_bl=None) -> (hidden_bld, cache)
     text_logits(params, config, hidden_bld) -> [B,L,vocab]
     image_logits(params, config, hidden_bld) -> [B,L,num_embeddings]
     vq_encode(params, config, pixels_bhwc in [-1,1]) -> codes_bn int32 (row-major grid)
@@ -235,6 +236,20 @@ def embed_understanding_images(params, config: JanusConfig, pixels_bhwc):
     return _aligner(config).apply({"params": params["aligner"]}, feats)
 
 
+def understanding_embeds(params, config: JanusConfig, pixels_bhwc=None, codes_bn=None):
+    """Embeddings [B, N, D] for the image placeholders of an understanding prompt, N =
+    config.num_understanding_tokens. 'siglip' reads pixels in [-1, 1]; 'vq_codes' reads VQ codes
+    (pixels are VQ-encoded first, at vq.image_size) through the generation embeddings."""
+    if config.understanding_input == "siglip":
+        if pixels_bhwc is None:
+            raise UserError("a SigLIP understanding path needs pixels, not VQ codes; decode the "
+                            "codes first (janus.vq_decode)")
+        return embed_understanding_images(params, config, pixels_bhwc)
+    if codes_bn is None:
+        codes_bn = vq_encode(params, config, pixels_bhwc)
+    return embed_image_codes(params, config, codes_bn)
+
+
 def merge_image_embeds(emb_bld, ids_bl, image_emb_bnd, image_token_id):
     """Replace the rows where ids == image_token_id by image embeddings, in reading order.
 
@@ -252,17 +267,23 @@ def init_cache(config: JanusConfig, batch: int, max_len: int, dtype=jnp.float32)
     return llama.init_cache(config.text, batch, max_len, dtype)
 
 
-def decode(params, config: JanusConfig, emb_bld, positions_bl, kv_mask_bs, cache=None, cache_index=0):
+def decode(params, config: JanusConfig, emb_bld, positions_bl, kv_mask_bs, cache=None, cache_index=0,
+           segment_ids_bl=None):
     """Run the LLM on embeddings. Returns (final-normed hidden [B, L, D], cache).
 
     No cache: causal attention over the L inputs, keys masked by kv_mask_bs [B, L].
     With cache: K/V of the inputs go to slots [cache_index, cache_index + L); query i attends to
     slots j <= cache_index + i with kv_mask_bs[:, j] true (kv_mask_bs is [B, max_len]).
     Left-padded prompts: kv_mask = attention_mask, positions = clip(cumsum(mask) - 1, 0).
+    Packed rows (training, no cache): segment_ids_bl [B, L] keeps attention inside each sequence;
+    positions restart at 0 per sequence.
     """
     _check_decode_shapes(config, emb_bld, positions_bl, kv_mask_bs, cache, cache_index)
+    if segment_ids_bl is not None and cache is not None:
+        raise UserError("decode: segment_ids_bl (packed rows) is for training without a cache")
     return _language_model(config).apply({"params": params["language_model"]}, emb_bld,
-                                         positions_bl, kv_mask_bs, cache, cache_index)
+                                         positions_bl, kv_mask_bs, cache, cache_index,
+                                         segment_ids_bl)
 
 
 def _check_decode_shapes(config, emb_bld, positions_bl, kv_mask_bs, cache, cache_index):

@@ -75,12 +75,18 @@ def apply_rope(x_blhd, cos_bld, sin_bld):
     return x_blhd * cos + _rotate_half(x_blhd) * sin
 
 
-def attention_mask(kv_mask_bs, query_len: int, cache_index):
-    """Boolean [B, L, S]: query i (at slot cache_index + i) sees slot j <= its own, if kv_mask."""
+def attention_mask(kv_mask_bs, query_len: int, cache_index, segment_ids_bl=None):
+    """Boolean [B, L, S]: query i (at slot cache_index + i) sees slot j <= its own, if kv_mask.
+
+    segment_ids_bl (no cache, S == L): packed rows; a query sees only keys of its own segment.
+    """
     s = kv_mask_bs.shape[1]
     q_slot = cache_index + jnp.arange(query_len)[:, None]
     causal_ls = jnp.arange(s)[None, :] <= q_slot
-    return causal_ls[None] & kv_mask_bs.astype(bool)[:, None, :]
+    mask = causal_ls[None] & kv_mask_bs.astype(bool)[:, None, :]
+    if segment_ids_bl is not None:
+        mask &= segment_ids_bl[:, :, None] == segment_ids_bl[:, None, :]
+    return mask
 
 
 class Attention(nn.Module):
@@ -196,7 +202,8 @@ class LlamaModel(nn.Module):
     def embed(self, ids_bl):
         return self.embed_tokens(ids_bl)
 
-    def __call__(self, emb_bld, positions_bl, kv_mask_bs, cache=None, cache_index=0):
+    def __call__(self, emb_bld, positions_bl, kv_mask_bs, cache=None, cache_index=0,
+                 segment_ids_bl=None):
         """Returns (final-normed hidden [B, L, D], updated cache or None). See `decode` in janus.py."""
         cfg = self.config
         dtype = _dtype(cfg.dtype)
@@ -204,7 +211,7 @@ class LlamaModel(nn.Module):
             self.embed_tokens(jnp.zeros((1, 1), jnp.int32))  # create the table, which __call__ skips
         x = emb_bld.astype(dtype)
         cos, sin = rope_cos_sin(positions_bl, cfg.head_dim, cfg.rope_theta, dtype)
-        mask = attention_mask(kv_mask_bs, x.shape[1], cache_index)
+        mask = attention_mask(kv_mask_bs, x.shape[1], cache_index, segment_ids_bl)
         k_all = v_all = None
         if cache is not None:
             k_all, v_all = cache["k"], cache["v"]

@@ -127,14 +127,16 @@ class Upsample(nn.Module):
 
 
 class MidBlock(nn.Module):
-    """[resnet, attention, resnet] at the lowest resolution."""
+    """[resnet, attention, resnet] at the lowest resolution (attention optional)."""
     channels: int
     dtype: Any = jnp.float32
+    attention: bool = True
 
     @nn.compact
     def __call__(self, x_bhwc):
         x_bhwc = ResnetBlock(self.channels, self.dtype, name="block_1")(x_bhwc)
-        x_bhwc = AttnBlock(self.dtype, name="attn_1")(x_bhwc)
+        if self.attention:
+            x_bhwc = AttnBlock(self.dtype, name="attn_1")(x_bhwc)
         return ResnetBlock(self.channels, self.dtype, name="block_2")(x_bhwc)
 
 
@@ -152,11 +154,11 @@ class Encoder(nn.Module):
             out_ch = cfg.base_channels * cfg.channel_multiplier[i]
             for j in range(cfg.num_res_blocks):
                 h = ResnetBlock(out_ch, self.dtype, name=f"down_{i}_block_{j}")(h)
-                if i == levels - 1:
+                if i == levels - 1 and cfg.encoder_attention:
                     h = AttnBlock(self.dtype, name=f"down_{i}_attn_{j}")(h)
             if i != levels - 1:
                 h = Downsample(self.dtype, name=f"down_{i}_downsample")(h)
-        h = MidBlock(h.shape[-1], self.dtype, name="mid")(h)
+        h = MidBlock(h.shape[-1], self.dtype, cfg.encoder_attention, name="mid")(h)
         h = _swish(_group_norm(self.dtype, "norm_out")(h))
         return _conv(cfg.latent_channels, 3, self.dtype, "conv_out")(h)
 

@@ -3,8 +3,9 @@
 The judge is any checkpoint in the unified architecture (a Janus-Pro model or a ShapesWorld
 judge trained by the SFT understanding task). Its parameters are placed once on the mesh with
 shardings from jaxgen.parallel; policy image tokens are decoded to pixels by the policy's VQ
-decoder inside the same jitted function and go straight into the judge's vision tower, so images
-and weights never leave the device. Questions are tokenised once per batch and left-padded to a
+decoder inside the same jitted function and go straight into the judge's understanding path (its
+SigLIP tower, or its VQ encoder for a judge that reads images as VQ codes), so images and weights
+never leave the device. Questions are tokenised once per batch and left-padded to a
 fixed length (no recompilation between iterations).
 
   yes/no judge:  P(yes) / (P(yes) + P(no)) from the first answer token (T2I-R1, Janus-Pro-R1)
@@ -65,8 +66,9 @@ def _resize(pixels_bhwc, size: int):
 def _prompt_state(params, config, ids_bl, mask_bl, pixels_bhwc):
     emb = janus.embed_text(params, config, ids_bl)
     if pixels_bhwc is not None:
-        img = janus.embed_understanding_images(
-            params, config, _resize(pixels_bhwc, config.vision.image_size))
+        size = (config.vq.image_size if config.understanding_input == "vq_codes"
+                else config.vision.image_size)
+        img = janus.understanding_embeds(params, config, _resize(pixels_bhwc, size))
         emb = janus.merge_image_embeds(emb, ids_bl, img, config.image_token_id)
     positions = jnp.maximum(jnp.cumsum(mask_bl, axis=1) - 1, 0).astype(jnp.int32)
     return emb, positions
@@ -192,7 +194,7 @@ class VLMJudge:
         return self._params_fn()
 
     def _texts(self, questions, with_image: bool):
-        n = self.config.vision.num_image_tokens
+        n = self.config.num_understanding_tokens
         if with_image:
             return [templates.understanding_prompt(q, self.bos, n) for q in questions]
         return [templates.generation_prompt(q, self.bos) for q in questions]
@@ -200,7 +202,7 @@ class VLMJudge:
     def tokenize(self, questions, with_image: bool):
         """Left-padded (ids int32[B, L], mask int32[B, L]) with L fixed per (judge, with_image)."""
         texts = self._texts(questions, with_image)
-        length = self.max_text_tokens + (self.config.vision.num_image_tokens if with_image else 0)
+        length = self.max_text_tokens + (self.config.num_understanding_tokens if with_image else 0)
         pad = self.config.pad_token_id
         ids = np.full((len(texts), length), pad, np.int32)
         mask = np.zeros((len(texts), length), np.int32)

@@ -10,7 +10,8 @@ Generation rows (one sequence, teacher forced):
   `dropout_hides='prompt_and_reasoning'` the reasoning is hidden too. Dropped rows train only
   the image tokens.
 Understanding rows (Janus-Pro-R1 self-evaluation):
-    understanding_prompt(question) with the image's SigLIP embeddings | answer <eos>
+    understanding_prompt(question) with the image (SigLIP embeddings, or its VQ codes inline when
+    model.understanding_input is 'vq_codes') | answer <eos>
   loss on the answer tokens only (`answer_weight`).
 The loss is sum(weight * NLL) / sum(weight) over the global batch (gradient accumulation
 included). Batches hold a fixed number of rows of each task (`data.task_mix`).
@@ -149,14 +150,26 @@ def generation_row(tokenizer, mc, prompt: str, reasoning: str, codes, seq_len: i
     return _pack(toks, is_img, kind, region, seq_len, mc, what=f"prompt {prompt!r}")
 
 
-def understanding_row(tokenizer, mc, question: str, answer: str, seq_len: int) -> dict:
+def understanding_row(tokenizer, mc, question: str, answer: str, seq_len: int,
+                      codes=None) -> dict:
+    """Arrays for one understanding row. With mc.understanding_input == 'siglip' the image
+    placeholders stay in the ids (the batch's 'pixels' fill them); with 'vq_codes' the image's
+    VQ `codes` sit inline as image inputs, exactly as a generated image does."""
     bos = tokenizer.bos_token
-    n_img = mc.vision.num_image_tokens
-    prompt_ids = _encode(tokenizer, templates.understanding_prompt(question, bos, n_img))
+    n_img = mc.num_understanding_tokens
+    text = templates.understanding_prompt(question, bos, n_img)
+    if mc.understanding_input == "vq_codes":
+        before, after = text.split(templates.IMAGE_PLACEHOLDER * n_img)
+        head, tail = _encode(tokenizer, before), _encode(tokenizer, after)
+        prompt_ids = head + [int(c) for c in codes] + tail
+        is_img = [0] * len(head) + [1] * n_img + [0] * len(tail)
+    else:
+        prompt_ids = _encode(tokenizer, text)
+        is_img = [0] * len(prompt_ids)
     ans_ids = _encode(tokenizer, answer) + [mc.eos_token_id]
     toks = prompt_ids + ans_ids
     kind = [KIND_NONE] * len(prompt_ids) + [KIND_ANSWER] * len(ans_ids)
-    return _pack(toks, [0] * len(toks), kind, [0] * len(toks), seq_len, mc,
+    return _pack(toks, is_img + [0] * len(ans_ids), kind, [0] * len(toks), seq_len, mc,
                  what=f"question {question!r}")
 
 
@@ -181,7 +194,41 @@ def _pack(toks, is_img, kind, region, seq_len, mc, what) -> dict:
         "target_kind": padded(kind[1:], KIND_NONE, np.int8),
         "region": padded(region[:-1], 0, np.int8),  # 1 prompt, 2 reasoning (dropout targets)
         "valid": padded([1] * n, 0, np.bool_),
+        "segment": padded([1] * n, 0, np.int16),  # which sequence of a packed row (0: padding)
+        "positions": padded(list(range(n)), 0, np.int32),
     }
+
+
+def pack_rows(rows: dict, seq_len: int, seed: int, pad_id: int, open_bins: int = 16) -> dict:
+    """Pack padded rows (arrays [N, seq_len], see _pack) into fewer rows of seq_len: each
+    sequence keeps its tokens, gets its own segment id and positions from 0, and attends only to
+    itself (decode's segment_ids_bl), so the loss is the unpacked one without the padding work.
+    Order: a seeded shuffle, then first fit among the `open_bins` most recent rows."""
+    lengths = rows["valid"].sum(1).astype(int)
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    bins, fill, open_ids = [], [], []
+    for i in order:
+        for b in open_ids:
+            if fill[b] + lengths[i] <= seq_len:
+                break
+        else:
+            b = len(bins)
+            bins.append([])
+            fill.append(0)
+            open_ids = (open_ids + [b])[-open_bins:]
+        bins[b].append(i)
+        fill[b] += lengths[i]
+    out = {k: np.zeros((len(bins), seq_len), v.dtype) for k, v in rows.items()}
+    out["inputs"][:] = pad_id
+    for r, members in enumerate(bins):
+        at = 0
+        for seg, i in enumerate(members, start=1):
+            n = lengths[i]
+            for k, v in rows.items():
+                out[k][r, at:at + n] = v[i, :n]
+            out["segment"][r, at:at + n] = seg
+            at += n
+    return out
 
 
 def _stack(rows: list[dict]) -> dict:
@@ -226,11 +273,11 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
         codes = images_to_codes(encode, resize_images(images, mc.vq.image_size))
         gen = _stack([generation_row(tokenizer, mc, r["prompt"], _reasoning(r, dc.reasoning), c,
                                      int(dc.seq_len), lc) for r, c in zip(records, codes)])
+        if dc.get("packing", False):
+            gen = pack_rows(gen, int(dc.seq_len), int(dc.seed), mc.pad_token_id)
     und = None
     if float(dc.task_mix.understanding) > 0:
         rows = judge_records(records, int(dc.seed) + 1, float(dc.get("easy_negatives", 0.0)))
-        und = _stack([understanding_row(tokenizer, mc, r["question"], r["answer"],
-                                        int(dc.seq_len)) for r in rows])
         pixels = np.stack([np.asarray(r["image"], np.uint8) for r in rows])
         kind = dc.get("understanding_images", "rendered")
         if kind == "vq":  # judge images as the policy draws them: through the VQ tokenizer
@@ -239,7 +286,15 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
             pixels = vq_roundtrip_images(roundtrip, resize_images(pixels, mc.vq.image_size))
         elif kind != "rendered":
             raise UserError(f"unknown data.understanding_images {kind!r}; use 'rendered' or 'vq'")
-        und["pixels"] = resize_images(pixels, mc.vision.image_size)
+        if mc.understanding_input == "vq_codes":  # the image inline as its VQ codes
+            encode = jax.jit(lambda x: janus.vq_encode(vq_model, mc, x))
+            codes = images_to_codes(encode, resize_images(pixels, mc.vq.image_size))
+            und = _stack([understanding_row(tokenizer, mc, r["question"], r["answer"],
+                                            int(dc.seq_len), c) for r, c in zip(rows, codes)])
+        else:
+            und = _stack([understanding_row(tokenizer, mc, r["question"], r["answer"],
+                                            int(dc.seq_len)) for r in rows])
+            und["pixels"] = resize_images(pixels, mc.vision.image_size)
     return {"generation": gen, "understanding": und}
 
 
@@ -307,6 +362,8 @@ class MixedBatcher:
         self.gen = loader(data["generation"], gen_rows, seed) if gen_rows else None
         self.und = loader(data["understanding"], und_rows, seed + 1) if und_rows else None
         self.image_size = image_size
+        # SigLIP understanding rows carry pixels; generation rows then get blank ones
+        self.und_pixels = data.get("understanding") is not None and "pixels" in data["understanding"]
 
     def __iter__(self):
         return self
@@ -316,7 +373,7 @@ class MixedBatcher:
         if self.gen is not None:
             g = dict(next(self.gen))
             g["task"] = np.full((len(g["inputs"]),), TASK_GENERATION, np.int8)
-            if self.und is not None:
+            if self.und is not None and self.und_pixels:
                 g["pixels"] = np.zeros((len(g["inputs"]), self.image_size, self.image_size, 3),
                                        np.uint8)
             parts.append(g)
@@ -351,9 +408,12 @@ def forward_logits(params, mc, batch):
         pixels = batch["pixels"].astype(jnp.float32) / 127.5 - 1.0
         und = janus.embed_understanding_images(params, mc, pixels)
         emb = janus.merge_image_embeds(emb, text_ids, und, mc.image_token_id)
-    length = inputs.shape[1]
-    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), inputs.shape)
-    hidden, _ = janus.decode(params, mc, emb, positions, batch["valid"])
+    # packed rows: positions restart per sequence and attention stays inside it
+    positions = batch.get("positions")
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(inputs.shape[1], dtype=jnp.int32), inputs.shape)
+    hidden, _ = janus.decode(params, mc, emb, positions, batch["valid"],
+                             segment_ids_bl=batch.get("segment"))
     return janus.text_logits(params, mc, hidden), janus.image_logits(params, mc, hidden)
 
 
@@ -364,21 +424,26 @@ def kind_weights(lc) -> jnp.ndarray:
 
 
 def apply_prompt_dropout(batch, rng, mc, prob: float, hides: str):
-    """Randomly replace generation rows' prompt (and reasoning) by <pad>; zero their text loss."""
+    """Randomly replace generation sequences' prompt (and reasoning) by <pad>.
+
+    Returns (batch, dropped_bl): the tokens of dropped sequences (one draw per sequence of a
+    packed row), whose text loss the caller zeroes."""
+    segment = batch.get("segment", batch["valid"]).astype(jnp.int32)  # unpacked: 1 per row
     if prob <= 0:
-        return batch, jnp.zeros(batch["inputs"].shape[:1], bool)
-    drop = jax.random.bernoulli(rng, prob, batch["inputs"].shape[:1])
+        return batch, jnp.zeros(segment.shape, bool)
+    # one draw per (row, segment id); segment ids are < row length
+    drop_bs = jax.random.bernoulli(rng, prob, segment.shape)
     if "task" in batch:
-        drop = drop & (batch["task"] == TASK_GENERATION)
+        drop_bs = drop_bs & (batch["task"] == TASK_GENERATION)[:, None]
+    dropped = jnp.take_along_axis(drop_bs, segment, axis=1) & (segment > 0)
     hidden_region = batch["region"] == 1
     if hides == "prompt_and_reasoning":
         hidden_region = hidden_region | (batch["region"] == 2)
     elif hides != "prompt":
         raise UserError(f"unknown dropout_hides {hides!r}; use 'prompt' or 'prompt_and_reasoning'")
-    mask = drop[:, None] & hidden_region
     out = dict(batch)
-    out["inputs"] = jnp.where(mask, mc.pad_token_id, batch["inputs"])
-    return out, drop
+    out["inputs"] = jnp.where(dropped & hidden_region, mc.pad_token_id, batch["inputs"])
+    return out, dropped
 
 
 def make_loss_fn(mc, config):
@@ -394,8 +459,8 @@ def make_loss_fn(mc, config):
         nll = jnp.where(tgt_img, losses.token_nll(img_lg, jnp.where(tgt_img, tgt, 0)),
                         losses.token_nll(text_lg, jnp.where(tgt_img, 0, tgt)))
         w = weights_k[kind]
-        # Rows whose prompt was dropped only train the image (and its boundary tokens).
-        w = jnp.where(dropped[:, None] & (kind == KIND_TEXT), 0.0, w)
+        # Sequences whose prompt was dropped only train the image (and its boundary tokens).
+        w = jnp.where(dropped & (kind == KIND_TEXT), 0.0, w)
         num, den = losses.weighted_sum(nll, w)
         metrics = {"loss": (num, den)}
         for k, name in KIND_NAMES.items():

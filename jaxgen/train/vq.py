@@ -220,33 +220,50 @@ def make_loss_fn(config, perceptual=None):
     return loss_fn
 
 
+def restart_dead_codes(codebook_kd, z_nd, rng, noise: float, l2_lookup: bool):
+    """codebook [K, D] with every row that no latent of z [N, D] picks replaced by a latent drawn
+    with probability proportional to its squared quantisation error (k-means++ style), plus
+    `noise` * std of Gaussian noise. Pure and deterministic given rng."""
+    from jaxgen.models.vq import l2_normalize
+    book = codebook_kd.astype(jnp.float32)
+    z = z_nd.astype(jnp.float32)
+    if l2_lookup:
+        z, book = l2_normalize(z), l2_normalize(book)
+    dist_nk = jnp.sum((z[:, None, :] - book[None]) ** 2, axis=-1)
+    codes = jnp.argmin(dist_nk, axis=1)
+    counts = jnp.bincount(codes, length=book.shape[0])
+    # New codes go where the codebook serves latents worst, not where latents are most common:
+    # uniform picks split the plain background (3/4 of every ShapesWorld image) over hundreds of
+    # codes and leave the image tokens needlessly unpredictable for the language model.
+    err = jnp.min(dist_nk, axis=1)
+    r1, r2 = jax.random.split(rng)
+    picks = jax.random.categorical(r1, jnp.log(err + 1e-12), shape=(book.shape[0],))
+    fresh = z[picks]
+    fresh = fresh + noise * jax.random.normal(r2, fresh.shape) * jnp.std(fresh)
+    dead = (counts == 0)[:, None]
+    return jnp.where(dead, fresh.astype(codebook_kd.dtype), codebook_kd)
+
+
 def make_dead_code_restart(config, probe_images):
-    """Jitted `restart(vq_params, rng) -> vq_params`: codebook rows that no latent of the fixed
-    probe images picks are replaced by randomly chosen probe latents (plus a little noise).
+    """Jitted `restart(vq_params, rng) -> vq_params`: `restart_dead_codes` on the latents of a
+    fixed set of probe images.
 
     Codebook collapse (a few codes serving every colour) is what limits a small VQ trained for
     minutes; restarting dead codes from real encoder outputs (Jukebox, SoundStream) keeps the
-    whole codebook in use. Depends only on params, the probe set and rng: resumes stay exact.
+    codebook in use. Depends only on params, the probe set and rng: resumes stay exact.
     """
-    from jaxgen.models.vq import VQModel, l2_normalize
-    q, vq_model, _ = _models(config)
+    from jaxgen.models.vq import VQModel
+    _, vq_model, _ = _models(config)
     probe = jnp.asarray(probe_images)
     noise = float(config.loss.restart_noise)
 
     @jax.jit
     def restart(vq_params, rng):
         z = vq_model.apply({"params": vq_params}, probe, method=VQModel.encode_continuous)
-        z_nd = z.reshape(-1, z.shape[-1]).astype(jnp.float32)
-        _, codes, _, _ = vq_model.apply({"params": vq_params}, z, method=VQModel.quantize)
-        counts = jnp.bincount(codes.reshape(-1), length=q.num_embeddings)
-        r1, r2 = jax.random.split(rng)
-        picks = jax.random.randint(r1, (q.num_embeddings,), 0, z_nd.shape[0])
-        fresh = z_nd[picks]
-        if vq_model.l2_norm_lookup:
-            fresh = l2_normalize(fresh)
-        fresh = fresh + noise * jax.random.normal(r2, fresh.shape) * jnp.std(fresh)
-        dead = (counts == 0)[:, None]
-        return {**vq_params, "codebook": jnp.where(dead, fresh, vq_params["codebook"])}
+        z_nd = z.reshape(-1, z.shape[-1])
+        book = restart_dead_codes(vq_params["codebook"], z_nd, rng, noise,
+                                  bool(vq_model.l2_norm_lookup))
+        return {**vq_params, "codebook": book}
 
     return restart
 

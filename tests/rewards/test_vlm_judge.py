@@ -1,6 +1,7 @@
 """VLM-judge rewards on a tiny random unified model: P(yes) against a hand-assembled forward
 pass, in-graph VQ decoding against the host path, cached greedy answers against uncached ones."""
 
+import dataclasses
 import functools
 import pathlib
 import sys
@@ -129,3 +130,42 @@ def test_question_too_long(tiny):
     _, _, _, judge = tiny
     with pytest.raises(PromptTooLongError, match="max_text_tokens"):
         judge.prob_yes(["a " * 100], images=np.zeros((1, 16, 16, 3), np.uint8))
+
+
+def test_vq_codes_judge_matches_the_training_rows(tiny):
+    """A judge that reads images as its VQ codes (understanding_input='vq_codes'): P(yes) from the
+    reward path (pixels -> in-graph VQ encode -> generation embeddings at the placeholders, left
+    padded) equals the teacher-forced probabilities of the SFT understanding row that holds the
+    same codes inline."""
+    from jaxgen.train import sft
+    config, params, tok, _ = tiny
+    config = config.replace(understanding_input="vq_codes")
+    judge = vlm_judge.VLMJudge(params, config, tok, max_text_tokens=64)
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (2, config.vq.image_size, config.vq.image_size, 3), np.uint8)
+    questions = ["a red circle ?", "the blue square left of a green triangle ?"]
+    got = np.asarray(judge.prob_yes(questions, images=images))
+    codes = np.asarray(janus.vq_encode(params, config, jnp.asarray(images) / 127.5 - 1.0))
+    yes_id, no_id = judge.yes_ids, judge.no_ids
+    for i, q in enumerate(questions):
+        row = sft.understanding_row(tok, config, q, "yes", 160, codes[i])
+        assert row["input_is_image"].sum() == config.num_understanding_tokens
+        batch = {k: jnp.asarray(row[k])[None] for k in ("inputs", "input_is_image", "valid")}
+        text_lg, _ = sft.forward_logits(params, config, batch)
+        last = int(np.argmax(row["target_kind"] == sft.KIND_ANSWER))  # first answer target
+        p = np.asarray(jax.nn.softmax(text_lg[0, last]), np.float64)
+        want = p[list(yes_id)].sum() / (p[list(yes_id)].sum() + p[list(no_id)].sum())
+        np.testing.assert_allclose(got[i], want, rtol=2e-5, atol=1e-6)
+
+
+def test_understanding_input_is_validated_and_not_exported_to_hf(tiny):
+    from jaxgen.convert import hf
+    from jaxgen.models.config import ConfigError
+    config = tiny[0]
+    with pytest.raises(ConfigError, match="understanding_input"):
+        config.replace(understanding_input="clip")
+    with pytest.raises(ConfigError, match="Hugging Face Janus"):
+        hf.jaxgen_config_to_hf(config.replace(understanding_input="vq_codes"))
+    with pytest.raises(ConfigError, match="encoder_attention"):
+        vq = dataclasses.replace(config.vq, encoder_attention=False)
+        hf.jaxgen_config_to_hf(config.replace(vq=vq))

@@ -112,7 +112,8 @@ def test_prompt_dropout_hides_prompt_keeps_bos(tokenizer, tiny):
     config = load_config("sft:tiny")
     batch = _batch(tok, mc, config)
     out, dropped = sft.apply_prompt_dropout(batch, jax.random.PRNGKey(0), mc, 1.0, "prompt")
-    assert dropped.all()
+    valid = np.asarray(batch["valid"])
+    assert np.asarray(dropped)[valid].all() and not np.asarray(dropped)[~valid].any()
     region = np.asarray(batch["region"])
     assert (np.asarray(out["inputs"])[region == 1] == mc.pad_token_id).all()
     np.testing.assert_array_equal(np.asarray(out["inputs"])[region != 1],
@@ -129,6 +130,62 @@ def test_prompt_dropout_hides_prompt_keeps_bos(tokenizer, tiny):
     _, aux = sft.make_loss_fn(mc, cfg1)(params, batch, jax.random.PRNGKey(1))
     n_img = int((np.asarray(batch["target_kind"]) == sft.KIND_IMAGE).sum())
     assert float(aux["denominator"]) == pytest.approx(n_img * 1.0)
+
+
+def test_packed_rows_give_the_unpacked_logits_and_loss(tokenizer, tiny):
+    """Sequences packed into one row (segment ids, positions from 0) see only themselves: each
+    one's logits equal its own unpacked row's, so the weighted loss is unchanged."""
+    tok, _ = tokenizer
+    _, mc = tiny
+    config = load_config("sft:tiny", ["--config.data.prompt_dropout=0.0",
+                                      "--config.loss.boi_weight=1.0"])
+    rng = np.random.default_rng(1)
+    rows = [sft.generation_row(tok, mc, p, r, rng.integers(0, mc.vq.num_embeddings,
+                                                           mc.num_image_tokens), 160, config.loss)
+            for p, r in (("a red circle", "a large red circle"), ("a cube", ""),
+                         ("two green squares", "a small green square left of one"))]
+    unpacked = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    lengths = unpacked["valid"].sum(1)
+    seq = int(lengths.sum()) + 3
+    packed = sft.pack_rows(unpacked, seq, seed=0, pad_id=mc.pad_token_id)
+    assert packed["inputs"].shape == (1, seq)  # all three fit one row
+    assert sorted(np.bincount(packed["segment"][0])[1:].tolist()) == sorted(lengths.tolist())
+    assert (packed["inputs"][0, -3:] == mc.pad_token_id).all()
+    params = janus.init_params(mc, jax.random.PRNGKey(0))
+    to_jnp = lambda b: {k: jnp.asarray(v) for k, v in b.items()}  # noqa: E731
+    text_u, img_u = sft.forward_logits(params, mc, to_jnp(unpacked))
+    text_p, img_p = sft.forward_logits(params, mc, to_jnp(packed))
+    for seg in range(1, 4):
+        at = np.nonzero(packed["segment"][0] == seg)[0]
+        i = int(np.nonzero((unpacked["inputs"][:, :len(at)] == packed["inputs"][0, at]).all(1)
+                           & (lengths == len(at)))[0][0])
+        np.testing.assert_allclose(np.asarray(text_p[0, at]), np.asarray(text_u[i, :len(at)]),
+                                   atol=2e-5)
+        np.testing.assert_allclose(np.asarray(img_p[0, at]), np.asarray(img_u[i, :len(at)]),
+                                   atol=2e-5)
+    loss_fn = sft.make_loss_fn(mc, config)
+    nu, au = loss_fn(params, to_jnp(unpacked), jax.random.PRNGKey(1))
+    npk, ap = loss_fn(params, to_jnp(packed), jax.random.PRNGKey(1))
+    assert float(ap["denominator"]) == pytest.approx(float(au["denominator"]))
+    assert float(npk / ap["denominator"]) == pytest.approx(float(nu / au["denominator"]), rel=1e-5)
+
+
+def test_prompt_dropout_is_per_packed_sequence(tokenizer, tiny):
+    tok, _ = tokenizer
+    _, mc = tiny
+    config = load_config("sft:tiny")
+    rows = [sft.generation_row(tok, mc, "a red circle", "a large red circle",
+                               np.zeros(mc.num_image_tokens, int), 160, config.loss)
+            for _ in range(8)]
+    unpacked = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    packed = sft.pack_rows(unpacked, 4 * int(unpacked["valid"][0].sum()), 0, mc.pad_token_id)
+    batch = {k: jnp.asarray(v) for k, v in packed.items()}
+    _, dropped = sft.apply_prompt_dropout(batch, jax.random.PRNGKey(3), mc, 0.5, "prompt")
+    dropped, seg = np.asarray(dropped), packed["segment"]
+    per_seq = [set(dropped[r][seg[r] == k].tolist()) for r in range(len(seg))
+               for k in range(1, seg[r].max() + 1)]
+    assert all(len(s) == 1 for s in per_seq)  # one decision per sequence
+    assert {True, False} <= set().union(*per_seq)  # and they differ across sequences
 
 
 def test_unknown_config_key_is_a_clear_error():
