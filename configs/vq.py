@@ -1,10 +1,11 @@
 """VQ image tokenizer training: `configs/vq.py:<arg>` with arg in shapes | tiny.
 
-Command (ShapesWorld tokenizer, ~15 minutes on 2 shared CPU cores):
+Command (ShapesWorld tokenizer, ~4 minutes on 2 CPU cores):
     jaxgen train vq --config configs/vq.py:shapes --workdir /tmp/vq
 Expected result: held-out PSNR printed at the end and in metrics.jsonl ('eval/psnr'); the
 tokenizer is written to <workdir>/vq_params.safetensors for the SFT stage.
-- shapes: the VQ of configs/janus.py:shapes (64 px -> 8x8 = 64 codes from 512 entries).
+- shapes: the VQ of configs/janus.py:shapes (64 px -> 8x8 = 64 codes from 256 entries; a
+  convolution-only encoder, so a code depends on its neighbourhood only).
 - tiny: the VQ of configs/janus.py:tiny (16 px), a few steps; for tests (seconds).
 Losses follow LlamaGen: L2 + codebook + 0.25 commitment; hinge PatchGAN and an LPIPS-style
 perceptual term are off by default (set loss.gan_weight / loss.perceptual_weight and
@@ -38,7 +39,8 @@ def get_config(arg=None):
                   gan_weight=0.0, gan_start_step=0, disc_channels=64, disc_layers=3,
                   perceptual_weight=0.0, perceptual_weights="",
                   # Dead-code restarts every `restart_every` steps up to `restart_until`
-                  # (0 disables), from the latents of `restart_probe_images` fixed images.
+                  # (0 disables), from the latents of `restart_probe_images` fixed images,
+                  # drawn in proportion to their quantisation error.
                   restart_every=20 if arg == "shapes" else 2,
                   restart_until=1000 if arg == "shapes" else 4,
                   restart_probe_images=64 if arg == "shapes" else 4, restart_noise=0.01)

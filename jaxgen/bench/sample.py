@@ -71,7 +71,9 @@ def sample(args) -> int:
 
     if args.batch < 1 or args.repeats < 1 or args.prompt_len < 1:
         raise UserError("--batch, --repeats and --prompt-len must be >= 1")
-    config = config_from_configdict(load_config(args.model_config, args.config_overrides))
+    from jaxgen.convert.hf import hf_compatible
+    config = hf_compatible(config_from_configdict(load_config(args.model_config,
+                                                              args.config_overrides)))
     n = config.num_image_tokens
     model = _hf_model(config, args.seed)
     with tempfile.TemporaryDirectory() as tmp:

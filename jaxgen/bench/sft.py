@@ -128,7 +128,9 @@ def sft(args) -> int:
     if min(args.batch, args.text_len, args.repeats) < 1:
         raise UserError("--batch, --text-len and --repeats must be >= 1")
     on_gpu = jax.default_backend() == "gpu"
-    config = config_from_configdict(load_config(args.model_config, args.config_overrides))
+    from jaxgen.convert.hf import hf_compatible
+    config = hf_compatible(config_from_configdict(load_config(args.model_config,
+                                                              args.config_overrides)))
     model = _hf_model(config, args.seed).train()
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(pathlib.Path(tmp), safe_serialization=True)

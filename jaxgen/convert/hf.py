@@ -170,6 +170,14 @@ def hf_config_to_jaxgen(hf: Mapping[str, Any], special_ids: Optional[Mapping[str
     return JanusConfig(text=text_cfg, vision=vision_cfg, vq=vq_cfg, **ids)
 
 
+def hf_compatible(config: JanusConfig) -> JanusConfig:
+    """The same model with the jaxgen-only options set to what Hugging Face Janus runs (SigLIP
+    understanding input, self-attention in the VQ encoder), e.g. to benchmark the transformer
+    of a ShapesWorld config against transformers."""
+    return config.replace(understanding_input="siglip",
+                          vq=dataclasses.replace(config.vq, encoder_attention=True))
+
+
 def jaxgen_config_to_hf(config: JanusConfig) -> dict:
     """JanusConfig -> transformers JanusConfig dict (what export writes to config.json)."""
     t, v, q = config.text, config.vision, config.vq
