@@ -46,6 +46,8 @@ def get_config(arg=None):
         # Understanding (judge) rows: images as rendered or through the VQ tokenizer ('vq', as
         # the policy's samples look), and the fraction of easy negatives (another prompt).
         understanding_images="rendered", easy_negatives=0.0,
+        # plus describe-the-image rows (answer: the layout plan) for this fraction of records
+        caption_fraction=0.0,
         # Pack several generation sequences into each seq_len row (attention stays inside each
         # sequence): the same loss without computing padding.
         packing=False,

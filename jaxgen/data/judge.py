@@ -15,6 +15,9 @@ import numpy as np
 from jaxgen.data.prompts import PERTURBATIONS, perturb_metadata
 
 QUESTION = "Does this image show {prompt}? Answer yes or no."
+# Dense auxiliary task: the answer is the image's layout plan, so every answer token (each
+# object's colour, shape, size and box) has to be read from the image.
+CAPTION_QUESTION = "List the objects in this image with their boxes."
 
 
 def judge_question(prompt: str) -> str:
@@ -66,4 +69,17 @@ def judge_examples(records, rng: np.random.Generator, verify: bool = True,
         out.append({"image": rec["image"], "prompt": cand["prompt"],
                     "question": judge_question(cand["prompt"]), "answer": "no",
                     "category": meta["tag"], "perturbation": kind})
+    return out
+
+
+def caption_examples(records, rng: np.random.Generator, fraction: float) -> list:
+    """Describe-the-image rows for a `fraction` of the records: {image, prompt, question
+    (CAPTION_QUESTION), answer (the record's layout plan), category, perturbation='caption'}."""
+    out = []
+    for rec in records:
+        if fraction <= 0 or rng.random() >= fraction:
+            continue
+        meta = _metadata(rec)
+        out.append({"image": rec["image"], "prompt": meta["prompt"], "question": CAPTION_QUESTION,
+                    "answer": rec["plan"], "category": meta["tag"], "perturbation": "caption"})
     return out

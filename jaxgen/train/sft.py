@@ -278,6 +278,10 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
     und = None
     if float(dc.task_mix.understanding) > 0:
         rows = judge_records(records, int(dc.seed) + 1, float(dc.get("easy_negatives", 0.0)))
+        if float(dc.get("caption_fraction", 0.0)) > 0:
+            from jaxgen.data.judge import caption_examples
+            rows += caption_examples(records, np.random.default_rng(int(dc.seed) + 2),
+                                     float(dc.caption_fraction))
         pixels = np.stack([np.asarray(r["image"], np.uint8) for r in rows])
         kind = dc.get("understanding_images", "rendered")
         if kind == "vq":  # judge images as the policy draws them: through the VQ tokenizer

@@ -138,6 +138,22 @@ def test_judge_easy_negatives_use_other_prompts_the_image_fails(data_dir):
         assert not score(e["image"], metas[e["prompt"]])["correct"]
 
 
+def test_caption_examples_answer_with_the_layout_plan(data_dir):
+    from jaxgen.rewards.plan import parse_plan
+
+    out, _, _ = data_dir
+    records = list(build.load_split(out, "sft", "test"))
+    ex = judge.caption_examples(records, np.random.default_rng(2), fraction=0.5)
+    assert 0.25 * len(records) <= len(ex) <= 0.75 * len(records)
+    plans = {}
+    for r in records:
+        plans.setdefault(r["prompt"], set()).add(r["plan"])
+    for e in ex:
+        assert e["question"] == judge.CAPTION_QUESTION and e["answer"] in plans[e["prompt"]]
+        assert len(parse_plan(e["answer"])) >= 1  # objects with boxes, read from the image
+    assert judge.caption_examples(records, np.random.default_rng(2), fraction=0.0) == []
+
+
 def test_data_build_cli(tmp_path, capsys):
     from jaxgen.cli import main
 
