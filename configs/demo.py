@@ -1,13 +1,13 @@
 """`jaxgen demo`: the embedded end-to-end run on ShapesWorld.
 
 Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
-Runtime:  about 15-17 minutes on a 2-core CPU (each stage resumes from its own directory):
-          data ~45 s, VQ ~4 min, SFT ~5.5 min, judge ~1.5 min, GRPO ~3 min, eval ~2 min.
+Runtime:  about 22 minutes on a 2-core CPU alone (each stage resumes from its own directory):
+          data ~25 s, VQ ~4 min, SFT ~10 min, judge ~2.5 min, GRPO ~3 min, eval ~1.5 min.
 Result:   <workdir>/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO), reward curve, accuracy plot and sample grids with their
-          reasoning text. Measured 2026-11-22: VQ ceiling 67.6%, untrained 13.9%, SFT 16.2%,
-          GRPO 13.9% overall; the budgets here are too small for the judge to discriminate yet
-          (see README "Where the demo stands"): the GRPO >= +10 points goal is not met.
+          reasoning text. Measured 2026-11-23 (held-out overall): VQ ceiling 47.7%, untrained
+          0.0%, SFT 2.8% (single objects 18.8%), GRPO 0.0%: the judge still answers at chance,
+          so the GRPO >= +10 points goal is not met (see README "Where the demo stands").
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
   data  configs/data.py:shapes   ShapesWorld datasets + tokenizer
