@@ -47,6 +47,9 @@ def base_config():
     c.grpo = ml_collections.ConfigDict(dict(
         group_size=8, prompts_per_step=4, inner_epochs=1, minibatches=1,
         advantage="grpo", per_reward_norm=False, dynamic_sampling=True, advantage_clip=0.0,
+        # groups whose rewards spread by less than this carry no signal (a judge's P(yes) jitters
+        # by ~1e-3 when it cannot tell the samples apart; normalising that would amplify noise)
+        dynamic_sampling_tol=0.02,
         cfg_mode="cfg", old_logprobs="auto",
         loss=dict(eps_low=0.2, eps_high=0.28, beta=0.0, aggregation="token_mean",
                   text_weight=1.0, image_weight=1.0),

@@ -88,7 +88,8 @@ def group_keep_mask(rewards_b, group_size: int, tol: float = 1e-6):
 
 def compute_advantages(rewards_bk, group_size: int, estimator: str = "grpo",
                        weights: Sequence[float] | None = None, per_reward_norm: bool = False,
-                       dynamic_sampling: bool = False, clip: float = 0.0, **estimator_kw):
+                       dynamic_sampling: bool = False, clip: float = 0.0,
+                       dynamic_sampling_tol: float = 1e-6, **estimator_kw):
     """Advantages from one or several reward streams.
 
     Args:
@@ -97,7 +98,9 @@ def compute_advantages(rewards_bk, group_size: int, estimator: str = "grpo",
       per_reward_norm: normalise each stream with the estimator, then take the weighted sum;
         otherwise take the weighted sum of raw rewards and normalise once.
       dynamic_sampling: zero the advantage (and the returned keep mask) of groups whose summed
-        reward is constant.
+        reward is constant (max - min <= dynamic_sampling_tol; DAPO's all-equal rule for
+        binary rewards; a continuous judge needs a tolerance above its noise, or group
+        normalisation turns that noise into full-size advantages).
       clip: if > 0, clip advantages to [-clip, clip] (Flow-GRPO uses 5).
     Returns:
       (advantages_b float32[B], keep_b float32[B], total_reward_b float32[B]).
@@ -119,7 +122,7 @@ def compute_advantages(rewards_bk, group_size: int, estimator: str = "grpo",
         adv_b = fn(total_b, group_size, **estimator_kw)
     keep_b = jnp.ones_like(total_b)
     if dynamic_sampling:
-        keep_b = group_keep_mask(total_b, group_size)
+        keep_b = group_keep_mask(total_b, group_size, dynamic_sampling_tol)
         adv_b = adv_b * keep_b
     if clip > 0:
         adv_b = jnp.clip(adv_b, -clip, clip)

@@ -399,6 +399,7 @@ class GRPORunner:
         adv, keep, _ = adv_lib.compute_advantages(
             streams, self.group_size, g.advantage, weights=weights,
             per_reward_norm=bool(g.per_reward_norm), dynamic_sampling=bool(g.dynamic_sampling),
+            dynamic_sampling_tol=float(g.get("dynamic_sampling_tol", 1e-6)),
             clip=float(g.advantage_clip))
         batch = dict(rollout=rollout, adv=self._put_batch(np.asarray(adv)),
                      keep=self._put_batch(np.asarray(keep)), old_think=old_think,

@@ -290,14 +290,13 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
             pixels = vq_roundtrip_images(roundtrip, resize_images(pixels, mc.vq.image_size))
         elif kind != "rendered":
             raise UserError(f"unknown data.understanding_images {kind!r}; use 'rendered' or 'vq'")
+        codes = [None] * len(rows)
         if mc.understanding_input == "vq_codes":  # the image inline as its VQ codes
             encode = jax.jit(lambda x: janus.vq_encode(vq_model, mc, x))
             codes = images_to_codes(encode, resize_images(pixels, mc.vq.image_size))
-            und = _stack([understanding_row(tokenizer, mc, r["question"], r["answer"],
-                                            int(dc.seq_len), c) for r, c in zip(rows, codes)])
-        else:
-            und = _stack([understanding_row(tokenizer, mc, r["question"], r["answer"],
-                                            int(dc.seq_len)) for r in rows])
+        und = _stack([understanding_row(tokenizer, mc, r["question"], r["answer"],
+                                        int(dc.seq_len), c) for r, c in zip(rows, codes)])
+        if mc.understanding_input == "siglip":
             und["pixels"] = resize_images(pixels, mc.vision.image_size)
     return {"generation": gen, "understanding": und}
 
@@ -367,7 +366,8 @@ class MixedBatcher:
         self.und = loader(data["understanding"], und_rows, seed + 1) if und_rows else None
         self.image_size = image_size
         # SigLIP understanding rows carry pixels; generation rows then get blank ones
-        self.und_pixels = data.get("understanding") is not None and "pixels" in data["understanding"]
+        und = data.get("understanding")
+        self.und_pixels = und is not None and "pixels" in und
 
     def __iter__(self):
         return self

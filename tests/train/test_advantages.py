@@ -64,6 +64,17 @@ def test_dynamic_sampling_masks_constant_groups():
     assert np.all(np.asarray(adv)[4:8] == 0)
 
 
+def test_dynamic_sampling_tolerance_drops_noise_level_groups():
+    # a judge that cannot tell samples apart: P(yes) jitters by 1e-3 inside each group
+    noisy = np.array([0.536, 0.537, 0.5365, 0.5362, 0.9, 0.1, 0.5, 0.5], np.float32)
+    adv, keep, _ = A.compute_advantages(noisy, 4, "grpo", dynamic_sampling=True)
+    assert np.asarray(keep).all() and np.abs(np.asarray(adv)[:4]).max() > 0.9  # noise amplified
+    adv, keep, _ = A.compute_advantages(noisy, 4, "grpo", dynamic_sampling=True,
+                                        dynamic_sampling_tol=0.02)
+    np.testing.assert_array_equal(np.asarray(keep), [0] * 4 + [1] * 4)
+    assert np.all(np.asarray(adv)[:4] == 0) and np.abs(np.asarray(adv)[4:]).max() > 0.9
+
+
 def test_per_reward_norm_vs_sum_then_norm():
     rng = np.random.default_rng(0)
     r_bk = rng.normal(size=(8, 2)).astype(np.float32)
