@@ -6,8 +6,9 @@ Runtime:  about 22 minutes on a 2-core CPU alone (each stage resumes from its ow
 Result:   <workdir>/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO), reward curve, accuracy plot and sample grids with their
           reasoning text. Measured 2026-11-23 (held-out overall): VQ ceiling 47.7%, untrained
-          0.0%, SFT 2.8% (single objects 18.8%), GRPO 0.0%: the judge still answers at chance,
-          so the GRPO >= +10 points goal is not met (see README "Where the demo stands").
+          0.0%, SFT 2.8% (single objects 18.8%), GRPO 2.8%: the judge still answers at chance,
+          GRPO finds no signal and keeps the SFT policy, so the GRPO >= +10 points goal is not
+          met (see README "Where the demo stands").
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
   data  configs/data.py:shapes   ShapesWorld datasets + tokenizer
