@@ -158,6 +158,13 @@ class JanusConfig:
             return self.vq.num_image_tokens
         return self.vision.num_image_tokens
 
+    @property
+    def understanding_image_size(self) -> int:
+        """Pixels (side) the understanding path reads an image at."""
+        if self.understanding_input == "vq_codes":
+            return self.vq.image_size
+        return self.vision.image_size
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -66,9 +66,8 @@ def _resize(pixels_bhwc, size: int):
 def _prompt_state(params, config, ids_bl, mask_bl, pixels_bhwc):
     emb = janus.embed_text(params, config, ids_bl)
     if pixels_bhwc is not None:
-        size = (config.vq.image_size if config.understanding_input == "vq_codes"
-                else config.vision.image_size)
-        img = janus.understanding_embeds(params, config, _resize(pixels_bhwc, size))
+        img = janus.understanding_embeds(
+            params, config, _resize(pixels_bhwc, config.understanding_image_size))
         emb = janus.merge_image_embeds(emb, ids_bl, img, config.image_token_id)
     positions = jnp.maximum(jnp.cumsum(mask_bl, axis=1) - 1, 0).astype(jnp.int32)
     return emb, positions
