@@ -93,7 +93,7 @@ class Attention(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_bld, cos, sin, mask_bls, k_cache, v_cache, cache_index):
+    def __call__(self, x_bld, cos, sin, mask_bls, k_cache, v_cache, cache_index, layer):
         cfg = self.config
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -110,11 +110,15 @@ class Attention(nn.Module):
         k = apply_rope(k, cos, sin)
 
         if k_cache is not None:
-            # Write this step's keys/values at [cache_index, cache_index + L) and attend to all slots.
-            start = (0, cache_index, 0, 0)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), start)
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), start)
-            k_all, v_all = k_cache.astype(dtype), v_cache.astype(dtype)
+            # k_cache / v_cache hold every layer ([layers, B, S, KV, hd]). This layer writes its
+            # keys/values at [cache_index, cache_index + L) of row `layer` in place and attends to
+            # all S slots; slicing out and re-stacking per-layer caches would copy the whole cache
+            # on every decoded token.
+            start = (layer, 0, cache_index, 0, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), start)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), start)
+            k_all = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False).astype(dtype)
+            v_all = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False).astype(dtype)
         else:
             k_all, v_all = k, v
 
@@ -147,21 +151,25 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block. Signature fits nn.scan: (carry x, broadcast..., per-layer cache) -> (x, cache)."""
+    """Pre-norm block. Signature fits nn.scan: (carry (x, k_cache, v_cache), broadcast..., layer
+    index) -> (carry, None); the caches are the whole [layers, ...] arrays (or None), so a scan
+    carries them and updates row `layer` in place instead of stacking per-layer outputs."""
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_bld, cos, sin, mask_bls, cache_index, k_cache, v_cache):
+    def __call__(self, carry, cos, sin, mask_bls, cache_index, layer):
+        x_bld, k_cache, v_cache = carry
         cfg = self.config
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name=name)
         x_bld = nn.with_logical_constraint(x_bld, ACT_BLD)
         attn_out, k_cache, v_cache = Attention(cfg, name="self_attn")(
-            norm("input_layernorm")(x_bld), cos, sin, mask_bls, k_cache, v_cache, cache_index)
+            norm("input_layernorm")(x_bld), cos, sin, mask_bls, k_cache, v_cache, cache_index,
+            layer)
         x_bld = x_bld + attn_out
         x_bld = x_bld + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_bld))
         x_bld = nn.with_logical_constraint(x_bld, ACT_BLD)
-        return x_bld, (k_cache, v_cache)
+        return (x_bld, k_cache, v_cache), None
 
 
 def _layer_class(cfg: LlamaConfig):
@@ -191,7 +199,7 @@ class LlamaModel(nn.Module):
                 layer_cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0, 0),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
                 length=cfg.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, name="layers")
@@ -212,21 +220,14 @@ class LlamaModel(nn.Module):
         x = emb_bld.astype(dtype)
         cos, sin = rope_cos_sin(positions_bl, cfg.head_dim, cfg.rope_theta, dtype)
         mask = attention_mask(kv_mask_bs, x.shape[1], cache_index, segment_ids_bl)
-        k_all = v_all = None
-        if cache is not None:
-            k_all, v_all = cache["k"], cache["v"]
+        carry = (x, None, None) if cache is None else (x, cache["k"], cache["v"])
         if cfg.scan_layers:
-            x, (k_new, v_new) = self.layers(x, cos, sin, mask, cache_index, k_all, v_all)
+            carry, _ = self.layers(carry, cos, sin, mask, cache_index,
+                                   jnp.arange(cfg.num_hidden_layers))
         else:
-            ks, vs = [], []
             for i, layer in enumerate(self.layers):
-                k_i = None if k_all is None else k_all[i]
-                v_i = None if v_all is None else v_all[i]
-                x, (k_i, v_i) = layer(x, cos, sin, mask, cache_index, k_i, v_i)
-                ks.append(k_i)
-                vs.append(v_i)
-            k_new = None if cache is None else jnp.stack(ks)
-            v_new = None if cache is None else jnp.stack(vs)
+                carry, _ = layer(carry, cos, sin, mask, cache_index, i)
+        x, k_new, v_new = carry
         x = self.norm(x)
         new_cache = None if cache is None else {"k": k_new, "v": v_new}
         return x, new_cache
