@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from jaxgen.errors import PromptTooLongError, UserError
 from jaxgen.models import llama
+from jaxgen.models import vq as vq_lib
 from jaxgen.models.config import JanusConfig
 
 
@@ -228,6 +229,14 @@ def embed_image_codes(params, config: JanusConfig, codes_bl):
     """VQ codes -> generation_embeddings -> generation_aligner: LLM inputs [B, L, D]."""
     e = _generation_embeddings(config).apply({"params": params["generation_embeddings"]}, codes_bl)
     return _generation_aligner(config).apply({"params": params["generation_aligner"]}, e)
+
+
+def codebook_embeddings(params, config: JanusConfig):
+    """[num_embeddings, embed_dim]: the VQ codebook's l2-normalised rows scaled to the norm of
+    the generation embeddings' N(0, 1) init (sqrt(embed_dim)), a generation-embedding init in
+    which codes that decode to similar patches start close together."""
+    codebook = params["vqmodel"]["codebook"]
+    return vq_lib.l2_normalize(codebook.astype(jnp.float32)) * jnp.sqrt(codebook.shape[1])
 
 
 def embed_understanding_images(params, config: JanusConfig, pixels_bhwc):

@@ -537,11 +537,25 @@ def sample_options(config):
 # ----------------------------------------------------------------------------- train
 
 
-def init_model_params(mc, rng, vq_params=None):
+GENERATION_EMBEDDING_INITS = ("random", "codebook")
+
+
+def init_model_params(mc, rng, vq_params=None, generation_embeddings: str = "random"):
+    """Random init with the trained VQ tokenizer's weights. generation_embeddings='codebook'
+    starts the image-input embeddings at the VQ codebook (janus.codebook_embeddings), so codes
+    that decode to similar patches are similar inputs from step 0."""
+    if generation_embeddings not in GENERATION_EMBEDDING_INITS:
+        raise UserError(f"unknown init_generation_embeddings {generation_embeddings!r}; use one "
+                        f"of {GENERATION_EMBEDDING_INITS}")
     params = janus.init_params(mc, rng)
     if vq_params is not None:
         params = dict(params)
         params["vqmodel"] = jax.tree.map(jnp.asarray, vq_params)
+        if generation_embeddings == "codebook":
+            params["generation_embeddings"] = {"embedding": janus.codebook_embeddings(params, mc)}
+    elif generation_embeddings == "codebook":
+        raise UserError("init_generation_embeddings='codebook' needs the trained VQ tokenizer; "
+                        "set --config.data.vq_params")
     return params
 
 
@@ -581,7 +595,8 @@ def train(config, workdir) -> dict:
     mesh, layout = parallel.mesh_from_config(config.mesh)
     parallel.check_batch_divides(int(config.batch_size), mesh)
     opt = optim.make_optimizer(config)
-    init_fn = lambda r: init_model_params(mc, r, vq_params)  # noqa: E731
+    init_fn = lambda r: init_model_params(  # noqa: E731
+        mc, r, vq_params, str(config.get("init_generation_embeddings", "random")))
     if config.get("init_checkpoint"):
         init_fn = _checkpoint_init_fn(config.init_checkpoint, mc, vq_params)
     state, shardings = state_lib.init_state(

@@ -230,3 +230,22 @@ def test_tiny_vq_then_sft_end_to_end(tokenizer, tmp_path):
     np.testing.assert_array_equal(exported[f"vqmodel/{k}"], vq_trained[k])
     again = sft.train(cfg, tmp_path / "sft")  # resumes at the end: nothing left to do
     assert again["step"] == 4
+
+
+def test_generation_embeddings_start_at_the_vq_codebook(tiny):
+    """init_generation_embeddings='codebook': row c of the image-input embedding is codebook row
+    c, l2-normalised and scaled to sqrt(embed_dim) (the N(0, 1) init's expected norm)."""
+    _, mc = tiny
+    vq_params = janus.init_params(mc, jax.random.PRNGKey(3))["vqmodel"]
+    params = sft.init_model_params(mc, jax.random.PRNGKey(0), vq_params, "codebook")
+    emb = np.asarray(params["generation_embeddings"]["embedding"])
+    cb = np.asarray(vq_params["codebook"])
+    assert emb.shape == cb.shape == (mc.vq.num_embeddings, mc.vq.embed_dim)
+    want = cb / np.linalg.norm(cb, axis=1, keepdims=True) * np.sqrt(mc.vq.embed_dim)
+    np.testing.assert_allclose(emb, want, rtol=1e-6, atol=1e-6)
+    random_init = sft.init_model_params(mc, jax.random.PRNGKey(0), vq_params)
+    assert not np.allclose(np.asarray(random_init["generation_embeddings"]["embedding"]), emb)
+    with pytest.raises(UserError, match="init_generation_embeddings"):
+        sft.init_model_params(mc, jax.random.PRNGKey(0), vq_params, "kmeans")
+    with pytest.raises(UserError, match="vq_params"):
+        sft.init_model_params(mc, jax.random.PRNGKey(0), None, "codebook")
