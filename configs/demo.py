@@ -5,8 +5,8 @@ Runtime:  about 22 minutes on a 2-core CPU alone (each stage resumes from its ow
           data ~25 s, VQ ~4 min, SFT ~10 min, judge ~2.5 min, GRPO ~3 min, eval ~1.5 min.
 Result:   <workdir>/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO), reward curve, accuracy plot and sample grids with their
-          reasoning text. Measured 2026-11-23 (held-out overall): VQ ceiling 47.7%, untrained
-          0.0%, SFT 2.8% (single objects 18.8%), GRPO 2.8%: the judge still answers at chance,
+          reasoning text. Measured 2026-11-23, session 3 (held-out overall): VQ ceiling 47.7%,
+          untrained 0.0%, SFT 4.5% (single objects 31.2%), GRPO 4.5%: the judge still answers at chance,
           GRPO finds no signal and keeps the SFT policy, so the GRPO >= +10 points goal is not
           met (see README "Where the demo stands").
 
