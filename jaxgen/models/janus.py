@@ -231,7 +231,7 @@ def embed_image_codes(params, config: JanusConfig, codes_bl):
     return _generation_aligner(config).apply({"params": params["generation_aligner"]}, e)
 
 
-def codebook_embeddings(params, config: JanusConfig):
+def codebook_embeddings(params):
     """[num_embeddings, embed_dim]: the VQ codebook's l2-normalised rows scaled to the norm of
     the generation embeddings' N(0, 1) init (sqrt(embed_dim)), a generation-embedding init in
     which codes that decode to similar patches start close together."""

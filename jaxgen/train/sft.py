@@ -552,7 +552,7 @@ def init_model_params(mc, rng, vq_params=None, generation_embeddings: str = "ran
         params = dict(params)
         params["vqmodel"] = jax.tree.map(jnp.asarray, vq_params)
         if generation_embeddings == "codebook":
-            params["generation_embeddings"] = {"embedding": janus.codebook_embeddings(params, mc)}
+            params["generation_embeddings"] = {"embedding": janus.codebook_embeddings(params)}
     elif generation_embeddings == "codebook":
         raise UserError("init_generation_embeddings='codebook' needs the trained VQ tokenizer; "
                         "set --config.data.vq_params")
