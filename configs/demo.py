@@ -41,13 +41,17 @@ def get_config(arg=None):
     c.sft.eval.num_prompts = 0  # the eval stage below measures it
     c.judge = load_config("sft:shapes")
     c.judge.model.understanding_input = "vq_codes"  # reads images as its own VQ tokens
-    c.judge.total_steps = 100
+    # image -> its prompt (every prompt token supervised); the reward is how much the image raises
+    # the prompt's likelihood. A yes/no judge ('yes_no') stayed at chance at these budgets.
+    c.judge.data.judge_task = "describe"
+    c.judge.data.num_examples = 4000
+    c.judge.total_steps = 300
     c.judge.batch_size = 16
     c.judge.data.seq_len = 128  # <boi> + 64 image codes + question + answer
     c.judge.data.task_mix = dict(generation=0.0, understanding=1.0)
     c.judge.optim.warmup_steps = 10
     c.judge.eval.num_prompts = 0
-    c.grpo = load_config("grpo:shapes")
+    c.grpo = load_config("grpo:shapes_caption")
     c.grpo.total_steps = 16
     c.grpo.sampling.max_think_tokens = 112  # the policy writes its layout plan, then draws
     c.grpo.sampling.image_temperature = 0.6  # as evaluated below

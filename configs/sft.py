@@ -47,7 +47,11 @@ def get_config(arg=None):
         # what the plan asks for (hiding the prompt alone leaves the plan in both rows).
         prompt_dropout=0.1, dropout_hides="prompt_and_reasoning" if shapes else "prompt",
         task_mix=dict(generation=1.0, understanding=0.0),
-        # Understanding (judge) rows: images as rendered or through the VQ tokenizer ('vq', as
+        # Understanding (judge) rows: 'yes_no' (does this image show <prompt>? yes / no) or
+        # 'describe' (image -> its prompt, for the 'vlm_caption' reward; `blank_fraction` of the
+        # rows show a blank image so the judge learns the prompt prior the reward subtracts).
+        judge_task="yes_no", blank_fraction=0.15,
+        # Understanding rows: images as rendered or through the VQ tokenizer ('vq', as
         # the policy's samples look), and the fraction of easy negatives (another prompt).
         understanding_images="rendered", easy_negatives=0.0,
         # plus describe-the-image rows (answer: the layout plan) for this fraction of records

@@ -1,9 +1,16 @@
-"""Examples for training a ShapesWorld reward judge (a yes/no VLM question about an image).
+"""Examples for training a ShapesWorld reward judge.
 
-Positives: a record's image with its own prompt ('yes'). Negatives: the same image with a
+Two tasks (`data.judge_task` in configs/sft.py):
+- 'yes_no': a yes/no question about an image (the T2I-R1 / Janus-Pro-R1 judge). Positives: a record's image with its own prompt ('yes'). Negatives: the same image with a
 minimally perturbed prompt: one colour, shape, count or relation changed
 (`prompts.perturb_metadata`), answer 'no'. Balanced 50/50; a negative is kept only when the
 pixel evaluator agrees that the image does not satisfy it (so labels are never wrong).
+- 'describe': the image's prompt as its description (DESCRIBE_QUESTION -> prompt). Every prompt
+  token is supervised, so the judge learns to read colours, shapes, counts and places far
+  faster than from one yes/no bit per image; the reward is then how much the image raises the
+  likelihood of the prompt (rewards 'vlm_caption', VisualGPTScore-style). A `blank_fraction`
+  of the rows shows a blank image instead, so the judge also learns the prompt prior
+  p(prompt | no evidence) that the reward subtracts.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from jaxgen.data.prompts import PERTURBATIONS, perturb_metadata
 QUESTION = "Does this image show {prompt}? Answer yes or no."
 # Dense auxiliary task: the answer is the image's layout plan, so every answer token (each
 # object's colour, shape, size and box) has to be read from the image.
+DESCRIBE_QUESTION = "Describe this image."
+BLANK_GREY = 128  # the blank image: one mid-grey colour that no ShapesWorld scene uses alone
 CAPTION_QUESTION = "List the objects in this image with their boxes."
 
 
@@ -82,4 +91,25 @@ def caption_examples(records, rng: np.random.Generator, fraction: float) -> list
         meta = _metadata(rec)
         out.append({"image": rec["image"], "prompt": meta["prompt"], "question": CAPTION_QUESTION,
                     "answer": rec["plan"], "category": meta["tag"], "perturbation": "caption"})
+    return out
+
+
+def blank_image(size: int) -> np.ndarray:
+    """uint8[size, size, 3] of BLANK_GREY: the image of 'no visual evidence'."""
+    return np.full((size, size, 3), BLANK_GREY, np.uint8)
+
+
+def describe_examples(records, rng: np.random.Generator, blank_fraction: float) -> list:
+    """Rows {image, prompt, question (DESCRIBE_QUESTION), answer (the prompt), category,
+    perturbation ('describe' or 'blank')}: one per record; a `blank_fraction` of them show
+    blank_image instead of the record's image (the prior the 'vlm_caption' reward subtracts)."""
+    out = []
+    for rec in records:
+        meta = _metadata(rec)
+        image = np.asarray(rec["image"], np.uint8)
+        blank = blank_fraction > 0 and rng.random() < blank_fraction
+        out.append({"image": blank_image(image.shape[0]) if blank else image,
+                    "prompt": meta["prompt"], "question": DESCRIBE_QUESTION,
+                    "answer": meta["prompt"], "category": meta["tag"],
+                    "perturbation": "blank" if blank else "describe"})
     return out

@@ -10,6 +10,10 @@ fixed length (no recompilation between iterations).
 
   yes/no judge:  P(yes) / (P(yes) + P(no)) from the first answer token (T2I-R1, Janus-Pro-R1)
   boxed judge:   greedy answer that ends with \\boxed{1} or \\boxed{0} (ReasonGen-R1)
+  caption judge: how much the image raises the likelihood of the prompt as the image's
+                 description, per prompt token: mean_t [log p(y_t | image) - log p(y_t | blank
+                 image)] (VisualGPTScore's P(text | image) / P(text)); for a judge trained on the
+                 'describe' task (configs/sft.py data.judge_task)
   GoT-R1:        R_sem (text-only yes/no on the reasoning), R_spa (planned boxes drawn on a blank
                  canvas, judged), R_PI (prompt-image yes/no)
 """
@@ -91,6 +95,33 @@ def yes_probability_from_codes(params, config, policy_params, policy_config, ids
     """Judge policy image tokens: VQ-decode with the policy in-graph, then `yes_probability`."""
     pixels = quantise_pixels(janus.vq_decode(policy_params, policy_config, codes_bn))
     return yes_probability(params, config, ids_bl, mask_bl, pixels, yes_ids, no_ids)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def answer_log_likelihood(params, config, ids_bl, mask_bl, pixels_bhwc, answer_bt, answer_mask_bt):
+    """float32[B]: sum over answer tokens of log p(answer_t | image, question, answer_<t).
+
+    The question (with its image placeholders) is left padded (ids / mask [B, L]) and the answer
+    right padded (answer / answer_mask [B, T]), so one teacher-forced pass scores every row."""
+    emb, _ = _prompt_state(params, config, ids_bl, mask_bl, pixels_bhwc)
+    emb = jnp.concatenate([emb, janus.embed_text(params, config, answer_bt).astype(emb.dtype)], 1)
+    mask = jnp.concatenate([mask_bl, answer_mask_bt], 1)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+    hidden, _ = janus.decode(params, config, emb, positions, mask.astype(bool))
+    # the last question position predicts the first answer token, and so on
+    l = ids_bl.shape[1]
+    logits = janus.text_logits(params, config, hidden[:, l - 1:-1]).astype(jnp.float32)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), answer_bt[..., None], -1)
+    return jnp.sum(logp[..., 0] * answer_mask_bt, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "policy_config"))
+def answer_log_likelihood_from_codes(params, config, policy_params, policy_config, ids_bl, mask_bl,
+                                     codes_bn, answer_bt, answer_mask_bt):
+    """`answer_log_likelihood` of policy image tokens, VQ-decoded with the policy in-graph."""
+    pixels = quantise_pixels(janus.vq_decode(policy_params, policy_config, codes_bn))
+    return answer_log_likelihood(params, config, ids_bl, mask_bl, pixels, answer_bt,
+                                 answer_mask_bt)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
@@ -244,6 +275,40 @@ class VLMJudge:
         return yes_probability(self.params, self.config, ids, mask, pixels, self.yes_ids,
                                self.no_ids)
 
+    def tokenize_answers(self, answers, max_answer_tokens: int):
+        """Right-padded (ids int32[B, T], mask int32[B, T]) of answers as the SFT understanding
+        rows spell them: the answer's tokens, then <eos>."""
+        ids = np.full((len(answers), max_answer_tokens), self.config.pad_token_id, np.int32)
+        mask = np.zeros((len(answers), max_answer_tokens), np.int32)
+        for i, a in enumerate(answers):
+            enc = self.tokenizer.encode(a, add_special_tokens=False) + [self.config.eos_token_id]
+            if len(enc) > max_answer_tokens:
+                raise PromptTooLongError(
+                    f"answer of {len(enc)} tokens (with <eos>) does not fit in {max_answer_tokens};"
+                    " raise the reward's max_answer_tokens")
+            ids[i, :len(enc)] = enc
+            mask[i, :len(enc)] = 1
+        return self._put(ids), self._put(mask)
+
+    def answer_logprob(self, questions, answers, images=None, codes=None, decoder=None,
+                       max_answer_tokens: int = 48):
+        """(float32[B] sum of the answers' token log-probs given image and question, int32[B]
+        answer lengths). images / codes / decoder as in `prob_yes` (one of them is needed)."""
+        ids, mask = self.tokenize(questions, with_image=True)
+        ans, ans_mask = self.tokenize_answers(answers, max_answer_tokens)
+        if codes is not None:
+            policy_params, policy_config = decoder
+            total = answer_log_likelihood_from_codes(self.params, self.config, policy_params,
+                                                     policy_config, ids, mask, codes, ans, ans_mask)
+        else:
+            if images is None:
+                raise UserError("answer_logprob needs images or image tokens")
+            images = images if isinstance(images, jax.Array) else np.asarray(images)
+            pixels = uint8_to_unit(images) if images.dtype == np.uint8 else images
+            total = answer_log_likelihood(self.params, self.config, ids, mask, pixels, ans,
+                                          ans_mask)
+        return total, jnp.sum(ans_mask, axis=-1)
+
     def answer(self, questions, images=None, max_new_tokens: int = 32) -> list[str]:
         """Greedy text answers (cut at EOS) to image questions."""
         ids, mask = self.tokenize(questions, with_image=images is not None)
@@ -365,4 +430,42 @@ def make_boxed(context, judge: str = "policy", question_template: str = DEFAULT_
         questions = [_fill(question_template, p, r) for p, r in zip(batch.prompts, batch.reasoning)]
         texts = vlm.answer(questions, images=batch.images, max_new_tokens=max_new_tokens)
         return np.array([parse_boxed(t, default) for t in texts], np.float32)
+    return fn
+
+
+CAPTION_BASELINES = ("blank", "none")
+
+
+@register_reward("vlm_caption")
+def make_caption(context, judge: str = "policy", question: str = judge_data.DESCRIBE_QUESTION,
+                 answer_template: str = "{prompt}", baseline: str = "blank",
+                 max_answer_tokens: int = 48, **judge_kw):
+    """Caption-likelihood reward (VisualGPTScore): the mean over the answer's tokens (the prompt,
+    then <eos>) of log p(token | image) - log p(token | blank image), in nats. Positive when the
+    image is evidence for the prompt, ~0 when the judge cannot see what the prompt asks, negative
+    when the image contradicts it. baseline 'none' drops the prior term (within a GRPO group it
+    is the same for every sample, so group-normalised advantages do not change)."""
+    if baseline not in CAPTION_BASELINES:
+        raise UserError(f"baseline {baseline!r}: choose one of {CAPTION_BASELINES}")
+    vlm = load_judge(context, judge, **judge_kw)
+    size = vlm.config.understanding_image_size
+
+    def fn(batch: RewardBatch):
+        answers = [_fill(answer_template, p, r) for p, r in zip(batch.prompts, batch.reasoning)]
+        questions = [question] * len(answers)
+        if batch.image_tokens is not None and context.policy_params_fn is not None:
+            kw = dict(codes=batch.image_tokens,
+                      decoder=(context.policy_params_fn(), context.policy_config))
+        elif batch.images is not None:
+            kw = dict(images=batch.images)
+        else:
+            raise UserError("the caption judge needs images or image tokens in the reward batch")
+        total, length = vlm.answer_logprob(questions, answers, max_answer_tokens=max_answer_tokens,
+                                           **kw)
+        if baseline == "blank":
+            blank = np.broadcast_to(judge_data.blank_image(size), (len(answers), size, size, 3))
+            prior, _ = vlm.answer_logprob(questions, answers, images=np.ascontiguousarray(blank),
+                                          max_answer_tokens=max_answer_tokens)
+            total = total - prior
+        return total / jnp.maximum(length, 1)
     return fn

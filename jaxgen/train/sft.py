@@ -42,6 +42,7 @@ KIND_NONE, KIND_TEXT, KIND_BOI, KIND_IMAGE, KIND_EOI, KIND_ANSWER = 0, 1, 2, 3, 
 KIND_NAMES = {KIND_TEXT: "text", KIND_BOI: "boi", KIND_IMAGE: "image", KIND_EOI: "eoi",
               KIND_ANSWER: "answer"}
 REASONING_KINDS = ("plan", "caption", "none")
+JUDGE_TASKS = ("yes_no", "describe")  # understanding rows: see jaxgen.data.judge
 CACHE_FILE = "sft_cache.npz"
 
 
@@ -264,6 +265,8 @@ def resize_images(images_uint8: np.ndarray, size: int) -> np.ndarray:
 def build_dataset(config, tokenizer, mc, vq_params) -> dict:
     """{'generation': arrays, 'understanding': arrays or None} (see generation_row)."""
     dc, lc = config.data, config.loss
+    if dc.get("judge_task", "yes_no") not in JUDGE_TASKS:
+        raise UserError(f"unknown data.judge_task {dc.judge_task!r}; use one of {JUDGE_TASKS}")
     records = load_records(config, "train", int(dc.num_examples), int(dc.seed))
     vq_model = {"vqmodel": jax.tree.map(jnp.asarray, vq_params)}
     gen = None
@@ -277,7 +280,13 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
             gen = pack_rows(gen, int(dc.seq_len), int(dc.seed), mc.pad_token_id)
     und = None
     if float(dc.task_mix.understanding) > 0:
-        rows = judge_records(records, int(dc.seed) + 1, float(dc.get("easy_negatives", 0.0)))
+        task = dc.get("judge_task", "yes_no")
+        if task == "yes_no":
+            rows = judge_records(records, int(dc.seed) + 1, float(dc.get("easy_negatives", 0.0)))
+        else:  # 'describe'
+            from jaxgen.data.judge import describe_examples
+            rows = describe_examples(records, np.random.default_rng(int(dc.seed) + 1),
+                                     float(dc.get("blank_fraction", 0.0)))
         if float(dc.get("caption_fraction", 0.0)) > 0:
             from jaxgen.data.judge import caption_examples
             rows += caption_examples(records, np.random.default_rng(int(dc.seed) + 2),

@@ -169,3 +169,78 @@ def test_understanding_input_is_validated_and_not_exported_to_hf(tiny):
     with pytest.raises(ConfigError, match="encoder_attention"):
         vq = dataclasses.replace(config.vq, encoder_attention=False)
         hf.jaxgen_config_to_hf(config.replace(vq=vq))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _all_log_probs(params, config, ids, pixels):
+    emb = janus.embed_text(params, config, ids)
+    size = config.vision.image_size
+    pix = jax.image.resize(pixels[None], (1, size, size, 3), "bilinear")
+    emb = janus.merge_image_embeds(emb, ids, janus.embed_understanding_images(params, config, pix),
+                                   config.image_token_id)
+    pos = jnp.arange(ids.shape[1])[None]
+    hidden, _ = janus.decode(params, config, emb, pos, jnp.ones(ids.shape, bool))
+    return janus.text_logits(params, config, hidden)[0]
+
+
+def _manual_answer_logprob(params, config, tok, question, answer, image_uint8):
+    """Unpadded single row: understanding prompt + answer + <eos>, log-softmax in NumPy float64."""
+    text = templates.understanding_prompt(question, "<bos>", config.vision.num_image_tokens)
+    prompt = tok.encode(text, add_special_tokens=False)
+    ans = tok.encode(answer, add_special_tokens=False) + [config.eos_token_id]
+    ids = jnp.asarray([prompt + ans], jnp.int32)
+    logits = np.asarray(_all_log_probs(params, config, ids, jnp.asarray(image_uint8) / 127.5 - 1),
+                        np.float64)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    return sum(logp[len(prompt) - 1 + t, a] for t, a in enumerate(ans)), len(ans)
+
+
+def test_caption_reward_matches_manual_log_likelihoods(tiny):
+    """vlm_caption = mean over the prompt's tokens (+ <eos>) of log p(token | image) - log p(token |
+    blank image), checked against unpadded single-row forward passes; a blank image scores 0."""
+    from jaxgen.data import judge as judge_data
+    config, params, tok, judge = tiny
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    prompts = ["a red circle", "two blue squares left of a green triangle", "a cyan circle"]
+    question = judge_data.DESCRIBE_QUESTION
+    total, length = judge.answer_logprob([question] * 3, prompts, images=images,
+                                         max_answer_tokens=48)
+    blank = judge_data.blank_image(16)
+    ctx = RewardContext(judges={"tiny": judge})
+    batch = RewardBatch(prompts=prompts, reasoning=[""] * 3, metadata=[{}] * 3, images=images)
+    reward = np.asarray(make_reward("vlm_caption", ctx, judge="tiny")(batch))
+    no_prior = np.asarray(make_reward("vlm_caption", ctx, judge="tiny", baseline="none")(batch))
+    for i in range(3):
+        want, n = _manual_answer_logprob(params, config, tok, question, prompts[i], images[i])
+        prior, _ = _manual_answer_logprob(params, config, tok, question, prompts[i], blank)
+        assert int(length[i]) == n
+        np.testing.assert_allclose(float(total[i]), want, rtol=1e-5)
+        np.testing.assert_allclose(no_prior[i], want / n, rtol=1e-5)
+        np.testing.assert_allclose(reward[i], (want - prior) / n, rtol=1e-4, atol=1e-5)
+    blank_batch = dataclasses.replace(batch, images=np.stack([blank] * 3))
+    np.testing.assert_allclose(make_reward("vlm_caption", ctx, judge="tiny")(blank_batch), 0.0,
+                               atol=1e-6)
+
+
+def test_caption_reward_decodes_codes_in_graph_and_rejects_long_answers(tiny):
+    config, params, tok, judge = tiny
+    codes = jax.random.randint(jax.random.PRNGKey(4), (2, config.num_image_tokens), 0,
+                               config.vq.num_embeddings)
+    pixels = np.asarray(janus.vq_decode(params, config, codes))
+    host = np.round((np.clip(pixels, -1, 1) + 1) * 127.5).astype(np.uint8)
+    ctx = RewardContext(judges={"tiny": judge}, policy_config=config,
+                        policy_params_fn=lambda: params)
+    fn = make_reward("vlm_caption", ctx, judge="tiny")
+    prompts = ["a red circle", "a blue square"]
+    on_device = fn(RewardBatch(prompts=prompts, reasoning=["", ""], metadata=[{}, {}],
+                               image_tokens=codes))
+    on_host = fn(RewardBatch(prompts=prompts, reasoning=["", ""], metadata=[{}, {}], images=host))
+    np.testing.assert_allclose(np.asarray(on_device), np.asarray(on_host), rtol=1e-4, atol=1e-5)
+    with pytest.raises(PromptTooLongError, match="max_answer_tokens"):
+        make_reward("vlm_caption", ctx, judge="tiny", max_answer_tokens=4)(
+            RewardBatch(prompts=["a red circle left of a blue square"], reasoning=[""],
+                        metadata=[{}], images=host[:1]))
+    with pytest.raises(Exception, match="baseline"):
+        make_reward("vlm_caption", ctx, judge="tiny", baseline="mean")

@@ -42,7 +42,7 @@ def test_paper_hyperparameters():
         "product(got_prompt_image,sum(got_semantic,got_spatial),got_box_iou)"]
 
 
-@pytest.mark.parametrize("arg", ["shapes", "shapes_detector", "tiny"])
+@pytest.mark.parametrize("arg", ["shapes", "shapes_caption", "shapes_detector", "tiny"])
 def test_grpo_variants(arg):
     c = load_config(f"grpo:{arg}")
     assert c.grpo.group_size >= 2

@@ -249,3 +249,30 @@ def test_generation_embeddings_start_at_the_vq_codebook(tiny):
         sft.init_model_params(mc, jax.random.PRNGKey(0), vq_params, "kmeans")
     with pytest.raises(UserError, match="vq_params"):
         sft.init_model_params(mc, jax.random.PRNGKey(0), None, "codebook")
+
+
+def test_describe_task_rows(tokenizer, tiny):
+    """data.judge_task='describe': one row per record whose answer is the record's prompt; a
+    blank_fraction of the rows show the blank image; an unknown task is a clear error."""
+    from jaxgen.data import judge as judge_data
+    tok, _ = tokenizer
+    config, mc = tiny
+    recs = sft.procedural_records(200, 0, "train", 16)
+    rows = judge_data.describe_examples(recs, np.random.default_rng(0), blank_fraction=0.25)
+    assert len(rows) == len(recs)
+    assert all(r["answer"] == rec["prompt"] and r["question"] == judge_data.DESCRIBE_QUESTION
+               for r, rec in zip(rows, recs))
+    blank = [r for r in rows if r["perturbation"] == "blank"]
+    assert 0.15 < len(blank) / len(rows) < 0.35
+    assert all((r["image"] == judge_data.BLANK_GREY).all() for r in blank)
+    shown = [r for r, rec in zip(rows, recs) if r["perturbation"] == "describe"]
+    assert all(r["image"] is not None and (r["image"] != judge_data.BLANK_GREY).any() for r in shown)
+    # the answer tokens of a built row spell the prompt, then <eos>
+    row = sft.understanding_row(tok, mc, rows[0]["question"], rows[0]["answer"], 192)
+    ans = row["targets"][row["target_kind"] == sft.KIND_ANSWER]
+    assert tok.decode(ans[:-1]) .strip() == recs[0]["prompt"] and ans[-1] == mc.eos_token_id
+    bad = load_config("sft:tiny", ["--config.data.judge_task=rank",
+                                   "--config.data.task_mix.understanding=1.0"])
+    vq_params = janus.init_params(mc, jax.random.PRNGKey(0))["vqmodel"]
+    with pytest.raises(UserError, match="judge_task"):
+        sft.build_dataset(bad, tok, mc, vq_params)
