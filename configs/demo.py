@@ -2,20 +2,21 @@
 
 Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
 Runtime:  about 22 minutes on a 2-core CPU alone (each stage resumes from its own directory):
-          data ~25 s, VQ ~4 min, SFT ~10 min, judge ~2.5 min, GRPO ~3 min, eval ~1.5 min.
+          data ~25 s, VQ ~4 min, SFT ~10 min, judge ~4 min, GRPO ~2.5 min, eval ~1.5 min.
 Result:   <workdir>/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO), reward curve, accuracy plot and sample grids with their
-          reasoning text. Measured 2026-11-23, session 3 (held-out overall): VQ ceiling 47.7%,
-          untrained 0.0%, SFT 4.5% (single objects 31.2%), GRPO 4.5%: the judge still answers at chance,
-          GRPO finds no signal and keeps the SFT policy, so the GRPO >= +10 points goal is not
-          met (see README "Where the demo stands").
+          reasoning text. Measured 2026-11-23, session 4 (held-out overall): VQ ceiling 47.7%,
+          untrained 0.0%, SFT 4.5% (single objects 31.2%), GRPO 4.0%: the describe judge tells
+          colours and shapes apart on renderings but cannot rank the policy's samples by shape quality, so GRPO stays at the
+          SFT level and the GRPO >= +10 points goal is not met (see README "Where the demo
+          stands").
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
   data  configs/data.py:shapes   ShapesWorld datasets + tokenizer
   vq    configs/vq.py:shapes     the VQ image tokenizer
   sft   configs/sft.py:shapes    prompt -> layout plan -> image tokens
-  judge configs/sft.py:shapes    understanding task only: image + question -> yes / no
-  grpo  configs/grpo.py:shapes   GRPO with the judge's P(yes) as the reward
+  judge configs/sft.py:shapes    understanding task only: image -> its prompt ('describe')
+  grpo  configs/grpo.py:shapes_caption   GRPO with the judge's caption likelihood as reward
   eval  held-out prompts, SFT vs GRPO, pixel-only evaluator
 The demo budgets below are smaller than the families' defaults so the whole run fits on a CPU.
 """
