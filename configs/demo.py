@@ -7,9 +7,9 @@ Result:   <workdir>/report/ with a per-category table (report.md, report.json: V
           untrained, SFT, GRPO), reward curve, accuracy plot and sample grids with their
           reasoning text. Measured 2026-11-23, session 4 (held-out overall): VQ ceiling 47.7%,
           untrained 0.0%, SFT 4.5% (single objects 31.2%), GRPO 4.0%: the describe judge tells
-          colours and shapes apart on renderings but cannot rank the policy's samples by shape quality, so GRPO stays at the
-          SFT level and the GRPO >= +10 points goal is not met (see README "Where the demo
-          stands").
+          colours and shapes apart on renderings but cannot rank the policy's samples by shape
+          quality, so GRPO stays at the SFT level and the GRPO >= +10 points goal is not met
+          (see README "Where the demo stands").
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
   data  configs/data.py:shapes   ShapesWorld datasets + tokenizer

@@ -1,10 +1,11 @@
 """Examples for training a ShapesWorld reward judge.
 
 Two tasks (`data.judge_task` in configs/sft.py):
-- 'yes_no': a yes/no question about an image (the T2I-R1 / Janus-Pro-R1 judge). Positives: a record's image with its own prompt ('yes'). Negatives: the same image with a
-minimally perturbed prompt: one colour, shape, count or relation changed
-(`prompts.perturb_metadata`), answer 'no'. Balanced 50/50; a negative is kept only when the
-pixel evaluator agrees that the image does not satisfy it (so labels are never wrong).
+- 'yes_no': a yes/no question about an image (the T2I-R1 / Janus-Pro-R1 judge). Positives: a
+  record's image with its own prompt ('yes'). Negatives: the same image with a minimally
+  perturbed prompt: one colour, shape, count or relation changed (`prompts.perturb_metadata`),
+  answer 'no'. Balanced 50/50; a negative is kept only when the pixel evaluator agrees that
+  the image does not satisfy it (so labels are never wrong).
 - 'describe': the image's prompt as its description (DESCRIBE_QUESTION -> prompt). Every prompt
   token is supervised, so the judge learns to read colours, shapes, counts and places far
   faster than from one yes/no bit per image; the reward is then how much the image raises the
@@ -22,10 +23,10 @@ import numpy as np
 from jaxgen.data.prompts import PERTURBATIONS, perturb_metadata
 
 QUESTION = "Does this image show {prompt}? Answer yes or no."
-# Dense auxiliary task: the answer is the image's layout plan, so every answer token (each
-# object's colour, shape, size and box) has to be read from the image.
 DESCRIBE_QUESTION = "Describe this image."
 BLANK_GREY = 128  # the blank image: one mid-grey colour that no ShapesWorld scene uses alone
+# Dense auxiliary task: the answer is the image's layout plan, so every answer token (each
+# object's colour, shape, size and box) has to be read from the image.
 CAPTION_QUESTION = "List the objects in this image with their boxes."
 
 
