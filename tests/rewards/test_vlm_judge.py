@@ -32,7 +32,8 @@ def tiny():
 
 
 @functools.partial(jax.jit, static_argnums=1)
-def _last_probs(params, config, ids, pixels):
+def _row_logits(params, config, ids, pixels):
+    """Text logits [L, V] of one unpadded understanding row (image resized for SigLIP)."""
     emb = janus.embed_text(params, config, ids)
     size = config.vision.image_size
     pix = jax.image.resize(pixels[None], (1, size, size, 3), "bilinear")
@@ -40,7 +41,11 @@ def _last_probs(params, config, ids, pixels):
                                    config.image_token_id)
     pos = jnp.arange(ids.shape[1])[None]
     hidden, _ = janus.decode(params, config, emb, pos, jnp.ones(ids.shape, bool))
-    return jax.nn.softmax(janus.text_logits(params, config, hidden)[0, -1])
+    return janus.text_logits(params, config, hidden)[0]
+
+
+def _last_probs(params, config, ids, pixels):
+    return jax.nn.softmax(_row_logits(params, config, ids, pixels)[-1])
 
 
 def _manual_prob(params, config, tok, question, pixels):
@@ -171,25 +176,13 @@ def test_understanding_input_is_validated_and_not_exported_to_hf(tiny):
         hf.jaxgen_config_to_hf(config.replace(vq=vq))
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _all_log_probs(params, config, ids, pixels):
-    emb = janus.embed_text(params, config, ids)
-    size = config.vision.image_size
-    pix = jax.image.resize(pixels[None], (1, size, size, 3), "bilinear")
-    emb = janus.merge_image_embeds(emb, ids, janus.embed_understanding_images(params, config, pix),
-                                   config.image_token_id)
-    pos = jnp.arange(ids.shape[1])[None]
-    hidden, _ = janus.decode(params, config, emb, pos, jnp.ones(ids.shape, bool))
-    return janus.text_logits(params, config, hidden)[0]
-
-
 def _manual_answer_logprob(params, config, tok, question, answer, image_uint8):
     """Unpadded single row: understanding prompt + answer + <eos>, log-softmax in NumPy float64."""
     text = templates.understanding_prompt(question, "<bos>", config.vision.num_image_tokens)
     prompt = tok.encode(text, add_special_tokens=False)
     ans = tok.encode(answer, add_special_tokens=False) + [config.eos_token_id]
     ids = jnp.asarray([prompt + ans], jnp.int32)
-    logits = np.asarray(_all_log_probs(params, config, ids, jnp.asarray(image_uint8) / 127.5 - 1),
+    logits = np.asarray(_row_logits(params, config, ids, jnp.asarray(image_uint8) / 127.5 - 1),
                         np.float64)
     logp = logits - logits.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
