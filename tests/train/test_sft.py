@@ -270,7 +270,7 @@ def test_describe_task_rows(tokenizer, tiny):
     # the answer tokens of a built row spell the prompt, then <eos>
     row = sft.understanding_row(tok, mc, rows[0]["question"], rows[0]["answer"], 192)
     ans = row["targets"][row["target_kind"] == sft.KIND_ANSWER]
-    assert tok.decode(ans[:-1]) .strip() == recs[0]["prompt"] and ans[-1] == mc.eos_token_id
+    assert tok.decode(ans[:-1]).strip() == recs[0]["prompt"] and ans[-1] == mc.eos_token_id
     bad = load_config("sft:tiny", ["--config.data.judge_task=rank",
                                    "--config.data.task_mix.understanding=1.0"])
     vq_params = janus.init_params(mc, jax.random.PRNGKey(0))["vqmodel"]
