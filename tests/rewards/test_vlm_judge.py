@@ -72,12 +72,17 @@ def test_yes_probability_matches_manual(tiny):
     assert np.all((got > 0) & (got < 1))
 
 
-def test_codes_decoded_in_graph_match_host_images(tiny):
-    config, params, tok, judge = tiny
-    codes = jax.random.randint(jax.random.PRNGKey(1), (2, config.num_image_tokens), 0,
+def _codes_and_host_images(params, config, seed):
+    """Two random VQ code grids and their decoded images as the host would save them (uint8)."""
+    codes = jax.random.randint(jax.random.PRNGKey(seed), (2, config.num_image_tokens), 0,
                                config.vq.num_embeddings)
     pixels = np.asarray(janus.vq_decode(params, config, codes))
-    host = np.round((np.clip(pixels, -1, 1) + 1) * 127.5).astype(np.uint8)
+    return codes, np.round((np.clip(pixels, -1, 1) + 1) * 127.5).astype(np.uint8)
+
+
+def test_codes_decoded_in_graph_match_host_images(tiny):
+    config, params, tok, judge = tiny
+    codes, host = _codes_and_host_images(params, config, 1)
     q = ["a red circle ?", "a blue square ?"]
     on_device = judge.prob_yes(q, codes=codes, decoder=(params, config))
     np.testing.assert_allclose(np.asarray(on_device), np.asarray(judge.prob_yes(q, images=host)),
@@ -219,10 +224,7 @@ def test_caption_reward_matches_manual_log_likelihoods(tiny):
 
 def test_caption_reward_decodes_codes_in_graph_and_rejects_long_answers(tiny):
     config, params, tok, judge = tiny
-    codes = jax.random.randint(jax.random.PRNGKey(4), (2, config.num_image_tokens), 0,
-                               config.vq.num_embeddings)
-    pixels = np.asarray(janus.vq_decode(params, config, codes))
-    host = np.round((np.clip(pixels, -1, 1) + 1) * 127.5).astype(np.uint8)
+    codes, host = _codes_and_host_images(params, config, 4)
     ctx = RewardContext(judges={"tiny": judge}, policy_config=config,
                         policy_params_fn=lambda: params)
     fn = make_reward("vlm_caption", ctx, judge="tiny")
