@@ -21,6 +21,10 @@ from third_party.hf_janus import save_random_hf_janus, tiny_janus_config  # noqa
 
 
 def pytest_configure(config):
+    # float32 parity tolerances assume full-precision matmuls; GPUs default to TF32 (no effect
+    # on CPU, where float32 matmuls are always full precision).
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")
     # Tiny models: one torch thread is faster than two fighting JAX's pool on the 2 shared cores.
     try:
         import torch

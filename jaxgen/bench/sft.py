@@ -9,16 +9,21 @@ Llama decoder, lm_head and generation_head; the weighted cross-entropy of the SF
   - PyTorch: eager, torch.optim.AdamW, float32.
   - jaxgen: `jaxgen.train.state.make_train_step` (jit, donated state) with the SFT loss.
 Prints tokens/s of both and the ratio, and jaxgen's achieved FLOP/s (XLA cost analysis of the
-compiled step / step time) as a fraction of this machine's measured matmul peak. On a GPU it
-uses bfloat16 compute and reports model FLOPs utilisation (goal >= 50% for janus:1b).
+compiled step / step time) as a fraction of this machine's measured matmul peak. On a GPU both
+sides run there with bfloat16 compute and float32 master weights (PyTorch: autocast), and it
+reports model FLOPs utilisation: 6 x (matmul parameters) + 12 x layers x heads x head_dim x
+sequence FLOPs per token (PaLM's convention; no credit for recomputation) against the chip's
+dense bfloat16 peak (goal >= 50% for janus:1b).
 
     jaxgen bench sft                      # CPU, ~1-2 minutes
-    jaxgen bench sft --batch 8 --seq 160 --config.model.text.num_hidden_layers=8
+    jaxgen bench sft --batch 8 --text-len 96 --config.model.text.num_hidden_layers=8
+    jaxgen bench sft --model-config janus:1b --batch 8   # GPU (H100: ~4 minutes)
 Goal on CPU: ratio >= 2x.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import statistics
 import tempfile
@@ -61,22 +66,35 @@ def _batch(config, batch, text_len, seed):
             "valid": np.ones((batch, length - 1), bool)}
 
 
-def _torch_step_fn(model, batch, lr):
+def _torch_step_fn(model, batch, lr, device="cpu"):
+    """One eager AdamW step; on CUDA under bfloat16 autocast (float32 master weights)."""
+    import contextlib
+
     import torch
     weights = {1: 2.0, 3: 1.0}  # text, image (KIND_TEXT, KIND_IMAGE); boi 0
-    inputs = torch.tensor(batch["inputs"], dtype=torch.long)
-    in_img = torch.tensor(batch["input_is_image"])
-    targets = torch.tensor(batch["targets"], dtype=torch.long)
-    t_img = torch.tensor(batch["target_is_image"])
-    kind = torch.tensor(batch["target_kind"].astype(np.int64))
-    w = torch.zeros(kind.shape)
+    on = lambda a, dtype=None: torch.tensor(a, dtype=dtype, device=device)
+    inputs, targets = on(batch["inputs"], torch.long), on(batch["targets"], torch.long)
+    in_img, t_img = on(batch["input_is_image"]), on(batch["target_is_image"])
+    kind = on(batch["target_kind"].astype(np.int64))
+    w = torch.zeros(kind.shape, device=device)
     for k, v in weights.items():
         w[kind == k] = v
     inner = model.model
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.05)
 
+    autocast = ((lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device == "cuda"
+                else contextlib.nullcontext)
+
     def step():
         opt.zero_grad(set_to_none=True)
+        with autocast():
+            loss = _forward_loss()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return float(loss.detach())
+
+    def _forward_loss():
         text_emb = inner.get_input_embeddings()(torch.where(in_img, 0, inputs))
         img_emb = model.prepare_embeddings_for_image_generation(torch.where(in_img, inputs, 0))
         emb = torch.where(in_img[..., None], img_emb, text_emb)
@@ -86,13 +104,35 @@ def _torch_step_fn(model, batch, lr):
         nll_t = -text_lp.gather(-1, torch.where(t_img, 0, targets)[..., None])[..., 0]
         nll_i = -img_lp.gather(-1, torch.where(t_img, targets, 0)[..., None])[..., 0]
         nll = torch.where(t_img, nll_i, nll_t)
-        loss = (nll * w).sum() / w.sum()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return float(loss)
+        return (nll * w).sum() / w.sum()
 
     return step
+
+
+# Dense bfloat16 peak FLOP/s by device kind (vendor data sheets; SXM parts, no sparsity).
+SPEC_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
+                  "TPU v5 lite": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12}
+
+
+def spec_peak_flops(device_kind: str) -> float | None:
+    return next((v for k, v in SPEC_BF16_PEAK.items() if k.lower() in device_kind.lower()), None)
+
+
+def model_flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token of the SFT step: 6 x matmul params + 12 x L x (heads x hd) x S.
+
+    Matmul params: the decoder layers, lm_head and the generation head (the SFT loss evaluates
+    both heads at every position) and the generation aligner; embedding lookups cost none.
+    """
+    t, vq = config.text, config.vq
+    d, attn = t.hidden_size, t.num_attention_heads * t.head_dim
+    kv = t.num_key_value_heads * t.head_dim
+    per_layer = 2 * d * attn + 2 * d * kv + 3 * d * t.intermediate_size
+    heads = d * t.vocab_size + d * vq.image_token_embed_dim + vq.image_token_embed_dim * \
+        vq.num_embeddings
+    aligner = vq.embed_dim * vq.projection_dim + (vq.num_hidden_layers - 1) * vq.projection_dim ** 2
+    matmul = t.num_hidden_layers * per_layer + heads + aligner
+    return 6.0 * matmul + 12.0 * t.num_hidden_layers * attn * seq_len
 
 
 def matmul_peak_flops(dtype_name: str = "float32", n: int = 2048, repeats: int = 5) -> float:
@@ -112,6 +152,10 @@ def matmul_peak_flops(dtype_name: str = "float32", n: int = 2048, repeats: int =
 
 
 def sft(args) -> int:
+    import os
+    # PyTorch runs first on the same GPU: keep JAX from reserving most of its memory up front.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
     import jax
     import ml_collections
     import torch
@@ -131,10 +175,15 @@ def sft(args) -> int:
     from jaxgen.convert.hf import hf_compatible
     config = hf_compatible(config_from_configdict(load_config(args.model_config,
                                                               args.config_overrides)))
+    torch_device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
     model = _hf_model(config, args.seed).train()
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(pathlib.Path(tmp), safe_serialization=True)
-        params, jconfig, _ = import_hf_dir(tmp)
+        t = config.text  # the requested execution options (scan, remat, dtype, attention)
+        params, jconfig, _ = import_hf_dir(tmp, scan_layers=t.scan_layers,
+                                           remat_policy=t.remat_policy, dtype=t.dtype)
+    jconfig = jconfig.replace(text=dataclasses.replace(jconfig.text,
+                                                       attention_impl=t.attention_impl))
     batch = _batch(config, args.batch, args.text_len, args.seed)
     tokens = batch["inputs"].size
     lr = 1e-4
@@ -143,7 +192,7 @@ def sft(args) -> int:
           f" tokens; torch threads {torch.get_num_threads()}, jax devices {jax.devices()}")
     progress = tqdm(total=2 * (args.repeats + 1), desc="bench sft", unit="step")
 
-    torch_step = _torch_step_fn(model, batch, lr)
+    torch_step = _torch_step_fn(model.to(torch_device), batch, lr, torch_device)
     torch_step()
     progress.update()
     torch_times = []
@@ -152,10 +201,17 @@ def sft(args) -> int:
         torch_step()
         torch_times.append(time.perf_counter() - t0)
         progress.update()
+    del torch_step, model  # free the GPU for JAX (the optimizer's hooks hold a cycle)
+    if torch_device == "cuda":
+        import gc
+        gc.collect()
+        torch.cuda.empty_cache()
 
     cfg = ml_collections.ConfigDict(dict(
         optim=dict(learning_rate=lr, warmup_steps=0, schedule="constant", b1=0.9, b2=0.95,
-                   weight_decay=0.05, grad_clip_norm=1.0),
+                   weight_decay=0.05, grad_clip_norm=1.0,
+                   # never reached by a generation step (PyTorch's AdamW skips them: no grad)
+                   frozen=("vqmodel", "vision_model", "aligner")),
         data=dict(prompt_dropout=0.0, dropout_hides="prompt"),
         loss=dict(text_weight=2.0, image_weight=1.0, boi_weight=0.0, eoi_weight=0.0,
                   answer_weight=1.0)))
@@ -170,6 +226,10 @@ def sft(args) -> int:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     flops = float((cost or {}).get("flops", 0.0))
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        progress.write(f"jaxgen step memory: arguments {mem.argument_size_in_bytes / 2**30:.2f} GiB, "
+              f"temporaries {mem.temp_size_in_bytes / 2**30:.2f} GiB")
     t0 = time.perf_counter()
     state, m = step(state, dev_batch)
     jax.block_until_ready(m)
@@ -185,16 +245,23 @@ def sft(args) -> int:
     progress.close()
 
     t_torch, t_jax = statistics.median(torch_times), statistics.median(jax_times)
-    peak = matmul_peak_flops("bfloat16" if on_gpu else "float32")
+    peak = (matmul_peak_flops("bfloat16", n=8192) if on_gpu
+            else matmul_peak_flops("float32"))
     achieved = flops / t_jax if flops else 0.0
     print(f"pytorch eager : {tokens / t_torch:10.0f} tokens/s  ({t_torch * 1e3:.1f} ms/step)")
     print(f"jaxgen jit    : {tokens / t_jax:10.0f} tokens/s  ({t_jax * 1e3:.1f} ms/step; first "
           f"call incl. compile {first:.1f} s)")
     print(f"ratio jaxgen / pytorch: {t_torch / t_jax:.2f}x  (goal >= 2x on CPU)")
-    print(f"jaxgen step: {flops / 1e9:.2f} GFLOP (XLA cost analysis), achieved "
-          f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the measured matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s")
-    if on_gpu:
-        print(f"model FLOPs utilisation (bfloat16): {achieved / peak:.1%} (goal >= 50% for "
-              "janus:1b)")
+    if not on_gpu:
+        print(f"jaxgen step: {flops / 1e9:.2f} GFLOP (XLA cost analysis), achieved "
+              f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the measured matmul peak "
+              f"{peak / 1e9:.1f} GFLOP/s")
+    else:  # XLA's cost analysis does not count the cuBLAS / cuDNN calls: count model FLOPs
+        kind = jax.devices()[0].device_kind
+        spec = spec_peak_flops(kind)
+        model_rate = model_flops_per_token(jconfig, batch["inputs"].shape[1]) * tokens / t_jax
+        print(f"model FLOPs: {model_rate / 1e12:.1f} TFLOP/s on {kind}; utilisation "
+              f"{model_rate / peak:.1%} of the measured bf16 matmul peak {peak / 1e12:.0f} "
+              "TFLOP/s" + (f", MFU {model_rate / spec:.1%} of the {spec / 1e12:.0f} TFLOP/s "
+                           "data-sheet peak (goal >= 50% for janus:1b)" if spec else ""))
     return 0

@@ -31,6 +31,9 @@ def _from_dict(cls, d: Mapping[str, Any], where: str):
     return cls(**kwargs)
 
 
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+
+
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
     """Llama decoder (RMSNorm, RoPE rotate-half, GQA, SwiGLU, no biases)."""
@@ -49,6 +52,15 @@ class LlamaConfig:
     remat_policy: str = "none"  # none | full | dots_saveable
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
+    # Full-sequence attention (training, prefill): 'xla' (einsum + softmax), 'cudnn' (fused
+    # flash attention, GPU only, bf16/fp16 compute), 'auto' (cudnn on a GPU with a 16-bit dtype,
+    # else xla). Cached decoding always uses xla.
+    attention_impl: str = "xla"
+
+    def __post_init__(self):
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ConfigError(f"text.attention_impl {self.attention_impl!r} is unknown; use one "
+                              f"of {list(ATTENTION_IMPLS)}")
 
     @classmethod
     def from_dict(cls, d):

@@ -122,15 +122,43 @@ class Attention(nn.Module):
         else:
             k_all, v_all = k, v
 
-        groups = h // kv
-        q = q.reshape(b, l, kv, groups, hd)
-        scores = jnp.einsum("blkgd,bskd->bkgls", q, k_all).astype(jnp.float32) * (hd ** -0.5)
-        big_neg = jnp.finfo(jnp.float32).min
-        scores = jnp.where(mask_bls[:, None, None, :, :], scores, big_neg)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        out = jnp.einsum("bkgls,bskd->blkgd", probs, v_all).reshape(b, l, h * hd)
+        if k_cache is None and _use_cudnn(cfg.attention_impl, dtype):
+            out = _cudnn_attention(q, k_all, v_all, mask_bls).reshape(b, l, h * hd)
+        else:
+            out = _xla_attention(q, k_all, v_all, mask_bls, dtype).reshape(b, l, h * hd)
         out = proj("o_proj", cfg.hidden_size, ("heads", "embed"))(out)
         return out, k_cache, v_cache
+
+
+def _use_cudnn(impl: str, dtype) -> bool:
+    if impl == "xla":
+        return False
+    usable = jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+    if impl == "cudnn" and not usable:
+        from jaxgen.models.config import ConfigError
+        raise ConfigError("text.attention_impl='cudnn' needs a GPU and text.dtype bfloat16 or "
+                          f"float16 (backend {jax.default_backend()}, dtype {jnp.dtype(dtype)}); "
+                          "use 'auto' to fall back to 'xla' elsewhere")
+    return usable
+
+
+def _xla_attention(q_blhd, k_bskd, v_bskd, mask_bls, dtype):
+    """Softmax in float32; GQA by grouping the query heads of each kv head. -> [B, L, H, hd]."""
+    b, l, h, hd = q_blhd.shape
+    kv = k_bskd.shape[2]
+    q = q_blhd.reshape(b, l, kv, h // kv, hd)
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k_bskd).astype(jnp.float32) * (hd ** -0.5)
+    scores = jnp.where(mask_bls[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    return jnp.einsum("bkgls,bskd->blkgd", probs, v_bskd).reshape(b, l, h, hd)
+
+
+def _cudnn_attention(q_blhd, k_bskd, v_bskd, mask_bls):
+    """cuDNN fused (flash) attention; the boolean mask becomes an additive bias shared by the
+    heads, so padding and packed segments work as in the XLA path. -> [B, L, H, hd]."""
+    bias = jnp.where(mask_bls, 0.0, -1e9).astype(q_blhd.dtype)[:, None]
+    return jax.nn.dot_product_attention(q_blhd, k_bskd, v_bskd, bias=bias,
+                                        implementation="cudnn")
 
 
 class MLP(nn.Module):
