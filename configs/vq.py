@@ -1,9 +1,11 @@
 """VQ image tokenizer training: `configs/vq.py:<arg>` with arg in shapes | tiny.
 
-Command (ShapesWorld tokenizer, ~4 minutes on 2 CPU cores):
+Command (ShapesWorld tokenizer, ~10 minutes on 2 CPU cores):
     jaxgen train vq --config configs/vq.py:shapes --workdir /tmp/vq
-Expected result: held-out PSNR printed at the end and in metrics.jsonl ('eval/psnr'); the
-tokenizer is written to <workdir>/vq_params.safetensors for the SFT stage.
+Expected result: held-out PSNR 26.2 dB (printed at the end and in metrics.jsonl as
+'eval/psnr'); ground-truth renderings passed through it keep ~80% of their held-out evaluator
+accuracy (44% after 400 steps, 22.6 dB). The tokenizer is written to
+<workdir>/vq_params.safetensors for the SFT stage.
 - shapes: the VQ of configs/janus.py:shapes (64 px -> 8x8 = 64 codes from 256 entries; a
   convolution-only encoder, so a code depends on its neighbourhood only).
 - tiny: the VQ of configs/janus.py:tiny (16 px), a few steps; for tests (seconds).
@@ -24,7 +26,9 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.model = load_config(f"janus:{arg}").model
     c.seed = 0
-    c.total_steps = 400 if arg == "shapes" else 6
+    # PSNR rises steadily to 1200 steps (400: 22.6 dB, 800: 25.0, 1200: 26.2) and the evaluator
+    # needs the sharp shapes: the VQ ceiling goes 44% -> 80%
+    c.total_steps = 1200 if arg == "shapes" else 6
     c.batch_size = 8 if arg == "shapes" else 4
     c.grad_accum_steps = 1
     c.compute_dtype = "float32"
