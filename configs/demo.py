@@ -1,15 +1,16 @@
 """`jaxgen demo`: the embedded end-to-end run on ShapesWorld.
 
 Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
-Runtime:  about 22 minutes on a 2-core CPU alone (each stage resumes from its own directory):
-          data ~25 s, VQ ~4 min, SFT ~10 min, judge ~4 min, GRPO ~2.5 min, eval ~1.5 min.
+Runtime:  about FRESH_MIN minutes on a 2-core CPU alone (each stage resumes from its own directory):
+          FRESH_STAGES.
 Result:   <workdir>/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO), reward curve, accuracy plot and sample grids with their
-          reasoning text. Measured 2026-11-23, session 4 (held-out overall): VQ ceiling 47.7%,
-          untrained 0.0%, SFT 4.5% (single objects 31.2%), GRPO 4.0%: the describe judge tells
-          colours and shapes apart on renderings but cannot rank the policy's samples by shape
-          quality, so GRPO stays at the SFT level and the GRPO >= +10 points goal is not met
-          (see README "Where the demo stands").
+          reasoning text. Measured 2026-11-23, session 5 (held-out overall, 352 samples): VQ
+          ceiling 79.5%, untrained 1.1%, SFT 7.1% (single objects 43.8%), GRPO 6.0%: the
+          describe judge tells colours and shapes apart on renderings but cannot rank the
+          policy's samples by shape quality, and at this GRPO budget even the pixel detector as
+          reward does not lift accuracy, so the GRPO >= +10 points goal is not met (see README
+          "Where the demo stands").
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
   data  configs/data.py:shapes   ShapesWorld datasets + tokenizer

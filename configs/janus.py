@@ -9,8 +9,7 @@ Check a variant builds (CPU, seconds):
   3.1M of them in the LLM).
 - 1b / 7b: Janus-Pro-1B / 7B shapes (REFERENCE.md section 2; 2.08B / 7.41B params with the
   vision tower and VQ); scanned layers, dots_saveable remat, bf16 compute, cuDNN flash attention
-  on a GPU ('auto'). Use with an imported
-  checkpoint (`jaxgen.convert.hf.import_hf_dir`).
+  on a GPU ('auto'). Use with an imported checkpoint (`jaxgen.convert.hf.import_hf_dir`).
 """
 
 import ml_collections

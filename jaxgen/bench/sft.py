@@ -6,7 +6,7 @@ and times one full training step on the same batch of reasoning-then-image seque
 (prompt/text tokens then image codes): forward through generation embeddings + aligner, the
 Llama decoder, lm_head and generation_head; the weighted cross-entropy of the SFT trainer
 (text 2.0, image 1.0); backward; AdamW update.
-  - PyTorch: eager, torch.optim.AdamW, float32.
+  - PyTorch: eager, torch.optim.AdamW; float32 on a CPU, bfloat16 autocast on a GPU.
   - jaxgen: `jaxgen.train.state.make_train_step` (jit, donated state) with the SFT loss.
 Prints tokens/s of both and the ratio, and jaxgen's achieved FLOP/s (XLA cost analysis of the
 compiled step / step time) as a fraction of this machine's measured matmul peak. On a GPU both
@@ -23,7 +23,6 @@ Goal on CPU: ratio >= 2x.
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import statistics
 import tempfile
@@ -181,9 +180,8 @@ def sft(args) -> int:
         model.save_pretrained(pathlib.Path(tmp), safe_serialization=True)
         t = config.text  # the requested execution options (scan, remat, dtype, attention)
         params, jconfig, _ = import_hf_dir(tmp, scan_layers=t.scan_layers,
-                                           remat_policy=t.remat_policy, dtype=t.dtype)
-    jconfig = jconfig.replace(text=dataclasses.replace(jconfig.text,
-                                                       attention_impl=t.attention_impl))
+                                           remat_policy=t.remat_policy, dtype=t.dtype,
+                                           attention_impl=t.attention_impl)
     batch = _batch(config, args.batch, args.text_len, args.seed)
     tokens = batch["inputs"].size
     lr = 1e-4
@@ -228,8 +226,9 @@ def sft(args) -> int:
     flops = float((cost or {}).get("flops", 0.0))
     mem = compiled.memory_analysis()
     if mem is not None:
-        progress.write(f"jaxgen step memory: arguments {mem.argument_size_in_bytes / 2**30:.2f} GiB, "
-              f"temporaries {mem.temp_size_in_bytes / 2**30:.2f} GiB")
+        gib = 2.0 ** 30
+        progress.write(f"jaxgen step memory: arguments {mem.argument_size_in_bytes / gib:.2f} "
+                       f"GiB, temporaries {mem.temp_size_in_bytes / gib:.2f} GiB")
     t0 = time.perf_counter()
     state, m = step(state, dev_batch)
     jax.block_until_ready(m)

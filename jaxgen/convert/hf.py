@@ -1,7 +1,8 @@
 """Hugging Face `JanusForConditionalGeneration` directories <-> jaxgen (params, JanusConfig).
 
     import_hf_dir(path, scan_layers=False, remat_policy='none', dtype='float32',
-                  param_dtype='float32') -> (params, JanusConfig, tokenizer or None)
+                  param_dtype='float32', attention_impl='xla')
+        -> (params, JanusConfig, tokenizer or None)
     export_hf_dir(params, config, path, tokenizer=None) -> pathlib.Path
     hf_config_to_jaxgen(hf_config_dict, special_ids=None, **text_options) -> JanusConfig
     jaxgen_config_to_hf(config) -> dict                    (a valid transformers JanusConfig dict)
@@ -126,7 +127,7 @@ def hf_config_to_jaxgen(hf: Mapping[str, Any], special_ids: Optional[Mapping[str
 
     special_ids: bos/eos/pad/boi/eoi/image ids found elsewhere (generation config, tokenizer);
     they win over config.json. text_options: execution options for LlamaConfig (scan_layers,
-    remat_policy, dtype, param_dtype)."""
+    remat_policy, dtype, param_dtype, attention_impl)."""
     hf = dict(hf)
     if hf.get("model_type", "janus") != "janus":
         raise ConfigError(f"config.json has model_type {hf.get('model_type')!r}; expected 'janus' "
@@ -443,7 +444,8 @@ def _special_ids(path: pathlib.Path, tokenizer) -> Dict[str, int]:
 
 
 def import_hf_dir(path, scan_layers: bool = False, remat_policy: str = "none",
-                  dtype: str = "float32", param_dtype: str = "float32"):
+                  dtype: str = "float32", param_dtype: str = "float32",
+                  attention_impl: str = "xla"):
     """Read a Hugging Face Janus directory. Returns (params, JanusConfig, tokenizer or None).
 
     Params are jnp arrays in `param_dtype`; the execution options go into config.text."""
@@ -460,7 +462,8 @@ def import_hf_dir(path, scan_layers: bool = False, remat_policy: str = "none",
     tokenizer = _load_tokenizer(path)
     config = hf_config_to_jaxgen(
         hf_config, _special_ids(path, tokenizer), scan_layers=scan_layers,
-        remat_policy=remat_policy, dtype=dtype, param_dtype=param_dtype)
+        remat_policy=remat_policy, dtype=dtype, param_dtype=param_dtype,
+        attention_impl=attention_impl)
     tie = bool(hf_config.get("tie_word_embeddings", False))
     params = params_from_hf_tensors(_load_safetensors(files), config, tie_word_embeddings=tie)
     params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, dtype=jnp.dtype(param_dtype)), params)

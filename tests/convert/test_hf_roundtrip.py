@@ -41,6 +41,17 @@ def test_export_round_trip_is_exact(hf_tiny_dir, original_tensors, tmp_path, sca
     assert tokenizer2.convert_tokens_to_ids("<end_of_image>") == config.eoi_token_id
 
 
+def test_import_applies_execution_options(hf_tiny_dir):
+    """Execution options land in config.text (what the 1B GPU benchmark relies on)."""
+    _, config, _ = hf.import_hf_dir(hf_tiny_dir, scan_layers=True, remat_policy="dots_saveable",
+                                    dtype="bfloat16", attention_impl="auto")
+    t = config.text
+    assert (t.scan_layers, t.remat_policy, t.dtype, t.attention_impl) == (
+        True, "dots_saveable", "bfloat16", "auto")
+    with pytest.raises(ConfigError, match="attention_impl 'flash' is unknown"):
+        hf.import_hf_dir(hf_tiny_dir, attention_impl="flash")
+
+
 def test_exported_dir_generates_images_with_hf(hf_tiny_dir, hf_tiny_model, tmp_path):
     """generation_config.json carries bos/pad/boi, so HF image generate runs without extra kwargs
     and gives the same greedy tokens as the original model."""
