@@ -1,8 +1,8 @@
 """`jaxgen demo`: the embedded end-to-end run on ShapesWorld.
 
 Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
-Runtime:  about FRESH_MIN minutes on a 2-core CPU alone (each stage resumes from its own directory):
-          FRESH_STAGES.
+Runtime:  about 31 minutes on a 2-core CPU alone (each stage resumes from its own directory):
+          data 20 s, VQ ~11 min, SFT ~10 min, judge ~4 min, GRPO ~3.5 min, eval ~2 min.
 Result:   <workdir>/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO), reward curve, accuracy plot and sample grids with their
           reasoning text. Measured 2026-11-23, session 5 (held-out overall, 352 samples): VQ
