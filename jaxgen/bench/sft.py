@@ -17,7 +17,7 @@ dense bfloat16 peak (goal >= 50% for janus:1b).
 
     jaxgen bench sft                      # CPU, ~1-2 minutes
     jaxgen bench sft --batch 8 --text-len 96 --config.model.text.num_hidden_layers=8
-    jaxgen bench sft --model-config janus:1b --batch 8   # GPU (H100: ~4 minutes)
+    jaxgen bench sft --model-config janus:1b --batch 8   # GPU (H100: ~3 minutes)
 Goal on CPU: ratio >= 2x.
 """
 
