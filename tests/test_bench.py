@@ -1,7 +1,6 @@
 """Benchmark helpers: the analytic model-FLOPs count that the GPU MFU figure rests on."""
 
 import jax
-import ml_collections
 
 from jaxgen import parallel
 from jaxgen.bench import sft as bench_sft
@@ -15,13 +14,7 @@ def test_model_flops_match_xla_count_of_the_sft_step():
     elementwise work and AdamW): equal within 0-10% for the demo model."""
     mc = janus.config_from_configdict(load_config("janus:shapes"))
     batch = bench_sft._batch(mc, batch=4, text_len=48, seed=0)
-    cfg = ml_collections.ConfigDict(dict(
-        optim=dict(learning_rate=1e-4, warmup_steps=0, schedule="constant", b1=0.9, b2=0.95,
-                   weight_decay=0.05, grad_clip_norm=1.0,
-                   frozen=("vqmodel", "vision_model", "aligner")),
-        data=dict(prompt_dropout=0.0, dropout_hides="prompt"),
-        loss=dict(text_weight=2.0, image_weight=1.0, boi_weight=0.0, eoi_weight=0.0,
-                  answer_weight=1.0)))
+    cfg = bench_sft.step_config(1e-4)
     opt = optim.make_optimizer(cfg, total_steps=10)
     mesh = parallel.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
     params = jax.eval_shape(lambda r: janus.init_params(mc, r), jax.random.PRNGKey(0))

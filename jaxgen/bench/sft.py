@@ -134,6 +134,19 @@ def model_flops_per_token(config, seq_len: int) -> float:
     return 6.0 * matmul + 12.0 * t.num_hidden_layers * attn * seq_len
 
 
+def step_config(lr: float):
+    """The SFT trainer's optimizer, data and loss config for the benchmark step."""
+    import ml_collections
+    return ml_collections.ConfigDict(dict(
+        optim=dict(learning_rate=lr, warmup_steps=0, schedule="constant", b1=0.9, b2=0.95,
+                   weight_decay=0.05, grad_clip_norm=1.0,
+                   # never reached by a generation step (PyTorch's AdamW skips them: no grad)
+                   frozen=("vqmodel", "vision_model", "aligner")),
+        data=dict(prompt_dropout=0.0, dropout_hides="prompt"),
+        loss=dict(text_weight=2.0, image_weight=1.0, boi_weight=0.0, eoi_weight=0.0,
+                  answer_weight=1.0)))
+
+
 def matmul_peak_flops(dtype_name: str = "float32", n: int = 2048, repeats: int = 5) -> float:
     """Best observed FLOP/s of an n x n matmul on the default device."""
     import jax
@@ -156,7 +169,6 @@ def sft(args) -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
     import jax
-    import ml_collections
     import torch
     from tqdm import tqdm
 
@@ -205,14 +217,7 @@ def sft(args) -> int:
         gc.collect()
         torch.cuda.empty_cache()
 
-    cfg = ml_collections.ConfigDict(dict(
-        optim=dict(learning_rate=lr, warmup_steps=0, schedule="constant", b1=0.9, b2=0.95,
-                   weight_decay=0.05, grad_clip_norm=1.0,
-                   # never reached by a generation step (PyTorch's AdamW skips them: no grad)
-                   frozen=("vqmodel", "vision_model", "aligner")),
-        data=dict(prompt_dropout=0.0, dropout_hides="prompt"),
-        loss=dict(text_weight=2.0, image_weight=1.0, boi_weight=0.0, eoi_weight=0.0,
-                  answer_weight=1.0)))
+    cfg = step_config(lr)
     opt = optim.make_optimizer(cfg, total_steps=100)
     mesh = parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     state, sh = st.shard_state(st.create_state(params, opt, jax.random.PRNGKey(0)), mesh, "fsdp",
