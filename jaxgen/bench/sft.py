@@ -251,12 +251,12 @@ def sft(args) -> int:
     t_torch, t_jax = statistics.median(torch_times), statistics.median(jax_times)
     peak = (matmul_peak_flops("bfloat16", n=8192) if on_gpu
             else matmul_peak_flops("float32"))
-    achieved = flops / t_jax if flops else 0.0
     print(f"pytorch eager : {tokens / t_torch:10.0f} tokens/s  ({t_torch * 1e3:.1f} ms/step)")
     print(f"jaxgen jit    : {tokens / t_jax:10.0f} tokens/s  ({t_jax * 1e3:.1f} ms/step; first "
           f"call incl. compile {first:.1f} s)")
     print(f"ratio jaxgen / pytorch: {t_torch / t_jax:.2f}x  (goal >= 2x on CPU)")
     if not on_gpu:
+        achieved = flops / t_jax if flops else 0.0
         print(f"jaxgen step: {flops / 1e9:.2f} GFLOP (XLA cost analysis), achieved "
               f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the measured matmul peak "
               f"{peak / 1e9:.1f} GFLOP/s")

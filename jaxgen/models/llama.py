@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgen.models.config import LlamaConfig
+from jaxgen.models.config import ConfigError, LlamaConfig
 
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
@@ -135,7 +135,6 @@ def _use_cudnn(impl: str, dtype) -> bool:
         return False
     usable = jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     if impl == "cudnn" and not usable:
-        from jaxgen.models.config import ConfigError
         raise ConfigError("text.attention_impl='cudnn' needs a GPU and text.dtype bfloat16 or "
                           f"float16 (backend {jax.default_backend()}, dtype {jnp.dtype(dtype)}); "
                           "use 'auto' to fall back to 'xla' elsewhere")
@@ -204,7 +203,6 @@ def _layer_class(cfg: LlamaConfig):
     if cfg.remat_policy == "none":
         return DecoderLayer
     if cfg.remat_policy not in REMAT_POLICIES:
-        from jaxgen.models.config import ConfigError
         raise ConfigError(f"text.remat_policy {cfg.remat_policy!r} is unknown; use one of "
                           f"{['none', *REMAT_POLICIES]}")
     return nn.remat(DecoderLayer, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
