@@ -8,8 +8,9 @@ Check a variant builds (CPU, seconds):
 - shapes: the ShapesWorld demo model (64x64 images, 64 image tokens, Llama 4 x 256; 8.6M params,
   3.1M of them in the LLM).
 - 1b / 7b: Janus-Pro-1B / 7B shapes (REFERENCE.md section 2; 2.08B / 7.41B params with the
-  vision tower and VQ); scanned layers, dots_saveable remat, bf16 compute, cuDNN flash attention
-  on a GPU ('auto'). Use with an imported checkpoint (`jaxgen.convert.hf.import_hf_dir`).
+  vision tower and VQ); scanned layers, dots_attention_saveable remat, bf16 compute, cuDNN
+  flash attention on a GPU ('auto'). Use with an imported checkpoint
+  (`jaxgen.convert.hf.import_hf_dir`).
 """
 
 import ml_collections
@@ -63,7 +64,7 @@ def _janus_pro(hidden, layers, heads, intermediate):
         text=dict(vocab_size=102400, hidden_size=hidden, intermediate_size=intermediate,
                   num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                   head_dim=128, max_position_embeddings=16384, scan_layers=True,
-                  remat_policy="dots_saveable", dtype="bfloat16",
+                  remat_policy="dots_attention_saveable", dtype="bfloat16",
                   attention_impl="auto"),
         vision=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, image_size=384,
                     patch_size=16, projection_dim=hidden, depth=2),

@@ -1,6 +1,7 @@
 """Benchmark helpers: the analytic model-FLOPs count that the GPU MFU figure rests on."""
 
 import jax
+import pytest
 
 from jaxgen import parallel
 from jaxgen.bench import sft as bench_sft
@@ -9,9 +10,11 @@ from jaxgen.models import janus
 from jaxgen.train import optim, sft, state as st
 
 
-def test_model_flops_match_xla_count_of_the_sft_step():
+@pytest.mark.parametrize("heads_at", ["every position", "their targets"])
+def test_model_flops_match_xla_count_of_the_sft_step(heads_at):
     """6N + attention per token vs XLA's FLOP count of the compiled CPU step (which adds the
-    elementwise work and AdamW): equal within 0-10% for the demo model."""
+    elementwise work and AdamW): equal within 0-10% for the demo model, with both heads at every
+    position and at their gathered targets (sft.head_capacities)."""
     mc = janus.config_from_configdict(load_config("janus:shapes"))
     batch = bench_sft._batch(mc, batch=4, text_len=48, seed=0)
     cfg = bench_sft.step_config(1e-4)
@@ -20,9 +23,9 @@ def test_model_flops_match_xla_count_of_the_sft_step():
     params = jax.eval_shape(lambda r: janus.init_params(mc, r), jax.random.PRNGKey(0))
     state = jax.eval_shape(lambda p, r: st.create_state(p, opt, r), params, jax.random.PRNGKey(0))
     sh = st.state_shardings(state, janus.param_logical_axes(mc), mesh, "fsdp")
-    step = st.make_train_step(sft.make_loss_fn(mc, cfg), opt, sh, mesh)
+    caps = sft.head_capacities([batch]) if heads_at == "their targets" else None
+    step = st.make_train_step(sft.make_loss_fn(mc, cfg, caps), opt, sh, mesh)
     cost = step.lower(st.abstract_state(state, sh), batch).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    seq = batch["inputs"].shape[1]
-    model = bench_sft.model_flops_per_token(mc, seq) * batch["inputs"].size
+    model = bench_sft.model_flops(mc, *batch["inputs"].shape, caps)
     assert 1.0 <= cost["flops"] / model <= 1.10, (cost["flops"], model)

@@ -6,18 +6,22 @@ and times one full training step on the same batch of reasoning-then-image seque
 (prompt/text tokens then image codes): forward through generation embeddings + aligner, the
 Llama decoder, lm_head and generation_head; the weighted cross-entropy of the SFT trainer
 (text 2.0, image 1.0); backward; AdamW update.
-  - PyTorch: eager, torch.optim.AdamW; float32 on a CPU, bfloat16 autocast on a GPU.
-  - jaxgen: `jaxgen.train.state.make_train_step` (jit, donated state) with the SFT loss.
+  - PyTorch: eager, torch.optim.AdamW; float32 on a CPU, bfloat16 autocast on a GPU; both heads
+    at every position (what `model(...)` computes), the loss masked afterwards.
+  - jaxgen: `jaxgen.train.state.make_train_step` (jit, donated state) with the SFT trainer's
+    loss, which evaluates each head only at its own target positions (sft.head_capacities) and
+    runs causal attention without a mask on these unpadded rows.
 Prints tokens/s of both and the ratio, and jaxgen's achieved FLOP/s (XLA cost analysis of the
 compiled step / step time) as a fraction of this machine's measured matmul peak. On a GPU both
 sides run there with bfloat16 compute and float32 master weights (PyTorch: autocast), and it
-reports model FLOPs utilisation: 6 x (matmul parameters) + 12 x layers x heads x head_dim x
-sequence FLOPs per token (PaLM's convention; no credit for recomputation) against the chip's
-dense bfloat16 peak (goal >= 50% for janus:1b).
+reports model FLOPs utilisation (model_flops: 6 x matmul parameters x the positions they are
+applied at + 12 x layers x heads x head_dim x sequence per token; PaLM's convention, no credit
+for recomputation) against the chip's dense bfloat16 peak (goal >= 50% for janus:1b).
 
     jaxgen bench sft                      # CPU, ~1-2 minutes
     jaxgen bench sft --batch 8 --text-len 96 --config.model.text.num_hidden_layers=8
     jaxgen bench sft --model-config janus:1b --batch 8   # GPU (H100: ~3 minutes)
+    jaxgen bench sft --model-config janus:1b --batch 32 --torch-batch 8   # PyTorch OOMs at 16
 Goal on CPU: ratio >= 2x.
 """
 
@@ -38,6 +42,9 @@ def sft_args(parser):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--text-len", type=int, default=48,
                         help="text tokens (prompt + reasoning) before <begin_of_image>")
+    parser.add_argument("--torch-batch", type=int, default=None,
+                        help="PyTorch's batch when it differs (tokens/s are compared); 0 skips "
+                             "PyTorch (default: --batch)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per implementation")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -117,21 +124,26 @@ def spec_peak_flops(device_kind: str) -> float | None:
     return next((v for k, v in SPEC_BF16_PEAK.items() if k.lower() in device_kind.lower()), None)
 
 
-def model_flops_per_token(config, seq_len: int) -> float:
-    """Training FLOPs per token of the SFT step: 6 x matmul params + 12 x L x (heads x hd) x S.
+def model_flops(config, batch: int, seq_len: int, capacities: dict | None = None) -> float:
+    """Training FLOPs of one SFT step on [batch, seq_len] tokens (PaLM's convention):
+    6 x matmul params x the positions they are applied at + 12 x L x (heads x hd) x S per token.
 
-    Matmul params: the decoder layers, lm_head and the generation head (the SFT loss evaluates
-    both heads at every position) and the generation aligner; embedding lookups cost none.
+    The decoder layers and the generation aligner run at every position; lm_head and the
+    generation head at `capacities['text' / 'image']` positions per row (sft.head_capacities;
+    None: every position). Embedding lookups cost none.
     """
     t, vq = config.text, config.vq
     d, attn = t.hidden_size, t.num_attention_heads * t.head_dim
     kv = t.num_key_value_heads * t.head_dim
     per_layer = 2 * d * attn + 2 * d * kv + 3 * d * t.intermediate_size
-    heads = d * t.vocab_size + d * vq.image_token_embed_dim + vq.image_token_embed_dim * \
-        vq.num_embeddings
     aligner = vq.embed_dim * vq.projection_dim + (vq.num_hidden_layers - 1) * vq.projection_dim ** 2
-    matmul = t.num_hidden_layers * per_layer + heads + aligner
-    return 6.0 * matmul + 12.0 * t.num_hidden_layers * attn * seq_len
+    text_head = d * t.vocab_size
+    image_head = d * vq.image_token_embed_dim + vq.image_token_embed_dim * vq.num_embeddings
+    caps = capacities or {"text": seq_len, "image": seq_len}
+    tokens = batch * seq_len
+    matmul = ((t.num_hidden_layers * per_layer + aligner) * tokens +
+              text_head * batch * caps["text"] + image_head * batch * caps["image"])
+    return 6.0 * matmul + 12.0 * t.num_hidden_layers * attn * seq_len * tokens
 
 
 def step_config(lr: float):
@@ -180,8 +192,9 @@ def sft(args) -> int:
     from jaxgen.models.janus import config_from_configdict, param_logical_axes
     from jaxgen.train import optim, sft as sft_lib, state as st
 
-    if min(args.batch, args.text_len, args.repeats) < 1:
-        raise UserError("--batch, --text-len and --repeats must be >= 1")
+    torch_batch = args.batch if args.torch_batch is None else args.torch_batch
+    if min(args.batch, args.text_len, args.repeats) < 1 or torch_batch < 0:
+        raise UserError("--batch, --text-len and --repeats must be >= 1 (--torch-batch >= 0)")
     on_gpu = jax.default_backend() == "gpu"
     from jaxgen.convert.hf import hf_compatible
     config = hf_compatible(config_from_configdict(load_config(args.model_config,
@@ -199,19 +212,25 @@ def sft(args) -> int:
     lr = 1e-4
     print(f"model: {config.text.num_hidden_layers} layers x {config.text.hidden_size}, "
           f"{config.num_image_tokens} image tokens; batch {args.batch} x {batch['inputs'].shape[1]}"
-          f" tokens; torch threads {torch.get_num_threads()}, jax devices {jax.devices()}")
-    progress = tqdm(total=2 * (args.repeats + 1), desc="bench sft", unit="step")
+          f" tokens (PyTorch: batch {torch_batch}); torch threads {torch.get_num_threads()}, "
+          f"jax devices {jax.devices()}")
+    progress = tqdm(total=(args.repeats + 1) * (2 if torch_batch else 1), desc="bench sft",
+                    unit="step")
 
-    torch_step = _torch_step_fn(model.to(torch_device), batch, lr, torch_device)
-    torch_step()
-    progress.update()
-    torch_times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
+    torch_times, torch_tokens = [], 0
+    if torch_batch:
+        tb = _batch(config, torch_batch, args.text_len, args.seed)
+        torch_tokens = tb["inputs"].size
+        torch_step = _torch_step_fn(model.to(torch_device), tb, lr, torch_device)
         torch_step()
-        torch_times.append(time.perf_counter() - t0)
         progress.update()
-    del torch_step, model  # free the GPU for JAX (the optimizer's hooks hold a cycle)
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            torch_step()
+            torch_times.append(time.perf_counter() - t0)
+            progress.update()
+        del torch_step  # free the GPU for JAX (the optimizer's hooks hold a cycle)
+    del model
     if torch_device == "cuda":
         import gc
         gc.collect()
@@ -222,7 +241,8 @@ def sft(args) -> int:
     mesh = parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     state, sh = st.shard_state(st.create_state(params, opt, jax.random.PRNGKey(0)), mesh, "fsdp",
                                param_logical_axes(jconfig))
-    step = st.make_train_step(sft_lib.make_loss_fn(jconfig, cfg), opt, sh, mesh,
+    capacities = sft_lib.head_capacities([batch])
+    step = st.make_train_step(sft_lib.make_loss_fn(jconfig, cfg, capacities), opt, sh, mesh,
                               compute_dtype_name="bfloat16" if on_gpu else None)
     dev_batch = parallel.shard_batch(batch, mesh)
     compiled = step.lower(state, dev_batch).compile()
@@ -248,13 +268,18 @@ def sft(args) -> int:
         progress.update()
     progress.close()
 
-    t_torch, t_jax = statistics.median(torch_times), statistics.median(jax_times)
+    t_jax = statistics.median(jax_times)
     peak = (matmul_peak_flops("bfloat16", n=8192) if on_gpu
             else matmul_peak_flops("float32"))
-    print(f"pytorch eager : {tokens / t_torch:10.0f} tokens/s  ({t_torch * 1e3:.1f} ms/step)")
-    print(f"jaxgen jit    : {tokens / t_jax:10.0f} tokens/s  ({t_jax * 1e3:.1f} ms/step; first "
-          f"call incl. compile {first:.1f} s)")
-    print(f"ratio jaxgen / pytorch: {t_torch / t_jax:.2f}x  (goal >= 2x on CPU)")
+    if torch_times:
+        t_torch = statistics.median(torch_times)
+        print(f"pytorch eager : {torch_tokens / t_torch:10.0f} tokens/s  ({t_torch * 1e3:.1f} "
+              f"ms/step, batch {torch_batch})")
+    print(f"jaxgen jit    : {tokens / t_jax:10.0f} tokens/s  ({t_jax * 1e3:.1f} ms/step, batch "
+          f"{args.batch}; first call incl. compile {first:.1f} s)")
+    if torch_times:
+        print(f"ratio jaxgen / pytorch (tokens/s): {tokens / t_jax / (torch_tokens / t_torch):.2f}x"
+              "  (goal >= 2x on CPU)")
     if not on_gpu:
         achieved = flops / t_jax if flops else 0.0
         print(f"jaxgen step: {flops / 1e9:.2f} GFLOP (XLA cost analysis), achieved "
@@ -263,7 +288,7 @@ def sft(args) -> int:
     else:  # XLA's cost analysis does not count the cuBLAS / cuDNN calls: count model FLOPs
         kind = jax.devices()[0].device_kind
         spec = spec_peak_flops(kind)
-        model_rate = model_flops_per_token(jconfig, batch["inputs"].shape[1]) * tokens / t_jax
+        model_rate = model_flops(jconfig, *batch["inputs"].shape, capacities) / t_jax
         print(f"model FLOPs: {model_rate / 1e12:.1f} TFLOP/s on {kind}; utilisation "
               f"{model_rate / peak:.1%} of the measured bf16 matmul peak {peak / 1e12:.0f} "
               "TFLOP/s" + (f", MFU {model_rate / spec:.1%} of the {spec / 1e12:.0f} TFLOP/s "

@@ -49,7 +49,7 @@ class LlamaConfig:
     max_position_embeddings: int = 16384
     # Execution options (not part of the weights).
     scan_layers: bool = False
-    remat_policy: str = "none"  # none | full | dots_saveable
+    remat_policy: str = "none"  # none | full | dots_saveable | dots_attention_saveable
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     # Full-sequence attention (training, prefill): 'xla' (einsum + softmax), 'cudnn' (fused

@@ -277,7 +277,7 @@ def init_cache(config: JanusConfig, batch: int, max_len: int, dtype=jnp.float32)
 
 
 def decode(params, config: JanusConfig, emb_bld, positions_bl, kv_mask_bs, cache=None, cache_index=0,
-           segment_ids_bl=None):
+           segment_ids_bl=None, causal_only: bool = False):
     """Run the LLM on embeddings. Returns (final-normed hidden [B, L, D], cache).
 
     No cache: causal attention over the L inputs, keys masked by kv_mask_bs [B, L].
@@ -286,13 +286,20 @@ def decode(params, config: JanusConfig, emb_bld, positions_bl, kv_mask_bs, cache
     Left-padded prompts: kv_mask = attention_mask, positions = clip(cumsum(mask) - 1, 0).
     Packed rows (training, no cache): segment_ids_bl [B, L] keeps attention inside each sequence;
     positions restart at 0 per sequence.
+    causal_only (no cache, no segments): every row is one sequence, right-padded, so the causal
+    mask alone is exact for every real query (padding queries then also see earlier padding,
+    which changes only outputs nobody reads); kv_mask_bs is not consulted. This lets cuDNN
+    attention run without a mask bias (and its gradient).
     """
     _check_decode_shapes(config, emb_bld, positions_bl, kv_mask_bs, cache, cache_index)
     if segment_ids_bl is not None and cache is not None:
         raise UserError("decode: segment_ids_bl (packed rows) is for training without a cache")
+    if causal_only and (cache is not None or segment_ids_bl is not None):
+        raise UserError("decode: causal_only is for unpacked training rows (no cache, no "
+                        "segment_ids_bl)")
     return _language_model(config).apply({"params": params["language_model"]}, emb_bld,
                                          positions_bl, kv_mask_bs, cache, cache_index,
-                                         segment_ids_bl)
+                                         segment_ids_bl, causal_only)
 
 
 def _check_decode_shapes(config, emb_bld, positions_bl, kv_mask_bs, cache, cache_index):

@@ -24,9 +24,18 @@ import jax.numpy as jnp
 
 from jaxgen.models.config import ConfigError, LlamaConfig
 
+def _dots_and_attention_saveable(prim, *args, **params) -> bool:
+    """checkpoint_dots, plus the cuDNN flash-attention forward (its output and softmax
+    statistics): a custom call, not a dot, so checkpoint_dots would run it again in the
+    backward pass. XLA attention is einsums, which checkpoint_dots already keeps."""
+    return (jax.checkpoint_policies.checkpoint_dots(prim, *args, **params)
+            or prim.name == "dot_product_attention_fwd_wrapper")
+
+
 REMAT_POLICIES = {
     "full": None,  # save nothing: recompute the whole layer in the backward pass
     "dots_saveable": jax.checkpoint_policies.checkpoint_dots,
+    "dots_attention_saveable": _dots_and_attention_saveable,
 }
 
 ACT_BLD = ("activation_batch", "activation_length", "activation_embed")
@@ -79,6 +88,7 @@ def attention_mask(kv_mask_bs, query_len: int, cache_index, segment_ids_bl=None)
     """Boolean [B, L, S]: query i (at slot cache_index + i) sees slot j <= its own, if kv_mask.
 
     segment_ids_bl (no cache, S == L): packed rows; a query sees only keys of its own segment.
+    A mask of None (LlamaModel's causal_only) stands for the plain causal mask.
     """
     s = kv_mask_bs.shape[1]
     q_slot = cache_index + jnp.arange(query_len)[:, None]
@@ -142,9 +152,12 @@ def _use_cudnn(impl: str, dtype) -> bool:
 
 
 def _xla_attention(q_blhd, k_bskd, v_bskd, mask_bls, dtype):
-    """Softmax in float32; GQA by grouping the query heads of each kv head. -> [B, L, H, hd]."""
+    """Softmax in float32; GQA by grouping the query heads of each kv head. -> [B, L, H, hd].
+    mask_bls None: causal (query i sees keys j <= i)."""
     b, l, h, hd = q_blhd.shape
     kv = k_bskd.shape[2]
+    if mask_bls is None:
+        mask_bls = jnp.tril(jnp.ones((l, k_bskd.shape[1]), bool))[None]
     q = q_blhd.reshape(b, l, kv, h // kv, hd)
     scores = jnp.einsum("blkgd,bskd->bkgls", q, k_bskd).astype(jnp.float32) * (hd ** -0.5)
     scores = jnp.where(mask_bls[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
@@ -153,10 +166,15 @@ def _xla_attention(q_blhd, k_bskd, v_bskd, mask_bls, dtype):
 
 
 def _cudnn_attention(q_blhd, k_bskd, v_bskd, mask_bls):
-    """cuDNN fused (flash) attention; the boolean mask becomes an additive bias shared by the
-    heads, so padding and packed segments work as in the XLA path. -> [B, L, H, hd]."""
-    bias = jnp.where(mask_bls, 0.0, -1e9).astype(q_blhd.dtype)[:, None]
-    return jax.nn.dot_product_attention(q_blhd, k_bskd, v_bskd, bias=bias,
+    """cuDNN fused (flash) attention of a full causal sequence -> [B, L, H, hd].
+
+    is_causal lets cuDNN skip the key blocks above the diagonal (half the work). A boolean mask
+    (padding, packed segments) rides along as an additive bias shared by the heads; cuDNN then
+    also computes the bias gradient, which costs ~10% of the attention backward, so callers whose
+    rows are plain causal pass mask_bls=None (LlamaModel's causal_only)."""
+    bias = None if mask_bls is None else \
+        jnp.where(mask_bls, 0.0, -1e9).astype(q_blhd.dtype)[:, None]
+    return jax.nn.dot_product_attention(q_blhd, k_bskd, v_bskd, bias=bias, is_causal=True,
                                         implementation="cudnn")
 
 
@@ -237,7 +255,7 @@ class LlamaModel(nn.Module):
         return self.embed_tokens(ids_bl)
 
     def __call__(self, emb_bld, positions_bl, kv_mask_bs, cache=None, cache_index=0,
-                 segment_ids_bl=None):
+                 segment_ids_bl=None, causal_only: bool = False):
         """Returns (final-normed hidden [B, L, D], updated cache or None). See `decode` in janus.py."""
         cfg = self.config
         dtype = _dtype(cfg.dtype)
@@ -245,7 +263,8 @@ class LlamaModel(nn.Module):
             self.embed_tokens(jnp.zeros((1, 1), jnp.int32))  # create the table, which __call__ skips
         x = emb_bld.astype(dtype)
         cos, sin = rope_cos_sin(positions_bl, cfg.head_dim, cfg.rope_theta, dtype)
-        mask = attention_mask(kv_mask_bs, x.shape[1], cache_index, segment_ids_bl)
+        mask = None if causal_only else attention_mask(kv_mask_bs, x.shape[1], cache_index,
+                                                       segment_ids_bl)
         carry = (x, None, None) if cache is None else (x, cache["k"], cache["v"])
         if cfg.scan_layers:
             carry, _ = self.layers(carry, cos, sin, mask, cache_index,

@@ -79,7 +79,7 @@ def unrolled_reference(setup):
     return _out_and_grads(CFG, params, emb, pos, jnp.ones((B, L), bool))
 
 
-@pytest.mark.parametrize("remat", ["none", "full", "dots_saveable"])
+@pytest.mark.parametrize("remat", ["none", "full", "dots_saveable", "dots_attention_saveable"])
 def test_scan_equals_unrolled(setup, unrolled_reference, remat):
     """Same outputs and gradients (every parameter) for nn.scan'ed, rematerialised layers."""
     params, emb, pos = setup
@@ -142,6 +142,19 @@ def test_left_padded_rows_equal_unpadded(setup):
     np.testing.assert_allclose(last[1, 0], ref[0, -1], atol=ATOL, rtol=0)
 
 
+def test_causal_only_equals_the_padding_mask_on_right_padded_rows(setup):
+    """causal_only (no mask built) gives the masked pass's outputs at every real position of
+    right-padded rows: there the causal mask already excludes the padding."""
+    params, emb, pos = setup
+    mask = jnp.asarray(np.arange(L)[None] < np.array([[L], [L - 3]]))  # row 1 right-padded
+    masked, _ = _apply(CFG, params, emb, pos, mask)
+    causal, _ = jax.jit(lambda p, *a: llama.LlamaModel(CFG).apply({"params": p}, *a,
+                                                                   causal_only=True))(
+        params, emb, pos, mask)
+    np.testing.assert_allclose(np.asarray(causal)[np.asarray(mask)],
+                               np.asarray(masked)[np.asarray(mask)], atol=ATOL, rtol=0)
+
+
 def test_decode_shape_errors_are_user_errors():
     from third_party.hf_janus import tiny_janus_config
     from jaxgen.errors import PromptTooLongError, UserError
@@ -160,6 +173,9 @@ def test_decode_shape_errors_are_user_errors():
         janus.decode(params, config, emb, pos, jnp.ones((2, 4), bool), cache, 2)
     with pytest.raises(UserError, match="width 7"):
         janus.decode(params, config, jnp.zeros((2, 3, 7)), pos, jnp.ones((2, 3), bool))
+    with pytest.raises(UserError, match="causal_only is for unpacked training rows"):
+        janus.decode(params, config, emb, pos, jnp.ones((2, 4), bool), cache, 0,
+                     causal_only=True)
 
 
 # ------------------------------------------------------------------ attention implementation
@@ -192,24 +208,31 @@ def test_attention_impl_errors():
 
 
 @pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
-def test_cudnn_attention_matches_xla_on_gpu():
+@pytest.mark.parametrize("padding", ["left, mask bias", "right, causal_only"])
+def test_cudnn_attention_matches_xla_on_gpu(padding):
     """cuDNN attention in bf16 is as accurate as XLA attention in bf16, both measured against
     XLA in float32 (highest matmul precision): hidden states and every parameter gradient, with
-    left padding. Bound: cuDNN's error <= 2x XLA-bf16's error + 1e-3 of the output's scale."""
+    left padding (the mask goes in as a bias) or right padding under causal_only (no mask).
+    Bound: cuDNN's error <= 2x XLA-bf16's error + 1e-3 of the output's scale."""
     base = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=256,
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        head_dim=32)
     b, l = 2, 64
     emb = jax.random.normal(jax.random.PRNGKey(1), (b, l, base.hidden_size))
     pos = jnp.tile(jnp.arange(l), (b, 1))
-    mask = jnp.asarray(np.arange(l)[None] >= np.array([[0], [9]]))  # row 1 left-padded by 9
+    causal_only = padding.startswith("right")
+    mask = jnp.asarray(np.arange(l)[None] < np.array([[l], [l - 9]]) if causal_only else
+                       np.arange(l)[None] >= np.array([[0], [9]]))  # row 1 padded by 9
     params = llama.LlamaModel(base).init(jax.random.PRNGKey(0), emb, pos, mask)["params"]
 
     def run(dtype, impl):
-        cfg = dataclasses.replace(base, dtype=dtype, attention_impl=impl)
+        # cuDNN under the remat policy that keeps its forward (janus:1b's default)
+        remat = "dots_attention_saveable" if impl == "cudnn" else "none"
+        cfg = dataclasses.replace(base, dtype=dtype, attention_impl=impl, remat_policy=remat)
 
         def loss(p):
-            x, _ = llama.LlamaModel(cfg).apply({"params": p}, emb, pos, mask)
+            x, _ = llama.LlamaModel(cfg).apply({"params": p}, emb, pos, mask, None, 0, None,
+                                               causal_only)
             x = jnp.where(mask[..., None], x.astype(jnp.float32), 0.0)
             return jnp.sum(x ** 2) / mask.sum(), x
 

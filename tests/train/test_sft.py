@@ -106,6 +106,47 @@ def test_loss_uses_text_image_boi_weights(tokenizer, tiny):
     assert float(num2 / aux2["denominator"]) == pytest.approx((nll * w2).sum() / w2.sum(), rel=1e-5)
 
 
+def test_heads_at_gathered_targets_give_the_full_loss_and_gradient(tokenizer, tiny):
+    """Evaluating lm_head / the image head only at their gathered target positions
+    (head_capacities) gives the loss, every metric and the gradient of evaluating both heads
+    everywhere; rows differ in their number of text targets, prompt dropout is on."""
+    tok, _ = tokenizer
+    _, mc = tiny
+    config = load_config("sft:tiny", ["--config.data.prompt_dropout=0.5",
+                                      "--config.loss.boi_weight=0.5"])
+    rng = np.random.default_rng(3)
+    rows = [sft.generation_row(tok, mc, p, r, rng.integers(0, mc.vq.num_embeddings,
+                                                           mc.num_image_tokens),
+                               int(config.data.seq_len), config.loss)
+            for p, r in (("a red circle", "a large red circle left of a blue square"),
+                         ("a cube", ""), ("two green squares", "a small green square"),
+                         ("a blue triangle", "a blue triangle"))]
+    batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+    caps = sft.head_capacities([{k: np.asarray(v) for k, v in batch.items()}])
+    n_text = int(np.isin(np.asarray(batch["target_kind"]), sft.TEXT_HEAD_KINDS).sum(1).max())
+    assert caps == {"text": -(-n_text // 8) * 8, "image": mc.num_image_tokens}
+    assert caps["text"] < batch["inputs"].shape[1]
+    params = janus.init_params(mc, jax.random.PRNGKey(0))
+
+    def run(capacities):
+        loss_fn = sft.make_loss_fn(mc, config, capacities)
+        (num, aux), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
+            params, batch, jax.random.PRNGKey(1))
+        return num, aux, grads
+
+    num_f, aux_f, g_f = run(None)
+    num_g, aux_g, g_g = run(caps)
+    assert float(aux_g["denominator"]) == float(aux_f["denominator"])
+    assert float(num_g) == pytest.approx(float(num_f), rel=1e-6)
+    for name, (n, d) in aux_f["metrics"].items():
+        n2, d2 = aux_g["metrics"][name]
+        assert float(d2) == float(d), name
+        assert float(n2) == pytest.approx(float(n), rel=1e-5, abs=1e-6), name
+    for a, b in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_g)):  # float32, sums reordered:
+        a, b = np.asarray(a), np.asarray(b)                        # 1e-6 of each tensor's scale
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6 * np.abs(a).max() + 1e-12)
+
+
 def test_prompt_dropout_hides_prompt_keeps_bos(tokenizer, tiny):
     tok, _ = tokenizer
     _, mc = tiny
