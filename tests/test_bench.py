@@ -29,3 +29,15 @@ def test_model_flops_match_xla_count_of_the_sft_step(heads_at):
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     model = bench_sft.model_flops(mc, *batch["inputs"].shape, caps)
     assert 1.0 <= cost["flops"] / model <= 1.10, (cost["flops"], model)
+
+
+def test_bench_sft_rejects_a_batch_that_accumulation_does_not_divide():
+    import argparse
+    from jaxgen.errors import UserError
+    args = argparse.Namespace(model_config="janus:tiny", config_overrides=[], batch=6,
+                              text_len=8, repeats=1, seed=0, torch_batch=0, accum=4)
+    with pytest.raises(UserError, match="--batch 6 must be a multiple of --accum 4"):
+        bench_sft.sft(args)
+    args.accum, args.torch_batch = 1, -1
+    with pytest.raises(UserError, match="--torch-batch >= 0"):
+        bench_sft.sft(args)

@@ -45,6 +45,9 @@ def sft_args(parser):
     parser.add_argument("--torch-batch", type=int, default=None,
                         help="PyTorch's batch when it differs (tokens/s are compared); 0 skips "
                              "PyTorch (default: --batch)")
+    parser.add_argument("--accum", type=int, default=1,
+                        help="jaxgen gradient-accumulation micro-batches per step (--batch is "
+                             "the whole step's batch)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per implementation")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -193,8 +196,11 @@ def sft(args) -> int:
     from jaxgen.train import optim, sft as sft_lib, state as st
 
     torch_batch = args.batch if args.torch_batch is None else args.torch_batch
-    if min(args.batch, args.text_len, args.repeats) < 1 or torch_batch < 0:
-        raise UserError("--batch, --text-len and --repeats must be >= 1 (--torch-batch >= 0)")
+    if min(args.batch, args.text_len, args.repeats, args.accum) < 1 or torch_batch < 0:
+        raise UserError("--batch, --text-len, --accum and --repeats must be >= 1 "
+                        "(--torch-batch >= 0)")
+    if args.batch % args.accum:
+        raise UserError(f"--batch {args.batch} must be a multiple of --accum {args.accum}")
     on_gpu = jax.default_backend() == "gpu"
     from jaxgen.convert.hf import hf_compatible
     config = hf_compatible(config_from_configdict(load_config(args.model_config,
@@ -212,7 +218,7 @@ def sft(args) -> int:
     lr = 1e-4
     print(f"model: {config.text.num_hidden_layers} layers x {config.text.hidden_size}, "
           f"{config.num_image_tokens} image tokens; batch {args.batch} x {batch['inputs'].shape[1]}"
-          f" tokens (PyTorch: batch {torch_batch}); torch threads {torch.get_num_threads()}, "
+          f" tokens (PyTorch: {f'batch {torch_batch}' if torch_batch else 'skipped'}); torch threads {torch.get_num_threads()}, "
           f"jax devices {jax.devices()}")
     progress = tqdm(total=(args.repeats + 1) * (2 if torch_batch else 1), desc="bench sft",
                     unit="step")
@@ -243,6 +249,7 @@ def sft(args) -> int:
                                param_logical_axes(jconfig))
     capacities = sft_lib.head_capacities([batch])
     step = st.make_train_step(sft_lib.make_loss_fn(jconfig, cfg, capacities), opt, sh, mesh,
+                              accum_steps=args.accum,
                               compute_dtype_name="bfloat16" if on_gpu else None)
     dev_batch = parallel.shard_batch(batch, mesh)
     compiled = step.lower(state, dev_batch).compile()
@@ -276,13 +283,17 @@ def sft(args) -> int:
         print(f"pytorch eager : {torch_tokens / t_torch:10.0f} tokens/s  ({t_torch * 1e3:.1f} "
               f"ms/step, batch {torch_batch})")
     print(f"jaxgen jit    : {tokens / t_jax:10.0f} tokens/s  ({t_jax * 1e3:.1f} ms/step, batch "
-          f"{args.batch}; first call incl. compile {first:.1f} s)")
+          f"{args.batch}" + (f" in {args.accum} micro-batches" if args.accum > 1 else "") +
+          f"; first call incl. compile {first:.1f} s)")
     if torch_times:
         print(f"ratio jaxgen / pytorch (tokens/s): {tokens / t_jax / (torch_tokens / t_torch):.2f}x"
               "  (goal >= 2x on CPU)")
     if not on_gpu:
+        what = "XLA cost analysis"
+        if args.accum > 1:  # XLA counts a loop body once: count the model FLOPs instead
+            flops, what = model_flops(jconfig, *batch["inputs"].shape, capacities), "model FLOPs"
         achieved = flops / t_jax if flops else 0.0
-        print(f"jaxgen step: {flops / 1e9:.2f} GFLOP (XLA cost analysis), achieved "
+        print(f"jaxgen step: {flops / 1e9:.2f} GFLOP ({what}), achieved "
               f"{achieved / 1e9:.1f} GFLOP/s = {achieved / peak:.1%} of the measured matmul peak "
               f"{peak / 1e9:.1f} GFLOP/s")
     else:  # XLA's cost analysis does not count the cuBLAS / cuDNN calls: count model FLOPs
