@@ -218,8 +218,8 @@ def sft(args) -> int:
     lr = 1e-4
     print(f"model: {config.text.num_hidden_layers} layers x {config.text.hidden_size}, "
           f"{config.num_image_tokens} image tokens; batch {args.batch} x {batch['inputs'].shape[1]}"
-          f" tokens (PyTorch: {f'batch {torch_batch}' if torch_batch else 'skipped'}); torch threads {torch.get_num_threads()}, "
-          f"jax devices {jax.devices()}")
+          f" tokens (PyTorch: {f'batch {torch_batch}' if torch_batch else 'skipped'}); "
+          f"torch threads {torch.get_num_threads()}, jax devices {jax.devices()}")
     progress = tqdm(total=(args.repeats + 1) * (2 if torch_batch else 1), desc="bench sft",
                     unit="step")
 
