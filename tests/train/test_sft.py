@@ -106,6 +106,15 @@ def test_loss_uses_text_image_boi_weights(tokenizer, tiny):
     assert float(num2 / aux2["denominator"]) == pytest.approx((nll * w2).sum() / w2.sum(), rel=1e-5)
 
 
+def _random_code_rows(tok, mc, config, seq_len, seed, pairs) -> dict:
+    """Generation rows (stacked arrays) for (prompt, reasoning) pairs with random image codes."""
+    rng = np.random.default_rng(seed)
+    rows = [sft.generation_row(tok, mc, p, r, rng.integers(0, mc.vq.num_embeddings,
+                                                           mc.num_image_tokens),
+                               seq_len, config.loss) for p, r in pairs]
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def test_heads_at_gathered_targets_give_the_full_loss_and_gradient(tokenizer, tiny):
     """Evaluating lm_head / the image head only at their gathered target positions
     (head_capacities) gives the loss, every metric and the gradient of evaluating both heads
@@ -114,14 +123,10 @@ def test_heads_at_gathered_targets_give_the_full_loss_and_gradient(tokenizer, ti
     _, mc = tiny
     config = load_config("sft:tiny", ["--config.data.prompt_dropout=0.5",
                                       "--config.loss.boi_weight=0.5"])
-    rng = np.random.default_rng(3)
-    rows = [sft.generation_row(tok, mc, p, r, rng.integers(0, mc.vq.num_embeddings,
-                                                           mc.num_image_tokens),
-                               int(config.data.seq_len), config.loss)
-            for p, r in (("a red circle", "a large red circle left of a blue square"),
-                         ("a cube", ""), ("two green squares", "a small green square"),
-                         ("a blue triangle", "a blue triangle"))]
-    batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
+    rows = _random_code_rows(tok, mc, config, int(config.data.seq_len), seed=3, pairs=(
+        ("a red circle", "a large red circle left of a blue square"), ("a cube", ""),
+        ("two green squares", "a small green square"), ("a blue triangle", "a blue triangle")))
+    batch = {k: jnp.asarray(v) for k, v in rows.items()}
     caps = sft.head_capacities([{k: np.asarray(v) for k, v in batch.items()}])
     n_text = int(np.isin(np.asarray(batch["target_kind"]), sft.TEXT_HEAD_KINDS).sum(1).max())
     assert caps == {"text": -(-n_text // 8) * 8, "image": mc.num_image_tokens}
@@ -180,12 +185,9 @@ def test_packed_rows_give_the_unpacked_logits_and_loss(tokenizer, tiny):
     _, mc = tiny
     config = load_config("sft:tiny", ["--config.data.prompt_dropout=0.0",
                                       "--config.loss.boi_weight=1.0"])
-    rng = np.random.default_rng(1)
-    rows = [sft.generation_row(tok, mc, p, r, rng.integers(0, mc.vq.num_embeddings,
-                                                           mc.num_image_tokens), 160, config.loss)
-            for p, r in (("a red circle", "a large red circle"), ("a cube", ""),
-                         ("two green squares", "a small green square left of one"))]
-    unpacked = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    unpacked = _random_code_rows(tok, mc, config, 160, seed=1, pairs=(
+        ("a red circle", "a large red circle"), ("a cube", ""),
+        ("two green squares", "a small green square left of one")))
     lengths = unpacked["valid"].sum(1)
     seq = int(lengths.sum()) + 3
     packed = sft.pack_rows(unpacked, seq, seed=0, pad_id=mc.pad_token_id)
