@@ -537,14 +537,14 @@ def make_loss_fn(mc, config, capacities: dict | None = None):
         w = jnp.where(dropped & (kind == KIND_TEXT), 0.0, w)
         parts = [head_nll(head, kinds, (capacities or {}).get(name), params, hidden,
                           batch["targets"], kind, w) for head, kinds, name in heads]
-        sums = lambda f: tuple(map(sum, zip(*(f(*p) for p in parts))))  # noqa: E731
-        num, den = sums(lambda nll, acc, k, wt: losses.weighted_sum(nll, wt))
+        # both heads' positions side by side: [B, text positions + image positions]
+        nll, acc, kind, w = (jnp.concatenate(x, axis=1) for x in zip(*parts))
+        num, den = losses.weighted_sum(nll, w)
         metrics = {"loss": (num, den)}
         for k, name in KIND_NAMES.items():
-            metrics[f"{name}_loss"] = sums(lambda nll, acc, kk, wt: losses.weighted_sum(
-                nll, kk == k))
-        for k, name in ((KIND_IMAGE, "image_acc"), (KIND_ANSWER, "answer_acc")):
-            metrics[name] = sums(lambda nll, acc, kk, wt: losses.weighted_sum(acc, kk == k))
+            metrics[f"{name}_loss"] = losses.weighted_sum(nll, kind == k)
+        metrics["image_acc"] = losses.weighted_sum(acc, kind == KIND_IMAGE)
+        metrics["answer_acc"] = losses.weighted_sum(acc, kind == KIND_ANSWER)
         return num, {"denominator": den, "metrics": metrics}
 
     return loss_fn
