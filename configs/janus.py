@@ -7,6 +7,9 @@ Check a variant builds (CPU, seconds):
 - tiny: the parity-test size (2 layers x 64, GQA 4/2 heads, VQ 16 px / 2 levels); builds in < 1 s.
 - shapes: the ShapesWorld demo model (64x64 images, 64 image tokens, Llama 4 x 256; 8.6M params,
   3.1M of them in the LLM).
+Every variant takes `image_position_embeddings=True` (a learned embedding per image-token grid
+index added to the image inputs; off by default and in the demo, see the README; Hugging Face
+export refuses it).
 - 1b / 7b: Janus-Pro-1B / 7B shapes (REFERENCE.md section 2; 2.08B / 7.41B params with the
   vision tower and VQ); scanned layers, dots_attention_saveable remat, bf16 compute, cuDNN
   flash attention on a GPU ('auto'). Use with an imported checkpoint
@@ -90,4 +93,6 @@ def get_config(arg=None):
     model = VARIANTS[arg]()
     # 'siglip' (Janus-Pro) or 'vq_codes': how the understanding path reads an image
     model.setdefault("understanding_input", "siglip")
+    # True adds a learned embedding per image-token index (grid place) to the image inputs
+    model.setdefault("image_position_embeddings", False)
     return ml_collections.ConfigDict({"model": model})

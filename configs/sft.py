@@ -56,6 +56,11 @@ def get_config(arg=None):
         understanding_images="rendered", easy_negatives=0.0,
         # plus describe-the-image rows (answer: the layout plan) for this fraction of records
         caption_fraction=0.0,
+        # plus, for 'describe', this fraction of records redrawn with the policy's own
+        # teacher-forced mistakes (init_checkpoint; a random `degraded_code_fraction` range of
+        # the codes resampled at `degraded_temperature`), described as "Malformed drawing."
+        # (jaxgen/train/self_eval.py): the judge learns drawing quality from matched pairs.
+        degraded_fraction=0.0, degraded_temperature=1.0, degraded_code_fraction=(0.25, 1.0),
         # Pack several generation sequences into each seq_len row (attention stays inside each
         # sequence): the same loss without computing padding.
         packing=False,

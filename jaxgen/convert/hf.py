@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.errors import CheckpointError
+from jaxgen.errors import CheckpointError, UserError
 from jaxgen.models import janus
 from jaxgen.models.config import ConfigError, JanusConfig, LlamaConfig, VisionConfig, VQConfig
 
@@ -343,6 +343,9 @@ def params_to_hf_tensors(params, config: JanusConfig) -> Dict[str, np.ndarray]:
     """jaxgen params -> full HF state dict (numpy arrays, HF names and layouts)."""
     from jaxgen.convert import hf_vision_vq
 
+    if config.image_position_embeddings:
+        raise UserError("this model has image_position_embeddings, which Hugging Face Janus does "
+                        "not have; export a model trained without them")
     params = jax.tree_util.tree_map(np.asarray, params)
     own = {k: params[k] for k in _OWN_PARTS}
     if config.text.scan_layers:

@@ -28,6 +28,10 @@ BLANK_GREY = 128  # the blank image: one mid-grey colour that no ShapesWorld sce
 # Dense auxiliary task: the answer is the image's layout plan, so every answer token (each
 # object's colour, shape, size and box) has to be read from the image.
 CAPTION_QUESTION = "List the objects in this image with their boxes."
+# The description of a scene the policy redrew with its own mistakes (jaxgen.train.self_eval).
+# No prompt starts with it, so the caption reward's first token is where a judge that has learnt
+# drawing quality lowers the likelihood of the prompt.
+DEGRADED_ANSWER = "Malformed drawing."
 
 
 def judge_question(prompt: str) -> str:
@@ -37,6 +41,11 @@ def judge_question(prompt: str) -> str:
 def _metadata(rec) -> dict:
     meta = rec["metadata"]
     return json.loads(meta) if isinstance(meta, (str, bytes)) else meta
+
+
+def record_tag(rec) -> str:
+    """The record's prompt category."""
+    return _metadata(rec)["tag"]
 
 
 def judge_examples(records, rng: np.random.Generator, verify: bool = True,

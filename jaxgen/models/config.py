@@ -152,6 +152,10 @@ class JanusConfig:
     # 'vq_codes' (the image as the model's own VQ tokens through the generation embeddings, as
     # token-based unified models read images). Hugging Face Janus knows only 'siglip'.
     understanding_input: str = "siglip"
+    # A learned embedding per image-token index (its place in the VQ grid) added to the image
+    # inputs, as LlamaGen gives image tokens 2D positions; Janus-Pro has only the 1D RoPE of the
+    # sequence, so Hugging Face export refuses a model that has it.
+    image_position_embeddings: bool = False
 
     def __post_init__(self):
         if self.understanding_input not in UNDERSTANDING_INPUTS:

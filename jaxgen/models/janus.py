@@ -135,6 +135,13 @@ def _generation_head(config):
     return GenerationHead(q.projection_dim, q.num_embeddings, t.dtype, t.param_dtype)
 
 
+def _image_positions(config):
+    return nn.Embed(config.num_image_tokens, config.text.hidden_size,
+                    param_dtype=jnp.dtype(config.text.param_dtype),
+                    embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                (None, "embed")))
+
+
 _PARTS = {
     "language_model": _language_model,
     "lm_head": _lm_head,
@@ -144,7 +151,12 @@ _PARTS = {
     "generation_embeddings": _generation_embeddings,
     "generation_aligner": _generation_aligner,
     "generation_head": _generation_head,
+    "image_positions": _image_positions,  # only with config.image_position_embeddings
 }
+
+
+def _parts(config) -> list:
+    return [k for k in _PARTS if k != "image_positions" or config.image_position_embeddings]
 
 
 def _init_part(key, config, rng):
@@ -168,7 +180,7 @@ def _init_part(key, config, rng):
             return init_fn(config.vq, rng)
         # Weight shapes do not depend on the image side: the smallest input compiles fastest.
         variables = module.init(rng, jnp.zeros((1, q.downsample, q.downsample, q.in_channels)))
-    elif key == "generation_embeddings":
+    elif key in ("generation_embeddings", "image_positions"):
         variables = module.init(rng, one)
     elif key == "generation_aligner":
         variables = module.init(rng, jnp.zeros((1, q.embed_dim)))
@@ -178,8 +190,11 @@ def _init_part(key, config, rng):
 
 
 def _boxed_params(config, rng):
-    keys = jax.random.split(rng, len(_PARTS))
-    return {k: _init_part(k, config, r) for k, r in zip(_PARTS, keys)}
+    fixed = [k for k in _PARTS if k != "image_positions"]
+    keys = dict(zip(fixed, jax.random.split(rng, len(fixed))))
+    # the optional part's key comes from its own fold, so the others keep their init
+    keys["image_positions"] = jax.random.fold_in(rng, len(fixed))
+    return {k: _init_part(k, config, keys[k]) for k in _parts(config)}
 
 
 def init_params(config: JanusConfig, rng) -> dict:
@@ -225,10 +240,19 @@ def embed_text(params, config: JanusConfig, ids_bl):
                                          method=llama.LlamaModel.embed)
 
 
-def embed_image_codes(params, config: JanusConfig, codes_bl):
-    """VQ codes -> generation_embeddings -> generation_aligner: LLM inputs [B, L, D]."""
+def embed_image_codes(params, config: JanusConfig, codes_bl, index_bl=None):
+    """VQ codes -> generation_embeddings -> generation_aligner: LLM inputs [B, L, D].
+
+    index_bl: each code's index in its image's raster order (default 0..L-1: a whole image, or
+    its first L codes); read only with config.image_position_embeddings."""
     e = _generation_embeddings(config).apply({"params": params["generation_embeddings"]}, codes_bl)
-    return _generation_aligner(config).apply({"params": params["generation_aligner"]}, e)
+    out = _generation_aligner(config).apply({"params": params["generation_aligner"]}, e)
+    if config.image_position_embeddings:
+        if index_bl is None:
+            index_bl = jnp.broadcast_to(jnp.arange(codes_bl.shape[-1]), codes_bl.shape)
+        pos = _image_positions(config).apply({"params": params["image_positions"]}, index_bl)
+        out = out + pos.astype(out.dtype)
+    return out
 
 
 def codebook_embeddings(params):

@@ -252,7 +252,8 @@ def _image_phase(params, config, prefix_ids_bp, prefix_mask_bp, prompt_len, rng,
     def body(i, state):
         cache, tok_b, ids_bn, lp_bn = state
         feed_r = jnp.concatenate([tok_b, tok_b]) if options.use_cfg else tok_b
-        emb = janus.embed_image_codes(params, config, feed_r[:, None])
+        emb = janus.embed_image_codes(params, config, feed_r[:, None],  # code i - 1
+                                      jnp.full((rows, 1), i - 1, jnp.int32))
         hidden, cache = janus.decode(params, config, emb, (boi_pos_r + i)[:, None], kv_rs, cache,
                                      p + i - 1)
         tok_b, lp_b = pick(hidden, i)

@@ -288,6 +288,10 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
             from jaxgen.data.judge import describe_examples
             rows = describe_examples(records, np.random.default_rng(int(dc.seed) + 1),
                                      float(dc.get("blank_fraction", 0.0)))
+        if task == "describe" and float(dc.get("degraded_fraction", 0.0)) > 0:
+            from jaxgen.train.self_eval import degraded_examples
+            rows += degraded_examples(config, records, tokenizer, mc, vq_params,
+                                      float(dc.degraded_fraction))
         if float(dc.get("caption_fraction", 0.0)) > 0:
             from jaxgen.data.judge import caption_examples
             rows += caption_examples(records, np.random.default_rng(int(dc.seed) + 2),
@@ -313,6 +317,7 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
 
 def _cache_key(config, vq_path) -> str:
     parts = {"data": config.data.to_dict(), "model": config.model.to_dict(),
+             "init": config.get("init_checkpoint", ""),
              "vq": str(vq_path), "vq_mtime": pathlib.Path(vq_path).stat().st_mtime
              if vq_path and pathlib.Path(vq_path).exists() else 0}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -421,7 +426,10 @@ def forward_hidden(params, mc, batch):
     inputs, is_img = batch["inputs"], batch["input_is_image"]
     text_ids = jnp.where(is_img, mc.pad_token_id, inputs)
     emb = janus.embed_text(params, mc, text_ids)
-    img_emb = janus.embed_image_codes(params, mc, jnp.where(is_img, inputs, 0))
+    # every image in a row (generation or VQ-code understanding) is num_image_tokens contiguous
+    # codes, so a code's index in its image is the running count of image inputs modulo that
+    index = (jnp.cumsum(is_img, axis=1) - 1) % mc.num_image_tokens
+    img_emb = janus.embed_image_codes(params, mc, jnp.where(is_img, inputs, 0), index)
     emb = jnp.where(is_img[..., None], img_emb.astype(emb.dtype), emb)
     if "pixels" in batch:
         pixels = batch["pixels"].astype(jnp.float32) / 127.5 - 1.0

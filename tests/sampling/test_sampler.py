@@ -247,3 +247,25 @@ def test_top_k_top_p_filter():
     assert kept(sampler.filter_logits(logits, 0, 0.7)) == [True, True, False, False]
     assert kept(sampler.filter_logits(logits, 0, 0.85)) == [True, True, True, False]
     assert kept(sampler.filter_logits(logits, 0, 0.1)) == [True, False, False, False]
+
+
+def test_image_position_embeddings_reach_sampler_and_scorer_alike(tiny_jax):
+    """With image_position_embeddings the sampler feeds code i-1 at grid index i-1 and the
+    scorer indexes the teacher-forced codes 0..n-2: their log-probs still agree, and the
+    embeddings change them (they are read). Hugging Face export refuses such a model."""
+    from jaxgen.convert.hf import params_to_hf_tensors
+    params, config, _ = tiny_jax
+    config = config.replace(image_position_embeddings=True)
+    table = jax.random.normal(jax.random.PRNGKey(2), (config.num_image_tokens,
+                                                      config.text.hidden_size))
+    params = {**params, "image_positions": {"embedding": table}}
+    ids, mask = _prompts(config, [5, 8], seed=4)
+    opts = SampleOptions(max_think_tokens=THINK_BUDGET, temperature=1.0, image_temperature=0.9,
+                         cfg_weight=3.0, uncond_hides="prompt_and_reasoning")
+    rollout = sample(params, config, ids, mask, jax.random.PRNGKey(5), opts)
+    _assert_logprobs_match(params, config, rollout, opts, "cfg")
+    shuffled = {**params, "image_positions": {"embedding": table[::-1]}}
+    _, moved = _scored(shuffled, config, rollout, opts, "cfg")
+    assert np.abs(np.asarray(moved) - np.asarray(rollout.image_logprobs_bn)).max() > 1e-2
+    with pytest.raises(UserError, match="image_position_embeddings"):
+        params_to_hf_tensors(params, config)

@@ -178,11 +178,14 @@ def test_prompt_dropout_hides_prompt_keeps_bos(tokenizer, tiny):
     assert float(aux["denominator"]) == pytest.approx(n_img * 1.0)
 
 
-def test_packed_rows_give_the_unpacked_logits_and_loss(tokenizer, tiny):
+@pytest.mark.parametrize("image_positions", [False, True])
+def test_packed_rows_give_the_unpacked_logits_and_loss(tokenizer, tiny, image_positions):
     """Sequences packed into one row (segment ids, positions from 0) see only themselves: each
-    one's logits equal its own unpacked row's, so the weighted loss is unchanged."""
+    one's logits equal its own unpacked row's, so the weighted loss is unchanged. With
+    image_position_embeddings each packed image's codes keep their grid indices 0..n-1."""
     tok, _ = tokenizer
     _, mc = tiny
+    mc = mc.replace(image_position_embeddings=image_positions)
     config = load_config("sft:tiny", ["--config.data.prompt_dropout=0.0",
                                       "--config.loss.boi_weight=1.0"])
     unpacked = _random_code_rows(tok, mc, config, 160, seed=1, pairs=(
@@ -196,6 +199,22 @@ def test_packed_rows_give_the_unpacked_logits_and_loss(tokenizer, tiny):
     assert (packed["inputs"][0, -3:] == mc.pad_token_id).all()
     params = janus.init_params(mc, jax.random.PRNGKey(0))
     to_jnp = lambda b: {k: jnp.asarray(v) for k, v in b.items()}  # noqa: E731
+    if image_positions:
+        # only grid index k has an embedding: the logits first change at the input of code k
+        # (the sampler feeds code i at index i too; tests/sampling checks it against the scorer)
+        k = 5
+        one = jnp.zeros((mc.num_image_tokens, mc.text.hidden_size)).at[k].set(1.0)
+        _, with_k = sft.forward_logits({**params, "image_positions": {"embedding": one}}, mc,
+                                       to_jnp(unpacked))
+        _, without = sft.forward_logits({**params, "image_positions": {"embedding": 0 * one}},
+                                        mc, to_jnp(unpacked))
+        changed = np.abs(np.asarray(with_k) - np.asarray(without)).max(-1) > 1e-6  # [B, L]
+        for row in range(3):
+            code_k = np.flatnonzero(unpacked["input_is_image"][row])[k]
+            assert np.flatnonzero(changed[row])[0] == code_k
+        # large enough to matter at float32 tolerance in the packing check below
+        params["image_positions"] = {"embedding": jax.random.normal(
+            jax.random.PRNGKey(4), (mc.num_image_tokens, mc.text.hidden_size))}
     text_u, img_u = sft.forward_logits(params, mc, to_jnp(unpacked))
     text_p, img_p = sft.forward_logits(params, mc, to_jnp(packed))
     for seg in range(1, 4):
