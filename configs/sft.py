@@ -12,6 +12,10 @@ a jaxgen checkpoint in <workdir>/final for `jaxgen sample`.
 - tiny: configs/janus.py:tiny shapes and a few steps; for tests (seconds).
 Loss weights (ReasonGen-R1): text 2.0, image 1.0, <begin_of_image> 0.0 (1.0 for shapes, see
 c.loss); prompt dropout 0.1.
+A judge that reads pixels through a pretrained convolutional tower (the demo's judge stage with
+these overrides; README "Where the demo stands", session 8: within-prompt AUC 0.59 vs 0.51):
+    --config.model.understanding_input=siglip --config.model.vision.stem=conv
+    --config.init_fresh_parts="('vision_model',)" --config.vision_pretrain.steps=600
 """
 
 import ml_collections
@@ -30,6 +34,12 @@ def get_config(arg=None):
     c.model_options = dict(scan_layers=True, remat_policy="none")
     c.seed = 0
     c.init_checkpoint = ""  # a jaxgen checkpoint dir to start from (empty: random init)
+    # parameter groups initialised fresh instead of from init_checkpoint (e.g. ('vision_model',)
+    # for a judge whose vision tower differs from the policy's)
+    c.init_fresh_parts = ()
+    # steps > 0: before SFT, train the SigLIP-path vision tower to name the shape and colour
+    # covering each patch (labels from the layout plans; jaxgen/train/vision_pretrain.py)
+    c.vision_pretrain = dict(steps=0, batch_size=32, learning_rate=1e-3)
     # 'codebook': image-input embeddings start at the trained VQ codebook rows (same [codes, 8]
     # shape), so similar-looking codes are similar inputs from step 0: at steps 100-275 of the demo
     # SFT the image loss is ~0.35 nats lower than with the random init ('random', Janus's)

@@ -173,9 +173,10 @@ def hf_config_to_jaxgen(hf: Mapping[str, Any], special_ids: Optional[Mapping[str
 
 def hf_compatible(config: JanusConfig) -> JanusConfig:
     """The same model with the jaxgen-only options set to what Hugging Face Janus runs (SigLIP
-    understanding input, self-attention in the VQ encoder), e.g. to benchmark the transformer
+    understanding input with its patch embedding, self-attention in the VQ encoder), e.g. to benchmark the transformer
     of a ShapesWorld config against transformers."""
     return config.replace(understanding_input="siglip",
+                          vision=dataclasses.replace(config.vision, stem="patch"),
                           vq=dataclasses.replace(config.vq, encoder_attention=True))
 
 
@@ -187,6 +188,11 @@ def jaxgen_config_to_hf(config: JanusConfig) -> dict:
             f"this model reads images for understanding as {config.understanding_input!r}, "
             "which Hugging Face Janus cannot express (it always uses the SigLIP tower); keep it "
             "as a jaxgen checkpoint (Generator.save) instead of exporting it")
+    if v.stem != "patch":
+        raise ConfigError(
+            f"vision.stem={v.stem!r} (a convolutional stem) has no Hugging Face SigLIP "
+            "equivalent (one patch-embedding convolution); keep the model as a jaxgen checkpoint "
+            "instead of exporting it")
     if not config.vq.encoder_attention:
         raise ConfigError(
             "vq.encoder_attention=False (a convolution-only VQ encoder) has no Hugging Face "

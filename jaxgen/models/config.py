@@ -82,6 +82,19 @@ class VisionConfig:
     use_qk_norm: bool = False
     projection_dim: int = 2048  # aligner output = LLM hidden size
     depth: int = 2  # aligner: fc1 + (depth - 1) hidden layers
+    # How pixels become patch tokens: 'patch' (SigLIP: one linear map per patch) or 'conv'
+    # (log2(patch_size) stride-2 3x3 convolutions, widths doubling up to hidden_size: early
+    # convolutions let a small tower trained from scratch read shapes; Hugging Face Janus knows
+    # only 'patch').
+    stem: str = "patch"
+
+    def __post_init__(self):
+        if self.stem not in VISION_STEMS:
+            raise ConfigError(f"vision.stem={self.stem!r}; choose one of {list(VISION_STEMS)}")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ConfigError(f"vision.stem='conv' halves the image per convolution, so "
+                              f"vision.patch_size must be a power of two >= 2, got "
+                              f"{self.patch_size}")
 
     @property
     def num_image_tokens(self) -> int:
@@ -134,6 +147,7 @@ class VQConfig:
 
 
 UNDERSTANDING_INPUTS = ("siglip", "vq_codes")
+VISION_STEMS = ("patch", "conv")
 
 
 @dataclasses.dataclass(frozen=True)

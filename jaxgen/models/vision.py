@@ -51,21 +51,42 @@ def _layer_norm(eps, dtype, name):
         name=name)
 
 
+def _conv(features, kernel, stride, padding, dtype, name):
+    return nn.Conv(
+        features, (kernel, kernel), strides=(stride, stride), padding=padding, dtype=dtype,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                 (None, None, None, "embed")),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name)
+
+
+def conv_stem_widths(cfg: VisionConfig) -> list:
+    """Output widths of the 'conv' stem's log2(patch_size) stride-2 convolutions: doubling and
+    ending at hidden_size (patch 8, hidden 128 -> [32, 64, 128])."""
+    n = cfg.patch_size.bit_length() - 1
+    return [max(cfg.hidden_size >> (n - 1 - i), 1) for i in range(n)]
+
+
 class VisionEmbeddings(nn.Module):
-    """Patchify conv (kernel = stride = patch) + learned absolute position embedding."""
+    """Patch tokens + learned absolute position embedding. stem 'patch': one conv with kernel =
+    stride = patch (SigLIP); 'conv': stride-2 3x3 convolutions with GELU between them."""
     config: VisionConfig
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, pixels_bhwc):
         cfg = self.config
-        p = cfg.patch_size
-        patches = nn.Conv(
-            cfg.hidden_size, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                     (None, None, None, "embed")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-            name="patch_embedding")(pixels_bhwc.astype(self.dtype))
+        x = pixels_bhwc.astype(self.dtype)
+        if cfg.stem == "conv":
+            widths = conv_stem_widths(cfg)
+            for i, width in enumerate(widths):
+                x = _conv(width, 3, 2, ((1, 1), (1, 1)), self.dtype, f"stem_{i}")(x)
+                if i < len(widths) - 1:
+                    x = jax.nn.gelu(x, approximate=False)
+            patches = x
+        else:
+            p = cfg.patch_size
+            patches = _conv(cfg.hidden_size, p, p, "VALID", self.dtype, "patch_embedding")(x)
         b, gh, gw, d = patches.shape
         pos = nn.Embed(
             cfg.num_image_tokens, cfg.hidden_size, dtype=self.dtype,
@@ -138,7 +159,8 @@ class VisionEncoder(nn.Module):
 class VisionTower(nn.Module):
     """pixels [B, H, W, C] (HF-normalised, see module doc) -> [B, N, hidden_size].
 
-    Param tree (mirrors HF): embeddings/{patch_embedding, position_embedding},
+    Param tree (mirrors HF): embeddings/{patch_embedding (stem 'patch') or stem_i (stem 'conv'),
+    position_embedding},
     encoder/layers_i/{layer_norm1, self_attn/{q,k,v}_proj, projection_layer, layer_norm2,
     mlp/{fc1, fc2}}, post_layernorm.
     """

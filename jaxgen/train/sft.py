@@ -44,6 +44,7 @@ KIND_NAMES = {KIND_TEXT: "text", KIND_BOI: "boi", KIND_IMAGE: "image", KIND_EOI:
 REASONING_KINDS = ("plan", "caption", "none")
 JUDGE_TASKS = ("yes_no", "describe")  # understanding rows: see jaxgen.data.judge
 CACHE_FILE = "sft_cache.npz"
+VISION_PRETRAIN_FILE = "vision_pretrain.msgpack"
 
 
 # ------------------------------------------------------------------------- tokenizer
@@ -640,20 +641,65 @@ def init_model_params(mc, rng, vq_params=None, generation_embeddings: str = "ran
     return params
 
 
-def _checkpoint_init_fn(path, mc, vq_params):
+def _checkpoint_init_fn(path, mc, vq_params, fresh_parts=(), fresh_init_fn=None):
     """Start from a jaxgen checkpoint (e.g. the judge from the SFT'd policy, as Janus-Pro-R1's
-    self-evaluation does) instead of a random init; its shapes must equal this config's."""
+    self-evaluation does) instead of a random init; its shapes must equal this config's except in
+    `fresh_parts` (top-level parameter groups, e.g. 'vision_model', taken from fresh_init_fn)."""
     from jaxgen.api import load_checkpoint
     params, ckpt_mc, _ = load_checkpoint(path)
-    want = jax.tree.map(lambda x: x.shape, jax.eval_shape(lambda r: janus.init_params(mc, r),
-                                                          jax.random.PRNGKey(0)))
-    have = jax.tree.map(lambda x: x.shape, params)
-    if want != have:
+    want = jax.eval_shape(lambda r: janus.init_params(mc, r), jax.random.PRNGKey(0))
+    unknown = sorted(set(fresh_parts) - set(want))
+    if unknown:
+        raise UserError(f"init_fresh_parts names {unknown}, which this model does not have; "
+                        f"choose from {sorted(want)}")
+
+    def shapes(tree):
+        return jax.tree.map(lambda x: x.shape, {k: v for k, v in tree.items()
+                                                if k not in fresh_parts})
+    if shapes(want) != shapes(params):
         raise UserError(f"init_checkpoint {path} has other parameter shapes than this config "
-                        f"(checkpoint model: {ckpt_mc}); use a checkpoint of the same model config")
+                        f"(checkpoint model: {ckpt_mc}); use a checkpoint of the same model config,"
+                        " or list the differing parts in --config.init_fresh_parts")
     params = dict(params)
     params["vqmodel"] = vq_params
-    return lambda r: jax.tree.map(jnp.asarray, params)
+
+    def init(rng):
+        out = dict(params)
+        if fresh_parts:
+            fresh = fresh_init_fn(rng)
+            out.update({k: fresh[k] for k in fresh_parts})
+        return jax.tree.map(jnp.asarray, out)
+    return init
+
+
+def _with_pretrained_tower(init_fn, config, mc, workdir):
+    """init_fn with the vision tower replaced by one pretrained on patch labels of the training
+    records (jaxgen/train/vision_pretrain.py), computed once per workdir and kept in
+    <workdir>/vision_pretrain.msgpack so a resumed run does not train it again."""
+    import flax.serialization
+    from jaxgen.train import vision_pretrain as vp
+    path = pathlib.Path(workdir) / VISION_PRETRAIN_FILE
+    template = jax.eval_shape(init_fn, jax.random.PRNGKey(0))["vision_model"]
+    if path.exists():
+        tower = flax.serialization.from_bytes(template, path.read_bytes())
+    else:
+        dc, pc = config.data, config.vision_pretrain
+        records = load_records(config, "train", int(dc.num_examples), int(dc.seed))
+        settings = vp.PretrainSettings(steps=int(pc.steps), batch_size=int(pc.batch_size),
+                                       learning_rate=float(pc.learning_rate),
+                                       seed=int(config.seed))
+        tower, metrics = vp.pretrain_tower(mc, records, settings,
+                                           init_fn(jax.random.PRNGKey(int(config.seed)))
+                                           ["vision_model"])
+        print(f"vision pretrain: {metrics}")
+        if jax.process_index() == 0:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(flax.serialization.to_bytes(jax.device_get(tower)))
+            tmp.replace(path)  # atomic: a crash leaves no half-written tower
+
+    def init(rng):
+        return {**init_fn(rng), "vision_model": jax.tree.map(jnp.asarray, tower)}
+    return init
 
 
 def train(config, workdir) -> dict:
@@ -679,7 +725,10 @@ def train(config, workdir) -> dict:
     init_fn = lambda r: init_model_params(  # noqa: E731
         mc, r, vq_params, str(config.get("init_generation_embeddings", "random")))
     if config.get("init_checkpoint"):
-        init_fn = _checkpoint_init_fn(config.init_checkpoint, mc, vq_params)
+        init_fn = _checkpoint_init_fn(config.init_checkpoint, mc, vq_params,
+                                      tuple(config.get("init_fresh_parts", ())), init_fn)
+    if int(config.get("vision_pretrain", {}).get("steps", 0)) > 0:
+        init_fn = _with_pretrained_tower(init_fn, config, mc, workdir)
     state, shardings = state_lib.init_state(
         init_fn, opt, jax.random.PRNGKey(int(config.seed)), mesh, layout,
         janus.param_logical_axes(mc))

@@ -7,6 +7,8 @@ float32 on CPU: vision hidden states and VQ pixels within 1e-4 absolute, VQ code
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 
 import numpy as np
@@ -21,8 +23,8 @@ from transformers.models.janus.modeling_janus import JanusVisionModel, JanusVQVA
 
 from jaxgen.convert.hf_vision_vq import vision_from_hf, vision_to_hf, vq_from_hf, vq_to_hf
 from jaxgen.errors import CheckpointError, UserError
-from jaxgen.models.config import VisionConfig, VQConfig
-from jaxgen.models.vision import VisionTower
+from jaxgen.models.config import ConfigError, VisionConfig, VQConfig
+from jaxgen.models.vision import VisionTower, conv_stem_widths
 from jaxgen.models.vq import VQModel, l2_normalize
 
 ATOL = 1e-4
@@ -98,6 +100,50 @@ def test_vision_round_trip_is_exact(vision):
     assert set(back) == set(tensors)
     for name, x in tensors.items():
         assert back[name].dtype == x.dtype and np.array_equal(back[name], x), name
+
+
+class _TorchStem(torch.nn.Sequential):
+    @property
+    def weight(self):  # HF's embeddings read patch_embedding.weight.dtype
+        return self[0].weight
+
+
+def test_conv_stem_matches_hf_tower_with_a_torch_conv_stem(vision):
+    """vision.stem='conv': HF's tower with its patch embedding swapped for the same stride-2 3x3
+    torch convolutions (GELU between) gives our conv-stem tower's output; the encoder, position
+    embedding and post-norm weights are shared with the patch-stem model."""
+    hf, _, cfg, params = vision
+    conv_cfg = dataclasses.replace(cfg, stem="conv")
+    widths = conv_stem_widths(conv_cfg)
+    assert widths == [8, 16, 32]  # patch 8 -> three halvings ending at hidden_size 32
+    torch.manual_seed(3)
+    convs = [torch.nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)
+             for c_in, c_out in zip([3] + widths[:-1], widths)]
+    layers = [m for conv in convs for m in (conv, torch.nn.GELU())][:-1]
+    hf_conv = copy.deepcopy(hf)
+    hf_conv.embeddings.patch_embedding = _TorchStem(*layers)
+    embeddings = {k: v for k, v in params["embeddings"].items() if k != "patch_embedding"}
+    for i, conv in enumerate(convs):
+        embeddings[f"stem_{i}"] = {"kernel": jnp.asarray(conv.weight.detach().permute(2, 3, 1, 0).numpy()),
+                                   "bias": jnp.asarray(conv.bias.detach().numpy())}
+    conv_params = {**params, "embeddings": embeddings}
+    x = _pixels((BATCH, 3, cfg.image_size, cfg.image_size), 11)
+    with torch.no_grad():
+        ref = hf_conv(x).last_hidden_state.numpy()
+    tower = VisionTower(conv_cfg)
+    shapes = jax.tree.map(lambda a: a.shape, nn.unbox(jax.eval_shape(
+        tower.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))["params"])
+    assert shapes == jax.tree.map(lambda a: a.shape, conv_params)
+    out = jax.jit(tower.apply)({"params": conv_params}, _nhwc(x))
+    np.testing.assert_allclose(np.asarray(out), ref, atol=ATOL, rtol=0)
+    assert np.abs(ref).max() > 0.5
+
+
+def test_conv_stem_config_errors():
+    with pytest.raises(ConfigError, match="vision.stem='pixels'"):
+        VisionConfig(**VISION_KW, stem="pixels")
+    with pytest.raises(ConfigError, match="power of two"):
+        VisionConfig(**{**VISION_KW, "patch_size": 6}, stem="conv")
 
 
 def test_vision_rejects_wrong_image_size(vision):

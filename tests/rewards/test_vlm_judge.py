@@ -168,7 +168,7 @@ def test_vq_codes_judge_matches_the_training_rows(tiny):
         np.testing.assert_allclose(got[i], want, rtol=2e-5, atol=1e-6)
 
 
-def test_understanding_input_is_validated_and_not_exported_to_hf(tiny):
+def test_jaxgen_only_options_are_validated_and_not_exported_to_hf(tiny):
     from jaxgen.convert import hf
     from jaxgen.models.config import ConfigError
     config = tiny[0]
@@ -179,6 +179,10 @@ def test_understanding_input_is_validated_and_not_exported_to_hf(tiny):
     with pytest.raises(ConfigError, match="encoder_attention"):
         vq = dataclasses.replace(config.vq, encoder_attention=False)
         hf.jaxgen_config_to_hf(config.replace(vq=vq))
+    conv_stem = config.replace(vision=dataclasses.replace(config.vision, stem="conv"))
+    with pytest.raises(ConfigError, match="vision.stem='conv'"):
+        hf.jaxgen_config_to_hf(conv_stem)
+    assert hf.hf_compatible(conv_stem).vision.stem == "patch"
 
 
 def _manual_answer_logprob(params, config, tok, question, answer, image_uint8):

@@ -313,6 +313,33 @@ def test_generation_embeddings_start_at_the_vq_codebook(tiny):
         sft.init_model_params(mc, jax.random.PRNGKey(0), None, "codebook")
 
 
+def test_init_checkpoint_with_fresh_parts(tokenizer, tiny, tmp_path):
+    """A judge with another vision tower (conv stem) starts from the policy checkpoint: every part
+    but the listed fresh ones comes from the checkpoint, those from the fresh init; a shape
+    difference outside them, or an unknown part name, is a clear error."""
+    import dataclasses
+    from jaxgen import api
+    _, mc = tiny
+    policy = janus.init_params(mc, jax.random.PRNGKey(1))
+    api.save_checkpoint(tmp_path / "policy", policy, mc, tokenizer[0])
+    conv = mc.replace(vision=dataclasses.replace(mc.vision, stem="conv"))
+    vq_params = policy["vqmodel"]
+    fresh_fn = lambda r: sft.init_model_params(conv, r, vq_params)  # noqa: E731
+    with pytest.raises(UserError, match="init_fresh_parts"):
+        sft._checkpoint_init_fn(tmp_path / "policy", conv, vq_params)
+    with pytest.raises(UserError, match="visual_model"):
+        sft._checkpoint_init_fn(tmp_path / "policy", conv, vq_params, ("visual_model",), fresh_fn)
+    init = sft._checkpoint_init_fn(tmp_path / "policy", conv, vq_params, ("vision_model",),
+                                   fresh_fn)
+    got = init(jax.random.PRNGKey(7))
+    fresh = fresh_fn(jax.random.PRNGKey(7))
+    assert "stem_0" in got["vision_model"]["embeddings"]
+    for part in got:
+        want = fresh[part] if part == "vision_model" else policy[part]
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                     got[part], want)
+
+
 def test_describe_task_rows(tokenizer, tiny):
     """data.judge_task='describe': one row per record whose answer is the record's prompt; a
     blank_fraction of the rows show the blank image; an unknown task is a clear error."""
