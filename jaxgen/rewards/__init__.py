@@ -11,6 +11,8 @@ Built-in rewards (name: what it scores):
                     description, nats per token (VisualGPTScore-style; the demo's reward)
   vlm_boxed         VLM judge answer ending in \\boxed{0/1} (ReasonGen-R1)
   got_semantic, got_spatial, got_prompt_image   GoT-R1 R_sem, R_spa, R_PI
+  vq_consistency    share of image codes that survive decode -> encode through the policy's VQ
+                    (label-free drawing quality)
   constant          a constant
 Compose them with `CompositeReward(spec, context)`; see jaxgen.rewards.base.
 """
@@ -19,4 +21,5 @@ from jaxgen.rewards.base import (CompositeReward, RewardBatch, RewardContext,  #
                                  available, make_reward, register_reward)
 
 
-from jaxgen.rewards import rules, vlm_judge  # noqa: F401,E402  (registers the built-ins)
+# importing the modules registers the built-ins
+from jaxgen.rewards import rules, tokenizer_consistency, vlm_judge  # noqa: F401,E402
