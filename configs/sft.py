@@ -71,6 +71,10 @@ def get_config(arg=None):
         # the codes resampled at `degraded_temperature`), described as "Malformed drawing."
         # (jaxgen/train/self_eval.py): the judge learns drawing quality from matched pairs.
         degraded_fraction=0.0, degraded_temperature=1.0, degraded_code_fraction=(0.25, 1.0),
+        # plus, for 'describe', this fraction of records with one object redrawn malformed by
+        # the renderer (jaxgen/data/corruptions.py: morph, wobble, colour blend, fragment),
+        # also described as "Malformed drawing." (labels from the renderer, not the evaluator).
+        corrupted_fraction=0.0,
         # Pack several generation sequences into each seq_len row (attention stays inside each
         # sequence): the same loss without computing padding.
         packing=False,

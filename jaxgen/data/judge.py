@@ -123,3 +123,21 @@ def describe_examples(records, rng: np.random.Generator, blank_fraction: float) 
                     "answer": meta["prompt"], "category": meta["tag"],
                     "perturbation": "blank" if blank else "describe"})
     return out
+
+
+def corrupted_examples(records, rng: np.random.Generator, fraction: float) -> list:
+    """Describe rows whose image is a record's scene with one object redrawn malformed by the
+    renderer (`corruptions.corrupt_image`), answered DEGRADED_ANSWER; for a `fraction` of the
+    records. perturbation = 'corrupt_<kind>'."""
+    from jaxgen.data.corruptions import corrupt_image
+
+    out = []
+    for rec in records:
+        if fraction <= 0 or rng.random() >= fraction:
+            continue
+        meta = _metadata(rec)
+        image, kind = corrupt_image(rec["image"], rec["plan"], rng)
+        out.append({"image": image, "prompt": meta["prompt"], "question": DESCRIBE_QUESTION,
+                    "answer": DEGRADED_ANSWER, "category": meta["tag"],
+                    "perturbation": f"corrupt_{kind}"})
+    return out

@@ -6,7 +6,8 @@ reward model. Every checkpoint sees the same prompts with the same seeds.
 report/
   report.md, report.json   per-category accuracy of each checkpoint (GenEval overall = mean)
   accuracy.png             grouped bars per category
-  reward_curve.png         GRPO's mean reward per iteration (from its metrics.jsonl)
+  reward_curve.png         GRPO's mean reward per iteration, and each term of a composite
+                           reward (from its metrics.jsonl)
   samples_<name>.png       a grid of samples; samples_<name>.md their prompts, reasoning, verdicts
 """
 
@@ -97,7 +98,22 @@ def read_reward_curve(metrics_path) -> list[tuple[int, float]]:
     return curve
 
 
-def _plots(tables, curve, out_dir: pathlib.Path):
+def read_reward_streams(metrics_path) -> dict[str, list[tuple[int, float]]]:
+    """{reward term name: [(step, mean value)]} from GRPO's 'reward/<name>' metrics (the terms
+    of a composite reward, before weighting), in first-seen order."""
+    path = pathlib.Path(metrics_path)
+    streams: dict[str, list] = {}
+    if not path.exists():
+        return streams
+    for i, line in enumerate(path.read_text().splitlines()):
+        row = json.loads(line)
+        for k, v in row.items():
+            if k.startswith("reward/") and k != "reward/mean":
+                streams.setdefault(k[len("reward/"):], []).append((int(row.get("step", i)), float(v)))
+    return streams
+
+
+def _plots(tables, curve, out_dir: pathlib.Path, streams=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -116,11 +132,17 @@ def _plots(tables, curve, out_dir: pathlib.Path):
     fig.savefig(out_dir / "accuracy.png", dpi=120)
     plt.close(fig)
     if curve:
-        steps, rewards = zip(*curve)
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.plot(steps, rewards, marker=".")
-        ax.set_xlabel("GRPO iteration")
-        ax.set_ylabel("mean reward (judge P(yes))")
+        # the weighted total, then each term of a composite reward on its own scale
+        panels = [("total reward", curve)]
+        if streams and len(streams) > 1:
+            panels += list(streams.items())
+        fig, axes = plt.subplots(len(panels), 1, figsize=(5, 2.2 + 1.6 * (len(panels) - 1)),
+                                 sharex=True, squeeze=False)
+        for ax, (name, points) in zip(axes[:, 0], panels):
+            steps, rewards = zip(*points)
+            ax.plot(steps, rewards, marker=".")
+            ax.set_ylabel(f"mean {name}", fontsize=8)
+        axes[-1, 0].set_xlabel("GRPO iteration")
         fig.tight_layout()
         fig.savefig(out_dir / "reward_curve.png", dpi=120)
         plt.close(fig)
@@ -209,7 +231,7 @@ def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, 
         per_sample[name] = results
         _sample_pages(name, samples, results, eval_config.grid_samples, out_dir)
     curve = read_reward_curve(grpo_metrics)
-    _plots(tables, curve, out_dir)
+    _plots(tables, curve, out_dir, read_reward_streams(grpo_metrics))
     md = markdown_table(tables)
     header = (f"# jaxgen demo: held-out accuracy (%)\n\n{len(metadata)} prompts "
               f"({eval_config.prompts_per_category} per category, split '{eval_config.split}'), "

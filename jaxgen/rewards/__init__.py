@@ -8,7 +8,8 @@ Built-in rewards (name: what it scores):
   got_box_iou       GoT-R1 R_RI: planned boxes vs detected boxes
   vlm_yes_no        VLM judge P(yes)/(P(yes)+P(no)) (T2I-R1, Janus-Pro-R1 R_QA)
   vlm_caption       VLM judge: how much the image raises the prompt's likelihood as its
-                    description, nats per token (VisualGPTScore-style; the demo's reward)
+                    description, nats per token (VisualGPTScore-style; the demo's reward
+                    with 3 x vq_consistency)
   vlm_boxed         VLM judge answer ending in \\boxed{0/1} (ReasonGen-R1)
   got_semantic, got_spatial, got_prompt_image   GoT-R1 R_sem, R_spa, R_PI
   vq_consistency    share of image codes that survive decode -> encode through the policy's VQ

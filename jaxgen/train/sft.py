@@ -293,6 +293,10 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
             from jaxgen.train.self_eval import degraded_examples
             rows += degraded_examples(config, records, tokenizer, mc, vq_params,
                                       float(dc.degraded_fraction))
+        if task == "describe" and float(dc.get("corrupted_fraction", 0.0)) > 0:
+            from jaxgen.data.judge import corrupted_examples
+            rows += corrupted_examples(records, np.random.default_rng(int(dc.seed) + 3),
+                                       float(dc.corrupted_fraction))
         if float(dc.get("caption_fraction", 0.0)) > 0:
             from jaxgen.data.judge import caption_examples
             rows += caption_examples(records, np.random.default_rng(int(dc.seed) + 2),

@@ -33,6 +33,22 @@ def test_reward_curve_reads_grpo_metrics(tmp_path):
     assert compare.read_reward_curve(tmp_path / "missing.jsonl") == []
 
 
+def test_reward_streams_and_their_plot(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": i, "reward_mean": 0.5 * i, "reward/vlm_caption":
+                                        0.01 * i, "reward/vq_consistency": 0.3 + 0.01 * i,
+                                        "time_reward/vlm_caption": 1.0}) + "\n" for i in range(3)))
+    streams = compare.read_reward_streams(path)
+    assert list(streams) == ["vlm_caption", "vq_consistency"]
+    assert streams["vq_consistency"] == [(0, 0.3), (1, 0.31), (2, 0.32)]
+    assert compare.read_reward_streams(tmp_path / "missing.jsonl") == {}
+    compare._plots({"SFT": {"a": 0.5, "overall": 0.5}}, compare.read_reward_curve(path),
+                   tmp_path, streams)
+    from PIL import Image
+    w, h = Image.open(tmp_path / "reward_curve.png").size
+    assert h > w * 0.8  # three stacked panels: total, caption, consistency
+
+
 def test_grid_places_images_row_major():
     images = [np.full((4, 4, 3), i, np.uint8) for i in range(3)]
     grid = compare._grid(images, cols=2)

@@ -3,6 +3,7 @@
 import pytest
 
 from jaxgen.config import load_config
+from jaxgen.data.prompts import CATEGORIES
 from jaxgen.rewards import CompositeReward, RewardContext
 from jaxgen.train import grpo
 
@@ -42,7 +43,18 @@ def test_paper_hyperparameters():
         "product(got_prompt_image,sum(got_semantic,got_spatial),got_box_iou)"]
 
 
-@pytest.mark.parametrize("arg", ["shapes", "shapes_caption", "shapes_detector", "tiny"])
+@pytest.mark.parametrize("arg", ["shapes", "shapes_caption", "shapes_caption_vq",
+                                 "shapes_detector", "tiny"])
 def test_grpo_variants(arg):
     c = load_config(f"grpo:{arg}")
     assert c.grpo.group_size >= 2
+
+
+def test_demo_grpo_rewards_with_the_judge_and_the_tokenizer():
+    c = load_config("configs/demo.py").grpo
+    spec = grpo._resolve_judges(grpo._plain(c.rewards), "J")
+    assert spec["op"] == "sum"
+    assert [(t["name"], float(t.get("weight", 1.0))) for t in spec["terms"]] == [
+        ("vlm_caption", 1.0), ("vq_consistency", 3.0)]
+    assert spec["terms"][0]["kwargs"]["judge"] == "J"
+    assert set(c.data.categories) <= set(CATEGORIES) and len(c.data.categories) == 4
