@@ -269,6 +269,10 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
     dc, lc = config.data, config.loss
     if dc.get("judge_task", "yes_no") not in JUDGE_TASKS:
         raise UserError(f"unknown data.judge_task {dc.judge_task!r}; use one of {JUDGE_TASKS}")
+    for key in ("degraded_fraction", "corrupted_fraction"):  # "Malformed drawing." rows
+        if float(dc.get(key, 0.0)) > 0 and dc.get("judge_task", "yes_no") != "describe":
+            raise UserError(f"data.{key} adds describe rows and needs data.judge_task='describe' "
+                            f"(got {dc.get('judge_task', 'yes_no')!r}); set it to 0 or switch task")
     records = load_records(config, "train", int(dc.num_examples), int(dc.seed))
     vq_model = {"vqmodel": jax.tree.map(jnp.asarray, vq_params)}
     gen = None

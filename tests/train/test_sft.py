@@ -365,3 +365,30 @@ def test_describe_task_rows(tokenizer, tiny):
     vq_params = janus.init_params(mc, jax.random.PRNGKey(0))["vqmodel"]
     with pytest.raises(UserError, match="judge_task"):
         sft.build_dataset(bad, tok, mc, vq_params)
+    for key in ("degraded_fraction", "corrupted_fraction"):  # describe-only options
+        bad = load_config("sft:tiny", [f"--config.data.{key}=0.5", "--config.data.judge_task=yes_no",
+                                       "--config.data.task_mix.understanding=1.0"])
+        with pytest.raises(UserError, match=f"data.{key} adds describe rows"):
+            sft.build_dataset(bad, tok, mc, vq_params)
+
+
+def test_corrupted_fraction_adds_malformed_describe_rows(tokenizer, tiny):
+    """data.corrupted_fraction: the describe dataset gains renderer-corrupted rows whose answer
+    is "Malformed drawing." (about the fraction of the records), the rest unchanged."""
+    from jaxgen.data import judge as judge_data
+    tok, _ = tokenizer
+    config, mc = tiny
+    vq_params = janus.init_params(mc, jax.random.PRNGKey(0))["vqmodel"]
+    base = ["--config.data.judge_task=describe", "--config.data.task_mix.generation=0.0",
+            "--config.data.task_mix.understanding=1.0", "--config.data.num_examples=40",
+            "--config.data.blank_fraction=0.0", "--config.data.seq_len=192"]
+    plain = sft.build_dataset(load_config("sft:tiny", base), tok, mc, vq_params)["understanding"]
+    more = sft.build_dataset(load_config("sft:tiny", base + ["--config.data.corrupted_fraction=0.5"]),
+                             tok, mc, vq_params)["understanding"]
+    extra = len(more["inputs"]) - len(plain["inputs"])
+    assert 10 <= extra <= 30  # ~20 of 40 records
+    np.testing.assert_array_equal(more["inputs"][:len(plain["inputs"])], plain["inputs"])
+    malformed = sft._encode(tok, judge_data.DEGRADED_ANSWER)
+    for row in range(len(plain["inputs"]), len(more["inputs"])):
+        ans = more["targets"][row][more["target_kind"][row] == sft.KIND_ANSWER]
+        assert list(ans[:-1]) == malformed and ans[-1] == mc.eos_token_id
