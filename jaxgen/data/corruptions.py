@@ -42,17 +42,19 @@ def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(mask.astype(np.float64), sigma)
 
 
-def _morph(mask, obj, box, canvas, rng):
-    other = [s for s in SHAPES if s != obj["shape"]][int(rng.integers(len(SHAPES) - 1))]
+# Shape defects: (clean mask, shape name, pixel box, canvas, rng) -> the malformed mask.
+
+def _morph(mask, shape, box, canvas, rng):
+    other = [s for s in SHAPES if s != shape][int(rng.integers(len(SHAPES) - 1))]
     side = max(box[2] - box[0], box[3] - box[1])
     t = rng.uniform(0.4, 0.6)
     blend = t * _soft(mask, 0.08 * side) + (1 - t) * _soft(shape_mask(other, box, canvas), 0.08 * side)
     return blend > 0.5
 
 
-def _wobble(mask, obj, box, canvas, rng):
+def _wobble(mask, shape, box, canvas, rng):
     side = max(box[2] - box[0], box[3] - box[1])
-    # smooth displacement: coarse noise upsampled, amplitude ~ side / 5
+    # smooth displacement: 4x4 noise upsampled, peak amplitude 0.3 of the side
     coarse = rng.normal(size=(2, 4, 4))
     field = np.stack([ndimage.zoom(c, canvas / 4, order=3)[:canvas, :canvas] for c in coarse])
     field *= 0.3 * side / max(np.abs(field).max(), 1e-6)
@@ -61,7 +63,7 @@ def _wobble(mask, obj, box, canvas, rng):
                                    order=1, mode="constant") > 0.5
 
 
-def _fragment(mask, obj, box, canvas, rng):
+def _fragment(mask, shape, box, canvas, rng):
     ys, xs = np.mgrid[0:canvas, 0:canvas] + 0.5
     cy, cx = (box[1] + box[3]) / 2, (box[0] + box[2]) / 2
     angle = rng.uniform(0, 2 * np.pi)
@@ -78,6 +80,9 @@ def _fragment(mask, obj, box, canvas, rng):
     by = cy - np.sin(angle) * 0.6 * side + rng.normal(0, 0.1 * side)
     blob = (xs - bx) ** 2 + (ys - by) ** 2 <= r * r
     return kept | blob
+
+
+_SHAPE_DEFECTS = {"morph": _morph, "wobble": _wobble, "fragment": _fragment}
 
 
 def corrupt_image(image: np.ndarray, plan: str, rng: np.random.Generator,
@@ -102,13 +107,9 @@ def corrupt_image(image: np.ndarray, plan: str, rng: np.random.Generator,
                                    else (128, 128, 128)), np.float64)
     new_mask = mask
     fill = np.broadcast_to(colour, image.shape).copy()
-    if kind == "morph":
-        new_mask = _morph(mask, obj, box, canvas, rng)
-    elif kind == "wobble":
-        new_mask = _wobble(mask, obj, box, canvas, rng)
-    elif kind == "fragment":
-        new_mask = _fragment(mask, obj, box, canvas, rng)
-    else:  # blend
+    if kind in _SHAPE_DEFECTS:
+        new_mask = _SHAPE_DEFECTS[kind](mask, obj["shape"], box, canvas, rng)
+    else:  # blend: same mask, the fill fades into another colour
         names = [c for c in COLORS if c != obj.get("color")]
         target = np.asarray(COLORS[names[int(rng.integers(len(names)))]], np.float64)
         ys, xs = np.mgrid[0:canvas, 0:canvas] + 0.5
