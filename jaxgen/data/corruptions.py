@@ -42,18 +42,29 @@ def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(mask.astype(np.float64), sigma)
 
 
+def _side(box) -> float:
+    return max(box[2] - box[0], box[3] - box[1])
+
+
+def _projection(box, canvas: int, angle: float) -> np.ndarray:
+    """float[canvas, canvas]: each pixel centre's offset from the box centre along `angle`."""
+    ys, xs = np.mgrid[0:canvas, 0:canvas] + 0.5
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return (xs - cx) * np.cos(angle) + (ys - cy) * np.sin(angle)
+
+
 # Shape defects: (clean mask, shape name, pixel box, canvas, rng) -> the malformed mask.
 
 def _morph(mask, shape, box, canvas, rng):
     other = [s for s in SHAPES if s != shape][int(rng.integers(len(SHAPES) - 1))]
-    side = max(box[2] - box[0], box[3] - box[1])
+    side = _side(box)
     t = rng.uniform(0.4, 0.6)
     blend = t * _soft(mask, 0.08 * side) + (1 - t) * _soft(shape_mask(other, box, canvas), 0.08 * side)
     return blend > 0.5
 
 
 def _wobble(mask, shape, box, canvas, rng):
-    side = max(box[2] - box[0], box[3] - box[1])
+    side = _side(box)
     # smooth displacement: 4x4 noise upsampled, peak amplitude 0.3 of the side
     coarse = rng.normal(size=(2, 4, 4))
     field = np.stack([ndimage.zoom(c, canvas / 4, order=3)[:canvas, :canvas] for c in coarse])
@@ -64,17 +75,17 @@ def _wobble(mask, shape, box, canvas, rng):
 
 
 def _fragment(mask, shape, box, canvas, rng):
-    ys, xs = np.mgrid[0:canvas, 0:canvas] + 0.5
-    cy, cx = (box[1] + box[3]) / 2, (box[0] + box[2]) / 2
     angle = rng.uniform(0, 2 * np.pi)
-    proj = (xs - cx) * np.cos(angle) + (ys - cy) * np.sin(angle)
+    proj = _projection(box, canvas, angle)
     inside = proj[mask]
     if inside.size == 0:
         return mask
     cut = np.quantile(inside, rng.uniform(0.3, 0.55))
     kept = mask & (proj >= cut)
     # a stray blob on the removed side, a quarter of the side across
-    side = max(box[2] - box[0], box[3] - box[1])
+    side = _side(box)
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    ys, xs = np.mgrid[0:canvas, 0:canvas] + 0.5
     r = max(1.5, 0.12 * side)
     bx = cx - np.cos(angle) * 0.6 * side + rng.normal(0, 0.1 * side)
     by = cy - np.sin(angle) * 0.6 * side + rng.normal(0, 0.1 * side)
@@ -112,11 +123,8 @@ def corrupt_image(image: np.ndarray, plan: str, rng: np.random.Generator,
     else:  # blend: same mask, the fill fades into another colour
         names = [c for c in COLORS if c != obj.get("color")]
         target = np.asarray(COLORS[names[int(rng.integers(len(names)))]], np.float64)
-        ys, xs = np.mgrid[0:canvas, 0:canvas] + 0.5
-        angle = rng.uniform(0, 2 * np.pi)
-        proj = (xs - (box[0] + box[2]) / 2) * np.cos(angle) + (ys - (box[1] + box[3]) / 2) * np.sin(angle)
-        half = max(box[2] - box[0], box[3] - box[1]) / 2
-        t = np.clip((proj / half + 1) / 2, 0, 1)[..., None] * rng.uniform(0.6, 1.0)
+        proj = _projection(box, canvas, rng.uniform(0, 2 * np.pi))
+        t = np.clip((proj / (_side(box) / 2) + 1) / 2, 0, 1)[..., None] * rng.uniform(0.6, 1.0)
         fill = (1 - t) * colour + t * target
     new_mask = new_mask & ~others
     out = image.copy()

@@ -85,28 +85,26 @@ def markdown_table(tables: dict) -> str:
     return "\n".join(lines)
 
 
-def read_reward_curve(metrics_path) -> list[tuple[int, float]]:
+def _metric_rows(metrics_path) -> list[dict]:
     path = pathlib.Path(metrics_path)
-    if not path.exists():
-        return []
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def read_reward_curve(metrics_path, rows=None) -> list[tuple[int, float]]:
+    """[(step, mean total reward)] from GRPO's metrics.jsonl (`rows`: its parsed lines)."""
     curve = []
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
+    for row in _metric_rows(metrics_path) if rows is None else rows:
         key = next((k for k in REWARD_KEYS if k in row), None)
         if key is not None:
             curve.append((int(row.get("step", len(curve))), float(row[key])))
     return curve
 
 
-def read_reward_streams(metrics_path) -> dict[str, list[tuple[int, float]]]:
+def read_reward_streams(metrics_path, rows=None) -> dict[str, list[tuple[int, float]]]:
     """{reward term name: [(step, mean value)]} from GRPO's 'reward/<name>' metrics (the terms
     of a composite reward, before weighting), in first-seen order."""
-    path = pathlib.Path(metrics_path)
     streams: dict[str, list] = {}
-    if not path.exists():
-        return streams
-    for i, line in enumerate(path.read_text().splitlines()):
-        row = json.loads(line)
+    for i, row in enumerate(_metric_rows(metrics_path) if rows is None else rows):
         for k, v in row.items():
             if k.startswith("reward/") and k != "reward/mean":
                 streams.setdefault(k[len("reward/"):], []).append((int(row.get("step", i)), float(v)))
@@ -230,8 +228,9 @@ def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, 
         tables[name] = accuracy_by_category(results)
         per_sample[name] = results
         _sample_pages(name, samples, results, eval_config.grid_samples, out_dir)
-    curve = read_reward_curve(grpo_metrics)
-    _plots(tables, curve, out_dir, read_reward_streams(grpo_metrics))
+    rows = _metric_rows(grpo_metrics)
+    curve = read_reward_curve(grpo_metrics, rows)
+    _plots(tables, curve, out_dir, read_reward_streams(grpo_metrics, rows))
     md = markdown_table(tables)
     header = (f"# jaxgen demo: held-out accuracy (%)\n\n{len(metadata)} prompts "
               f"({eval_config.prompts_per_category} per category, split '{eval_config.split}'), "

@@ -293,11 +293,11 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
             from jaxgen.data.judge import describe_examples
             rows = describe_examples(records, np.random.default_rng(int(dc.seed) + 1),
                                      float(dc.get("blank_fraction", 0.0)))
-        if task == "describe" and float(dc.get("degraded_fraction", 0.0)) > 0:
+        if float(dc.get("degraded_fraction", 0.0)) > 0:  # describe only (checked above)
             from jaxgen.train.self_eval import degraded_examples
             rows += degraded_examples(config, records, tokenizer, mc, vq_params,
                                       float(dc.degraded_fraction))
-        if task == "describe" and float(dc.get("corrupted_fraction", 0.0)) > 0:
+        if float(dc.get("corrupted_fraction", 0.0)) > 0:
             from jaxgen.data.judge import corrupted_examples
             rows += corrupted_examples(records, np.random.default_rng(int(dc.seed) + 3),
                                        float(dc.corrupted_fraction))
