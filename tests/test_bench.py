@@ -41,3 +41,23 @@ def test_bench_sft_rejects_a_batch_that_accumulation_does_not_divide():
     args.accum, args.torch_batch = 1, -1
     with pytest.raises(UserError, match="--torch-batch >= 0"):
         bench_sft.sft(args)
+
+
+def test_bench_grpo_times_every_jitted_call_of_an_iteration():
+    """The GRPO benchmark splits an iteration into jitted work (sampler, scoring, update, the
+    on-device rewards) and host work; a reward computed on device (the tokenizer round trip)
+    counts as jitted, so the host share stays a small fraction of the iteration."""
+    from jaxgen.bench import grpo as bench_grpo
+    from jaxgen.rewards import tokenizer_consistency
+
+    config = load_config("grpo:tiny")
+    config.rewards = {"op": "sum", "terms": [{"name": "constant"}, {"name": "vq_consistency"}]}
+    config.data.max_prompt_tokens = 40  # the benchmark's tokenizer is built from 500 prompts
+    original = tokenizer_consistency.surviving_code_fraction
+    r = bench_grpo.run_bench(config, iterations=2, warmup=1)
+    assert tokenizer_consistency.surviving_code_fraction is original  # patches undone
+    assert {"sample", "surviving_code_fraction", "runner_update"} <= set(r["jitted_calls"])
+    assert r["time_jitted"] == pytest.approx(sum(r["jitted_calls"].values()))
+    parts = r["time_jitted"] + r["time_host_reward"] + r["time_host_other"]
+    assert parts == pytest.approx(r["time_iteration"])
+    assert 0.0 <= r["share_outside_jit"] < 0.5 and r["batch"] == 8

@@ -45,21 +45,31 @@ def _random_policy(config):
 
 
 class _Timer:
-    """Wraps a callable: blocks on its result and adds the seconds to a counter."""
+    """Wraps a callable: blocks on its result and adds the seconds to `sink[name]`."""
 
-    def __init__(self, fn, sink: list):
-        self.fn, self.sink = fn, sink
+    def __init__(self, fn, name: str, sink: dict):
+        self.fn, self.name, self.sink = fn, name, sink
 
     def __call__(self, *a, **kw):
         start = time.perf_counter()
         out = jax.block_until_ready(self.fn(*a, **kw))
-        self.sink.append(time.perf_counter() - start)
+        self.sink[self.name] = self.sink.get(self.name, 0.0) + time.perf_counter() - start
         return out
 
 
-def run_bench(config, iterations: int, warmup: int, policy=None) -> dict:
-    from jaxgen.rewards import vlm_judge
+def _jitted_entry_points():
+    """(module, attribute) of every jitted function an iteration calls outside the runner; each
+    is looked up through its module at call time, so patching the attribute times every call."""
+    from jaxgen.rewards import tokenizer_consistency, vlm_judge
     from jaxgen.sampling import sampler as sampler_lib
+
+    judge = ("yes_probability", "yes_probability_from_codes", "greedy_answer",
+             "answer_log_likelihood", "answer_log_likelihood_from_codes")
+    return ([(sampler_lib, "sample")] + [(vlm_judge, name) for name in judge]
+            + [(tokenizer_consistency, "surviving_code_fraction")])
+
+
+def run_bench(config, iterations: int, warmup: int, policy=None) -> dict:
     from jaxgen.train import grpo as grpo_lib
 
     if policy is None and not config.get("policy_checkpoint"):
@@ -67,29 +77,27 @@ def run_bench(config, iterations: int, warmup: int, policy=None) -> dict:
     runner = grpo_lib.GRPORunner(config, policy=policy)
     for it in range(warmup):  # compile everything before any wrapper sees a tracer
         runner.iteration(it)
-    jitted: list = []
-    runner._update = _Timer(runner._update, jitted)
-    runner._score = _Timer(runner._score, jitted)
-    runner._decode = _Timer(runner._decode, jitted)
-    originals = (sampler_lib.sample, vlm_judge.yes_probability, vlm_judge.yes_probability_from_codes,
-                 vlm_judge.greedy_answer)
-    sampler_lib.sample = _Timer(originals[0], jitted)
-    vlm_judge.yes_probability = _Timer(originals[1], jitted)
-    vlm_judge.yes_probability_from_codes = _Timer(originals[2], jitted)
-    vlm_judge.greedy_answer = _Timer(originals[3], jitted)
+    jitted: dict = {}
+    for name in ("_update", "_score", "_decode"):
+        setattr(runner, name, _Timer(getattr(runner, name), f"runner{name}", jitted))
+    patched = [(module, attr, getattr(module, attr)) for module, attr in _jitted_entry_points()]
+    for module, attr, fn in patched:
+        setattr(module, attr, _Timer(fn, attr, jitted))
     try:
-        rows = []
+        rows, calls = [], {}
         for it in range(warmup, warmup + iterations):
             jitted.clear()
             m = runner.iteration(it)
             host_reward = sum(v for k, v in runner.reward.timings.items()
                               if k.split("#")[0] in HOST_REWARDS)
-            m["time_jitted"] = sum(jitted)
+            m["time_jitted"] = sum(jitted.values())
             m["time_host_reward"] = host_reward
             rows.append(m)
+            for k, v in jitted.items():
+                calls[k] = calls.get(k, 0.0) + v / iterations
     finally:
-        (sampler_lib.sample, vlm_judge.yes_probability, vlm_judge.yes_probability_from_codes,
-         vlm_judge.greedy_answer) = originals
+        for module, attr, fn in patched:
+            setattr(module, attr, fn)
     keys = ("time_rollout", "time_reward", "time_reference", "time_update", "time_iteration",
             "time_jitted", "time_host_reward")
     out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
@@ -98,6 +106,7 @@ def run_bench(config, iterations: int, warmup: int, policy=None) -> dict:
     out["share_outside_jit"] = other / out["time_iteration"]
     out["share_outside_jit_incl_host_rewards"] = (other + out["time_host_reward"]) / \
         out["time_iteration"]
+    out["jitted_calls"] = calls  # {function: seconds per iteration}
     out["batch"] = runner.batch_size
     out["devices"] = len(runner.mesh.devices.flat)
     return out
@@ -112,6 +121,8 @@ def grpo(args) -> int:
         t = r[f"time_{name}"]
         print(f"  {name:<10} {t:8.3f} s  {100 * t / it:5.1f} %")
     print(f"  jitted work            {r['time_jitted']:8.3f} s")
+    for name, t in sorted(r["jitted_calls"].items(), key=lambda kv: -kv[1]):
+        print(f"    {name:<34} {t:8.3f} s")
     print(f"  host rewards (NumPy)   {r['time_host_reward']:8.3f} s")
     print(f"  other host work        {r['time_host_other']:8.3f} s")
     print(f"share outside jitted work: {100 * r['share_outside_jit']:.2f} % (goal < 5 %); "

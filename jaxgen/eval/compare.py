@@ -6,6 +6,8 @@ reward model. Every checkpoint sees the same prompts with the same seeds.
 report/
   report.md, report.json   per-category accuracy of each checkpoint (GenEval overall = mean)
   accuracy.png             grouped bars per category
+  (the '<name> plan ceiling' columns score each sample's layout plan drawn by the renderer
+  through the VQ: the accuracy with perfect drawing, jaxgen/eval/plan_ceiling.py)
   reward_curve.png         GRPO's mean reward per iteration, and each term of a composite
                            reward (from its metrics.jsonl)
   samples_<name>.png       a grid of samples; samples_<name>.md their prompts, reasoning, verdicts
@@ -15,9 +17,12 @@ from __future__ import annotations
 
 import json
 import pathlib
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
+
+from jaxgen.eval.plan_ceiling import plan_ceiling
 
 REWARD_KEYS = ("reward/mean", "reward_mean", "reward")
 
@@ -186,23 +191,31 @@ def untrained_checkpoint(like_ckpt, out_dir) -> pathlib.Path:
     return save_checkpoint(out_dir, fresh, config, tokenizer)
 
 
-def vq_ceiling(ckpt_dir, metadata: list[dict], seed: int) -> list[dict]:
-    """Ground-truth renderings of the prompts passed through the VQ tokenizer (encode, decode)
-    and scored: the best accuracy any generator using this tokenizer can reach."""
+def vq_roundtrip(ckpt_dir) -> tuple[Callable, int]:
+    """(uint8[B,H,W,3] -> uint8[B,H,W,3] through the checkpoint's VQ encode -> decode, image
+    size): how the tokenizer redraws a picture."""
     import jax
     import jax.numpy as jnp
 
     from jaxgen.api import load_checkpoint, pixels_to_uint8
-    from jaxgen.data.shapes_world import render_for
-    from jaxgen.eval.geneval import score
     from jaxgen.models import janus
 
     params, config, _ = load_checkpoint(ckpt_dir)
     vq = {"vqmodel": params["vqmodel"]}
-    roundtrip = jax.jit(lambda x: janus.vq_decode(vq, config, janus.vq_encode(vq, config, x)))
+    jitted = jax.jit(lambda x: janus.vq_decode(vq, config, janus.vq_encode(vq, config, x)))
+    fn = lambda images: pixels_to_uint8(jitted(jnp.asarray(images, jnp.float32) / 127.5 - 1.0))
+    return fn, config.vq.image_size
+
+
+def vq_ceiling(ckpt_dir, metadata: list[dict], seed: int) -> list[dict]:
+    """Ground-truth renderings of the prompts passed through the VQ tokenizer (encode, decode)
+    and scored: the best accuracy any generator using this tokenizer can reach."""
+    from jaxgen.data.shapes_world import render_for
+    from jaxgen.eval.geneval import score
+
+    roundtrip, size = vq_roundtrip(ckpt_dir)
     rng = np.random.default_rng(seed)
-    images = np.stack([render_for(m, rng, size=config.vq.image_size) for m in metadata])
-    out = pixels_to_uint8(roundtrip(jnp.asarray(images, jnp.float32) / 127.5 - 1.0))
+    out = roundtrip(np.stack([render_for(m, rng, size=size) for m in metadata]))
     return [dict(category=m["tag"], prompt=m["prompt"], correct=bool(score(img, m)["correct"]))
             for img, m in zip(out, metadata)]
 
@@ -211,7 +224,8 @@ def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, 
     """Score every checkpoint on the same held-out prompts; write report/; return the tables.
 
     Besides the named checkpoints the table has 'untrained' (random init, same VQ) and
-    'VQ ceiling' (ground-truth images through the VQ tokenizer).
+    'VQ ceiling' (ground-truth images through the VQ tokenizer), and for each named checkpoint
+    '<name> plan ceiling' (its samples' layout plans drawn by the renderer through the VQ).
     """
     del data_dir  # prompts are regenerated from the seed; same generator as the data build
     out_dir = pathlib.Path(out_dir)
@@ -221,13 +235,19 @@ def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, 
     checkpoints = {"untrained": untrained_checkpoint(first, out_dir.parent / "untrained"),
                    **checkpoints}
     tables = {"VQ ceiling": accuracy_by_category(vq_ceiling(first, metadata, eval_config.seed))}
-    per_sample = {}
+    per_sample, plans = {}, {}
+    roundtrip, size = vq_roundtrip(first)
     for name, ckpt in checkpoints.items():
         samples = generate_images(ckpt, metadata, eval_config, name)
         results = score_samples(samples, metadata, eval_config.samples_per_prompt)
         tables[name] = accuracy_by_category(results)
         per_sample[name] = results
         _sample_pages(name, samples, results, eval_config.grid_samples, out_dir)
+        if name != "untrained":  # its plans never parse
+            plans[f"{name} plan ceiling"] = accuracy_by_category(plan_ceiling(
+                [s.reasoning for s in samples], metadata, eval_config.samples_per_prompt, size,
+                roundtrip))
+    tables.update(plans)
     rows = _metric_rows(grpo_metrics)
     curve = read_reward_curve(grpo_metrics, rows)
     _plots(tables, curve, out_dir, read_reward_streams(grpo_metrics, rows))

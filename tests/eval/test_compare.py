@@ -74,3 +74,46 @@ def test_demo_rejects_unknown_stage(tmp_path):
         config, config_overrides, workdir, stages = "configs/demo.py", [], str(tmp_path), "data,vqq"
     with pytest.raises(UserError, match="unknown demo stage"):
         demo.demo(Args())
+
+
+def test_report_has_a_plan_ceiling_per_trained_model(tmp_path, monkeypatch):
+    """evaluate_and_report adds '<name> plan ceiling': the same samples' plans drawn perfectly.
+    Fakes: 'SFT' plans right but draws nothing, 'GRPO' draws ground truth under a broken plan."""
+    import ml_collections
+    from types import SimpleNamespace
+
+    from jaxgen.data.reasoning import layout_plan
+    from jaxgen.data.shapes_world import render, scene_for
+
+    def fake_samples(ckpt, metadata, cfg, name=""):
+        rng = np.random.default_rng(0)
+        out = []
+        for m in metadata:
+            scene = scene_for(m, rng, 64)
+            for _ in range(cfg.samples_per_prompt):
+                if name == "SFT":
+                    out.append(SimpleNamespace(reasoning=layout_plan(scene),
+                                               image=np.full((64, 64, 3), 240, np.uint8)))
+                else:
+                    out.append(SimpleNamespace(reasoning="<obj>", image=render(scene)))
+        return out
+
+    monkeypatch.setattr(compare, "generate_images", fake_samples)
+    monkeypatch.setattr(compare, "untrained_checkpoint", lambda like, out: "untrained")
+    monkeypatch.setattr(compare, "vq_roundtrip", lambda ckpt: ((lambda x: x), 64))
+    monkeypatch.setattr(compare, "vq_ceiling", lambda ckpt, metadata, seed: [
+        dict(category=m["tag"], correct=True) for m in metadata])
+    cfg = ml_collections.ConfigDict(dict(split="test", prompts_per_category=1,
+                                         samples_per_prompt=2, seed=3, grid_samples=4))
+    out = compare.evaluate_and_report(cfg, None, {"SFT": "sft", "GRPO": "grpo"},
+                                      tmp_path / "metrics.jsonl", tmp_path / "report")
+    tables = out["tables"]
+    assert list(tables) == ["VQ ceiling", "untrained", "SFT", "GRPO", "SFT plan ceiling",
+                            "GRPO plan ceiling"]
+    assert tables["SFT"]["overall"] == 0.0 and tables["GRPO plan ceiling"]["overall"] == 0.0
+    assert tables["GRPO"]["overall"] == 1.0 and tables["SFT plan ceiling"]["overall"] == 1.0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["tables"]["SFT plan ceiling"] == tables["SFT plan ceiling"]
+    header = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines()
+                  if line.startswith("| category |"))
+    assert header.endswith("| SFT plan ceiling | GRPO plan ceiling |")
