@@ -102,11 +102,22 @@ def _judge(config, paths):
     return dict(sft.train(c, str(paths["judge"])))
 
 
+def grpo_stage_config(config, workdir: pathlib.Path):
+    """The GRPO stage's config: the demo's `grpo` with the SFT policy and judge of `workdir`."""
+    c = config.grpo.copy_and_resolve_references()
+    for field, stage in (("policy_checkpoint", "sft"), ("judge_checkpoint", "judge")):
+        path = pathlib.Path(workdir) / stage / "final"
+        if not path.is_dir():
+            raise UserError(f"{path} not found: the demo's {stage} stage has not finished in "
+                            f"{workdir}; run `jaxgen demo --workdir {workdir} --stages "
+                            f"data,vq,sft,judge` first")
+        c[field] = str(path)
+    return c
+
+
 def _grpo(config, paths):
     from jaxgen.train import grpo
-    c = config.grpo.copy_and_resolve_references()
-    c.policy_checkpoint = str(paths["sft"] / "final")
-    c.judge_checkpoint = str(paths["judge"] / "final")
+    c = grpo_stage_config(config, paths["grpo"].parent)
     return dict(grpo.train(c, str(paths["grpo"])))
 
 

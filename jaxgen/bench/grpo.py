@@ -26,6 +26,10 @@ def grpo_args(parser):
                         help="GRPO config (default: configs/grpo.py:shapes_detector)")
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations (compilation)")
+    parser.add_argument("--demo-workdir", default="",
+                        help="benchmark the demo's GRPO stage instead: the `grpo` of "
+                             "configs/demo.py (--config.grpo.x=v overrides it) with the SFT policy "
+                             "and judge of this `jaxgen demo` work directory")
 
 
 def _random_policy(config):
@@ -113,7 +117,11 @@ def run_bench(config, iterations: int, warmup: int, policy=None) -> dict:
 
 
 def grpo(args) -> int:
-    config = load_config(args.config, args.config_overrides)
+    if args.demo_workdir:
+        from jaxgen.demo import grpo_stage_config
+        config = grpo_stage_config(load_config("demo", args.config_overrides), args.demo_workdir)
+    else:
+        config = load_config(args.config, args.config_overrides)
     r = run_bench(config, args.iterations, args.warmup)
     it = r["time_iteration"]
     print(f"GRPO iteration ({r['batch']} samples, {r['devices']} device(s)): {it:.3f} s")

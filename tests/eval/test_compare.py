@@ -76,6 +76,22 @@ def test_demo_rejects_unknown_stage(tmp_path):
         demo.demo(Args())
 
 
+def test_grpo_stage_config_points_at_the_workdir_models(tmp_path):
+    """The demo's GRPO stage (and `jaxgen bench grpo --demo-workdir`) reads the SFT policy and
+    judge of the work directory; an unfinished stage is a clear error naming the command."""
+    from jaxgen.config import load_config
+
+    config = load_config("demo")
+    (tmp_path / "sft" / "final").mkdir(parents=True)
+    with pytest.raises(UserError, match="judge stage has not finished.*--stages data,vq,sft,judge"):
+        demo.grpo_stage_config(config, tmp_path)
+    (tmp_path / "judge" / "final").mkdir(parents=True)
+    c = demo.grpo_stage_config(config, tmp_path)
+    assert c.policy_checkpoint == str(tmp_path / "sft" / "final")
+    assert c.judge_checkpoint == str(tmp_path / "judge" / "final")
+    assert c.rewards.to_dict() == config.grpo.rewards.to_dict() and config.grpo.policy_checkpoint == ""
+
+
 def test_report_has_a_plan_ceiling_per_trained_model(tmp_path, monkeypatch):
     """evaluate_and_report adds '<name> plan ceiling': the same samples' plans drawn perfectly.
     Fakes: 'SFT' plans right but draws nothing, 'GRPO' draws ground truth under a broken plan."""
