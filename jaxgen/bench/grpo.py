@@ -17,8 +17,8 @@ import numpy as np
 
 from jaxgen.config import load_config
 
-HOST_REWARDS = ("format", "geneval", "scene_graph_iou", "plan_prompt_match", "got_box_iou",
-                "constant")
+HOST_REWARDS = ("format", "geneval", "scene_graph_iou", "plan_prompt_match", "plan_layout",
+                "got_box_iou", "constant")
 
 
 def grpo_args(parser):

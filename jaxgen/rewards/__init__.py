@@ -5,6 +5,7 @@ Built-in rewards (name: what it scores):
   geneval           ShapesWorld GenEval-style detector, 1 if every constraint holds (Flow-GRPO)
   scene_graph_iou   SG-IoU between the image's scene graph and the prompt's
   plan_prompt_match rule check of the layout plan against the prompt metadata
+  plan_layout       the plan is well formed and its boxes do not overlap (reads only the plan)
   got_box_iou       GoT-R1 R_RI: planned boxes vs detected boxes
   vlm_yes_no        VLM judge P(yes)/(P(yes)+P(no)) (T2I-R1, Janus-Pro-R1 R_QA)
   vlm_caption       VLM judge: how much the image raises the prompt's likelihood as its

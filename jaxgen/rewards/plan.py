@@ -71,6 +71,20 @@ def box_iou(a, b) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def boxes_apart(a, b, min_gap: float = 0.0) -> bool:
+    """True when boxes a and b (x1, y1, x2, y2) are separated by at least `min_gap` along x or y
+    (min_gap 0: their interiors do not overlap; touching edges are apart)."""
+    gap_x = max(a[0], b[0]) - min(a[2], b[2])
+    gap_y = max(a[1], b[1]) - min(a[3], b[3])
+    return max(gap_x, gap_y) >= min_gap
+
+
+def layout_is_disjoint(objects, min_gap: float = 0.0) -> bool:
+    """Every pair of planned boxes is apart (`boxes_apart`); a one-object plan is."""
+    return all(boxes_apart(a.box, b.box, min_gap)
+               for i, a in enumerate(objects) for b in objects[i + 1:])
+
+
 def draw_plan(objects, size: int, grid: int = PLAN_GRID) -> np.ndarray:
     """uint8[size, size, 3]: white canvas, each planned box filled with its named colour."""
     canvas = np.full((size, size, 3), 255, np.uint8)

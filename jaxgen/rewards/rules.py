@@ -85,6 +85,21 @@ def make_plan_prompt_match(context):
          for t, md in zip(batch.reasoning, batch.metadata)], np.float32)
 
 
+@register_reward("plan_layout")
+def make_plan_layout(context, min_gap: float = 0.0):
+    """Layout sanity of the reasoning, read from the plan alone (no prompt, image or labels): 1
+    when the plan is well formed and its boxes are pairwise apart by >= min_gap grid units, else
+    0. Overlapping boxes hide one object behind another, which no drawing can fix: the demo's
+    SFT model plans them for 40-55% of its multi-object prompts (README)."""
+    if min_gap < 0:
+        raise UserError(f"plan_layout min_gap must be >= 0 grid units, got {min_gap}")
+
+    def score(text):
+        return float(plan_lib.plan_is_well_formed(text)
+                     and plan_lib.layout_is_disjoint(plan_lib.parse_plan(text), min_gap))
+    return lambda batch: np.array([score(t) for t in batch.reasoning], np.float32)
+
+
 def _detection_words(det) -> str:
     parts = [getattr(det, a, None) for a in ("size", "color", "texture", "shape")]
     return " ".join(str(p) for p in parts if p)

@@ -64,6 +64,26 @@ def test_plan_prompt_match():
     np.testing.assert_allclose(out, [1.0, 0.75], rtol=1e-6)
 
 
+def test_plan_layout_rewards_plans_whose_boxes_do_not_overlap():
+    """1 for a well-formed plan with pairwise-apart boxes, 0 for overlap or a broken plan; the
+    SFT-style syntax (no spaces) reads the same; min_gap asks for free space between boxes."""
+    sft_style = ("<obj>small red square</obj><box>(344,78),(562,297)</box> "
+                 "<obj>large cyan circle</obj><box>(594,609),(953,969)</box>")
+    overlapping = ("<obj>large cyan triangle</obj><box>(94,125),(453,484)</box> "
+                   "<obj>small red square</obj><box>(328,297),(547,516)</box>")
+    touching = PLAN.replace("(600,400)", "(300,400)").replace("( 600 , 400 )", "( 300 , 400 )")
+    single = "<obj>small red circle</obj><box>(109,109),(328,328)</box>"
+    texts = [PLAN, sft_style, overlapping, touching, single, "nothing", PLAN + " <obj>x"]
+    out = make_reward("plan_layout")(_batch(texts))
+    np.testing.assert_array_equal(out, [1, 1, 0, 1, 1, 0, 0])
+    # PLAN's boxes are 300 apart along x; sft_style's 32 along x and 312 along y
+    gapped = make_reward("plan_layout", min_gap=200)(_batch([PLAN, sft_style, touching]))
+    np.testing.assert_array_equal(gapped, [1, 1, 0])
+    assert make_reward("plan_layout", min_gap=400)(_batch([PLAN]))[0] == 0.0
+    with pytest.raises(UserError, match="min_gap"):
+        make_reward("plan_layout", min_gap=-1)
+
+
 def test_draw_plan():
     img = plan_lib.draw_plan(plan_lib.parse_plan(PLAN), 20)
     assert img.shape == (20, 20, 3) and img.dtype == np.uint8
