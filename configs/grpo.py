@@ -65,6 +65,9 @@ def base_config():
         # by ~1e-3 when it cannot tell the samples apart; normalising that would amplify noise)
         dynamic_sampling_tol=0.02,
         cfg_mode="cfg", old_logprobs="auto",
+        # a reward tree for the reasoning tokens alone (e.g. {'name': 'plan_layout'}); empty:
+        # `rewards` gives one advantage to reasoning and image tokens alike (T2I-R1)
+        text_rewards=ml_collections.ConfigDict(),
         loss=dict(eps_low=0.2, eps_high=0.28, beta=0.0, aggregation="token_mean",
                   text_weight=1.0, image_weight=1.0),
         entropy=dict(adaptive=False, text_coef=0.0, image_coef=0.0, text_target=2.0,

@@ -6,6 +6,7 @@ One iteration (each stage a pure function; the jitted ones compile once per run)
               tokens); the sampler's log-probs can serve as the old policy's
   reference   teacher-forced log-probs of the frozen reference model (only when beta > 0)
   rewards     the configured reward tree (jaxgen.rewards) on prompts, reasoning, images
+              (optionally a second tree, `grpo.text_rewards`, for the reasoning tokens alone)
   advantages  a registered estimator (jaxgen.train.advantages), dynamic-sampling mask
   update      inner epochs x minibatches of the clipped-ratio loss (jaxgen.train.policy_loss)
 
@@ -295,12 +296,18 @@ class GRPORunner:
         self._score = jax.jit(score_rollout, static_argnums=(1, 3))
         self._decode = jax.jit(decode_images_uint8, static_argnums=1)
 
-        spec = _resolve_judges(_plain(config.rewards), config.get("judge_checkpoint", ""))
+        judge_path = config.get("judge_checkpoint", "")
+        spec = _resolve_judges(_plain(config.rewards), judge_path)
         self.context = RewardContext(mesh=mesh, layout=layout, policy_config=self.model_config,
                                      policy_params_fn=lambda: self.params,
                                      policy_tokenizer=self.tokenizer)
         self.reward = CompositeReward(spec, self.context)
-        self.needs_host_images = bool(_leaf_names(spec) & HOST_IMAGE_REWARDS)
+        # Reasoning tokens can have their own reward (e.g. the plan's layout): then the image
+        # tokens' advantages come from `rewards` and the reasoning tokens' from `text_rewards`.
+        text_spec = _resolve_judges(_plain(g.get("text_rewards") or {}), judge_path)
+        self.text_reward = CompositeReward(text_spec, self.context) if text_spec else None
+        names = _leaf_names(spec) | (_leaf_names(text_spec) if text_spec else set())
+        self.needs_host_images = bool(names & HOST_IMAGE_REWARDS)
         self.prompts = PromptSource(config.data, int(config.seed))
 
     # -------------------------------------------------------------------------------- stages
@@ -327,7 +334,18 @@ class GRPORunner:
         batch = RewardBatch(prompts=texts, reasoning=reasoning, metadata=metadata, images=images,
                             image_tokens=rollout.image_ids_bn)
         total, streams, weights = self.reward(batch)
-        return total, streams, weights, reasoning, images
+        text = None if self.text_reward is None else self.text_reward(batch)
+        return total, streams, weights, reasoning, images, text
+
+    def advantages(self, streams, weights):
+        """(float32[B] advantages, float32[B] keep weights) of one reward tree's streams."""
+        g = self.config.grpo
+        adv, keep, _ = adv_lib.compute_advantages(
+            streams, self.group_size, g.advantage, weights=weights,
+            per_reward_norm=bool(g.per_reward_norm), dynamic_sampling=bool(g.dynamic_sampling),
+            dynamic_sampling_tol=float(g.get("dynamic_sampling_tol", 1e-6)),
+            clip=float(g.advantage_clip))
+        return np.asarray(adv), np.asarray(keep)
 
     def reference(self, rollout):
         if self.ref_params is None:
@@ -390,26 +408,25 @@ class GRPORunner:
         rollout, texts, metadata = self.rollout(iteration, records)
         jax.block_until_ready(rollout)
         t1 = time.perf_counter()
-        total, streams, weights, reasoning, _ = self.rewards(rollout, texts, metadata)
+        total, streams, weights, reasoning, _, text = self.rewards(rollout, texts, metadata)
         t2 = time.perf_counter()
         ref_think, ref_image = self.reference(rollout)
         old_think, old_image = self.old_logprobs(rollout)
         jax.block_until_ready((ref_think, ref_image, old_think, old_image))
         t3 = time.perf_counter()
-        adv, keep, _ = adv_lib.compute_advantages(
-            streams, self.group_size, g.advantage, weights=weights,
-            per_reward_norm=bool(g.per_reward_norm), dynamic_sampling=bool(g.dynamic_sampling),
-            dynamic_sampling_tol=float(g.get("dynamic_sampling_tol", 1e-6)),
-            clip=float(g.advantage_clip))
-        batch = dict(rollout=rollout, adv=self._put_batch(np.asarray(adv)),
-                     keep=self._put_batch(np.asarray(keep)), old_think=old_think,
+        adv, keep = self.advantages(streams, weights)
+        if text is not None:  # (reasoning tokens, image tokens)
+            text_adv, text_keep = self.advantages(text[1], text[2])
+            adv, keep = (text_adv, adv), (text_keep, keep)
+        batch = dict(rollout=rollout, adv=jax.tree.map(self._put_batch, adv),
+                     keep=jax.tree.map(self._put_batch, keep), old_think=old_think,
                      old_image=old_image, ref_think=ref_think, ref_image=ref_image)
         metrics = self.update(batch, iteration)
         jax.block_until_ready(self.params)
         t4 = time.perf_counter()
         metrics.update(
             reward_mean=float(total.mean()), reward_std=float(total.std()),
-            keep_frac=float(np.mean(keep)),
+            keep_frac=float(np.mean(keep[1] if text is not None else keep)),
             think_len=float(np.asarray(rollout.think_mask_bt).sum(1).mean()),
             time_rollout=t1 - t0, time_reward=t2 - t1, time_reference=t3 - t2,
             time_update=t4 - t3, time_iteration=t4 - t0)
@@ -417,6 +434,12 @@ class GRPORunner:
             metrics[f"reward/{name}"] = float(col.mean())
         for name, secs in self.reward.timings.items():
             metrics[f"time_reward/{name}"] = secs
+        if text is not None:
+            metrics.update(text_reward_mean=float(text[0].mean()),
+                           text_keep_frac=float(np.mean(keep[0])))
+            for name, col in zip(self.text_reward.stream_names, text[1].T):
+                key = f"reward/{name}"
+                metrics[key if key not in metrics else f"reward/text:{name}"] = float(col.mean())
         self.last_reasoning = reasoning
         return metrics
 

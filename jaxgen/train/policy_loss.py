@@ -12,7 +12,9 @@ coefficients are c = clip(sinh(psi), -c_max, c_max) with psi moved toward the en
 `adaptive_entropy_update` once per update (outside the gradient).
 
 Text and image streams arrive separately (shapes [B,T] and [B,N]) and are concatenated along
-time, so one advantage covers the whole reasoning-then-image sequence (T2I-R1 BiCoT-GRPO).
+time, so one advantage covers the whole reasoning-then-image sequence (T2I-R1 BiCoT-GRPO), or,
+given a (text, image) pair of advantages and keep weights, each stream gets its own (a reward of
+the reasoning for the reasoning tokens, of the drawing for the image tokens).
 """
 
 from __future__ import annotations
@@ -61,10 +63,10 @@ def k3_kl(logp, ref_logp):
     return jnp.exp(d) - d - 1.0
 
 
-def clipped_surrogate(logp, old_logp, adv_b, eps_low, eps_high):
-    """Per-token -min(rho A, clip(rho) A) and the ratio rho; shapes [B, L], adv_b [B]."""
+def clipped_surrogate(logp, old_logp, adv, eps_low, eps_high):
+    """Per-token -min(rho A, clip(rho) A) and the ratio rho; shapes [B, L], adv [B] or [B, L]."""
     ratio = jnp.exp(logp - old_logp)
-    adv = adv_b[:, None]
+    adv = adv[:, None] if adv.ndim == 1 else adv
     unclipped = ratio * adv
     clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
     return -jnp.minimum(unclipped, clipped), ratio
@@ -82,24 +84,33 @@ def aggregate(values_bl, mask_bl, how: str):
     raise UserError(f"unknown aggregation {how!r}; choose one of {AGGREGATIONS}")
 
 
+def per_stream(x):
+    """(text, image) of a per-sample value given once for both streams or as a pair."""
+    return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
+
+
 def grpo_loss(text: TokenBatch, image: TokenBatch, adv_b, keep_b, cfg: LossConfig,
               entropy_coef_text=0.0, entropy_coef_image=0.0):
     """Scalar GRPO loss over reasoning + image tokens, and a dict of metrics.
 
     Args:
       text, image: TokenBatch streams ([B,T] and [B,N]); T may be 0.
-      adv_b: float32[B] advantages; keep_b: float32[B] sample weights (dynamic sampling).
+      adv_b: float32[B] advantages, or a (text, image) pair of them; keep_b: float32[B] sample
+        weights (dynamic sampling), or a pair.
       entropy_coef_text/_image: scalars (may be traced: adaptive coefficients).
     """
     logp = jnp.concatenate([text.logp, image.logp], axis=1)
     old = jnp.concatenate([text.old_logp, image.old_logp], axis=1)
-    keep = keep_b.astype(jnp.float32)[:, None]
-    tmask = text.mask.astype(jnp.float32) * keep
-    imask = image.mask.astype(jnp.float32) * keep
+    keep_text, keep_image = per_stream(keep_b)
+    tmask = text.mask.astype(jnp.float32) * keep_text.astype(jnp.float32)[:, None]
+    imask = image.mask.astype(jnp.float32) * keep_image.astype(jnp.float32)[:, None]
     mask = jnp.concatenate([tmask, imask], axis=1)
     weight = jnp.concatenate([jnp.full_like(tmask, cfg.text_weight),
                               jnp.full_like(imask, cfg.image_weight)], axis=1)
-    pg, ratio = clipped_surrogate(logp, old, adv_b, cfg.eps_low, cfg.eps_high)
+    adv_text, adv_image = per_stream(adv_b)
+    adv = jnp.concatenate([jnp.broadcast_to(adv_text[:, None], tmask.shape),
+                           jnp.broadcast_to(adv_image[:, None], imask.shape)], axis=1)
+    pg, ratio = clipped_surrogate(logp, old, adv, cfg.eps_low, cfg.eps_high)
     per_token = pg
     metrics = {}
     if cfg.beta > 0:
@@ -117,8 +128,8 @@ def grpo_loss(text: TokenBatch, image: TokenBatch, adv_b, keep_b, cfg: LossConfi
         loss = loss - entropy_coef_text * h_text - entropy_coef_image * h_image
         metrics["entropy_text"] = h_text
         metrics["entropy_image"] = h_image
-    low = (ratio < 1.0 - cfg.eps_low) & (adv_b[:, None] < 0)
-    high = (ratio > 1.0 + cfg.eps_high) & (adv_b[:, None] > 0)
+    low = (ratio < 1.0 - cfg.eps_low) & (adv < 0)
+    high = (ratio > 1.0 + cfg.eps_high) & (adv > 0)
     metrics["clip_frac_low"] = aggregate(low.astype(jnp.float32), mask, "token_mean")
     metrics["clip_frac_high"] = aggregate(high.astype(jnp.float32), mask, "token_mean")
     metrics["ratio"] = aggregate(ratio, mask, "token_mean")

@@ -72,3 +72,37 @@ def test_config_errors(policy):
     c.rewards = {"name": "vlm_yes_no", "kwargs": {"judge": "judge"}}
     with pytest.raises(UserError, match="judge_checkpoint is empty"):
         grpo.GRPORunner(c, policy=policy)
+
+
+@register_reward("test_reasoning_length")
+def _reasoning_length(context):
+    return lambda b: np.array([len(t) for t in b.reasoning], np.float32)
+
+
+def test_text_rewards_give_the_reasoning_tokens_their_own_advantages(policy, monkeypatch):
+    """grpo.text_rewards: reasoning tokens take advantages from their own reward tree, image
+    tokens keep those of `rewards` (equal to a run without text_rewards on the same rollout)."""
+    c = _config(2)
+    c.grpo.text_rewards = {"name": "test_reasoning_length"}
+    runner = grpo.GRPORunner(c, policy=policy)
+    plain = grpo.GRPORunner(_config(2), policy=policy)
+    seen, m = {}, {}
+    for r, key in ((runner, "split"), (plain, "plain")):
+        real = r.update
+        monkeypatch.setattr(r, "update", lambda batch, it, key=key: seen.update({key: batch}) or {})
+        m[key] = r.iteration(0)
+        monkeypatch.setattr(r, "update", real)
+    text_adv, image_adv = (np.asarray(a) for a in seen["split"]["adv"])
+    np.testing.assert_array_equal(image_adv, np.asarray(seen["plain"]["adv"]))
+    lengths = np.array([len(t) for t in runner.last_reasoning], np.float32).reshape(-1, 4)
+    centred = lengths - lengths.mean(axis=1, keepdims=True)
+    varied = lengths.std(axis=1) > 0
+    assert varied.any()
+    np.testing.assert_array_equal(np.sign(text_adv.reshape(-1, 4))[varied], np.sign(centred)[varied])
+    assert "reward/test_reasoning_length" in m["split"] and "text_reward_mean" in m["split"]
+    before = jax.device_get(runner.params["generation_head"])
+    metrics = runner.iteration(1)  # the jitted update takes the (text, image) pair
+    assert np.isfinite(metrics["loss"])
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+                         runner.params["generation_head"], before)
+    assert max(jax.tree.leaves(moved)) > 0

@@ -23,8 +23,12 @@ def _case(seed=0, b=4, t=3, n=5):
 
 
 def _numpy_loss(d, eps_low, eps_high, beta, how, wt, wi, ct, ci):
-    """Token-by-token reference written with Python loops."""
-    b = d["adv"].shape[0]
+    """Token-by-token reference written with Python loops. d['adv'] / d['keep'] hold one value
+    per sample, or a (text, image) pair of them."""
+    pair = lambda x: x if isinstance(x, tuple) else (x, x)
+    adv = dict(zip("ti", pair(d["adv"])))
+    keep = dict(zip("ti", pair(d["keep"])))
+    b = adv["t"].shape[0]
     rows = []  # per sample: list of (loss_token, weight)
     ents = {"t": [], "i": []}
     for s in range(b):
@@ -33,10 +37,10 @@ def _numpy_loss(d, eps_low, eps_high, beta, how, wt, wi, ct, ci):
                 ("t", d["tlp"], d["told"], d["tref"], d["tent"], d["tmask"], wt),
                 ("i", d["ilp"], d["iold"], d["iref"], d["ient"], d["imask"], wi)):
             for j in range(lp.shape[1]):
-                if m[s, j] * d["keep"][s] == 0:
+                if m[s, j] * keep[kind][s] == 0:
                     continue
                 ratio = np.exp(lp[s, j] - old[s, j])
-                a = d["adv"][s]
+                a = adv[kind][s]
                 pg = -min(ratio * a, min(max(ratio, 1 - eps_low), 1 + eps_high) * a)
                 dd = ref[s, j] - lp[s, j]
                 kl = np.exp(dd) - dd - 1
@@ -72,6 +76,26 @@ def test_loss_matches_numpy(how, beta):
     np.testing.assert_allclose(float(loss), want, rtol=1e-5, atol=1e-6)
     assert ("kl" in metrics) == (beta > 0)
     assert float(metrics["clip_frac_low"]) + float(metrics["clip_frac_high"]) > 0
+
+
+@pytest.mark.parametrize("how", ["token_mean", "sequence_mean"])
+def test_per_stream_advantages_match_numpy(how):
+    """A (text, image) pair of advantages and keep weights: reasoning tokens follow the first,
+    image tokens the second (a plan reward for the plan, a drawing reward for the drawing)."""
+    d = _case(2)
+    d["told"] = d["tlp"] + np.array([[0.5, -0.5, 0.0]] * 4, np.float32)
+    rng = np.random.default_rng(5)
+    d["adv"] = (rng.normal(size=4).astype(np.float32), d["adv"])
+    d["keep"] = (np.array([1, 0, 1, 1], np.float32), d["keep"])
+    cfg = P.LossConfig(eps_low=0.2, eps_high=0.28, aggregation=how, text_weight=2.0)
+    text = P.TokenBatch(d["tlp"], d["told"], d["tmask"], d["tref"], d["tent"])
+    image = P.TokenBatch(d["ilp"], d["iold"], d["imask"], d["iref"], d["ient"])
+    loss, _ = jax.jit(P.grpo_loss, static_argnums=4)(text, image, d["adv"], d["keep"], cfg,
+                                                      0.01, 0.002)
+    want = _numpy_loss(d, 0.2, 0.28, 0.0, how, 2.0, 1.0, 0.01, 0.002)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5, atol=1e-6)
+    shared, _ = P.grpo_loss(text, image, d["adv"][1], d["keep"][1], cfg, 0.01, 0.002)
+    assert abs(float(shared) - want) > 1e-3  # the text stream's own advantages matter
 
 
 def test_gradient_at_ratio_one_is_advantage_weighted_logprob_gradient():
