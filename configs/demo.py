@@ -4,13 +4,16 @@ Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
 Runtime:  about 30 minutes on a 2-core CPU alone (each stage resumes from its own directory):
           data 17 s, VQ ~9.5 min, SFT ~9 min, judge ~3 min, GRPO ~6 min, eval ~1.5 min.
 Result:   <workdir>/report/ with a per-category table (report.md, report.json: VQ ceiling,
-          untrained, SFT, GRPO), reward curve (total and each term), accuracy plot and sample
+          untrained, SFT, GRPO, and each model's plan ceiling: its own layout plans drawn
+          perfectly), reward curve (total and each term), accuracy plot and sample
           grids with their reasoning text. Measured 2026-11-23, fresh run (held-out overall, 352
           samples): VQ ceiling 79.5%, untrained 1.1%, SFT 6.2% (single objects 46.9%), GRPO 9.4%
           (62.5%); on 704 other held-out samples 6.5% -> 10.8%; the reward rises 0.80 -> 0.92.
           The describe judge alone cannot rank the policy's samples by shape quality; the
           tokenizer-consistency term ranks them a little (within-prompt AUC 0.63), so the
-          GRPO >= +10 points goal is not met (see README "Where the demo stands").
+          GRPO >= +10 points goal is not met (see README "Where the demo stands"). A second
+          fresh run on another host (47 min) gave SFT 8.5% -> GRPO 6.1% (704 samples), so
+          the gain is not robust; its SFT plans would score 26% if drawn perfectly.
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
   data  configs/data.py:shapes   ShapesWorld datasets + tokenizer

@@ -92,7 +92,8 @@ def run_bench(config, iterations: int, warmup: int, policy=None) -> dict:
         for it in range(warmup, warmup + iterations):
             jitted.clear()
             m = runner.iteration(it)
-            host_reward = sum(v for k, v in runner.reward.timings.items()
+            trees = [runner.reward] + ([runner.text_reward] if runner.text_reward else [])
+            host_reward = sum(v for tree in trees for k, v in tree.timings.items()
                               if k.split("#")[0] in HOST_REWARDS)
             m["time_jitted"] = sum(jitted.values())
             m["time_host_reward"] = host_reward

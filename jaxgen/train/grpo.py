@@ -30,7 +30,6 @@ import functools
 import json
 import pathlib
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -402,7 +401,6 @@ class GRPORunner:
 
     def iteration(self, iteration: int) -> dict:
         """One GRPO iteration; returns metrics with the per-stage wall times (seconds)."""
-        g = self.config.grpo
         t0 = time.perf_counter()
         records = self.prompts.batch(iteration, self.num_prompts)
         rollout, texts, metadata = self.rollout(iteration, records)
