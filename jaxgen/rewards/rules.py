@@ -86,17 +86,36 @@ def make_plan_prompt_match(context):
 
 
 @register_reward("plan_layout")
-def make_plan_layout(context, min_gap: float = 0.0):
+def make_plan_layout(context, min_gap: float = 0.0, max_aspect: float = 0.0,
+                     size_sides: dict | None = None, size_tolerance: float = 0.15):
     """Layout sanity of the reasoning, read from the plan alone (no prompt, image or labels): 1
     when the plan is well formed and its boxes are pairwise apart by >= min_gap grid units, else
     0. Overlapping boxes hide one object behind another, which no drawing can fix: the demo's
-    SFT model plans them for 40-55% of its multi-object prompts (README)."""
-    if min_gap < 0:
-        raise UserError(f"plan_layout min_gap must be >= 0 grid units, got {min_gap}")
+    SFT model plans them for 40-55% of its multi-object prompts (README).
+
+    Optional checks that close the shortcut of squeezing boxes apart (seen in GRPO at lr 1e-4):
+    max_aspect (> 0): every box's longer side is at most max_aspect x its shorter side;
+    size_sides ({size word: side in grid units}, e.g. ShapesWorld's {'small': 220, 'large':
+    360}): a box whose name has the word has both sides within size_tolerance of that side.
+    """
+    if min_gap < 0 or max_aspect < 0 or size_tolerance < 0:
+        raise UserError(f"plan_layout needs min_gap, max_aspect and size_tolerance >= 0, got "
+                        f"{min_gap}, {max_aspect}, {size_tolerance}")
+    sides = dict(size_sides or {})
+
+    def box_ok(obj) -> bool:
+        w, h = obj.box[2] - obj.box[0], obj.box[3] - obj.box[1]
+        if max_aspect > 0 and max(w, h) > max_aspect * min(w, h):
+            return False
+        side = next((sides[word] for word in obj.name.split() if word in sides), None)
+        return side is None or all(abs(v - side) <= size_tolerance * side for v in (w, h))
 
     def score(text):
-        return float(plan_lib.plan_is_well_formed(text)
-                     and plan_lib.layout_is_disjoint(plan_lib.parse_plan(text), min_gap))
+        if not plan_lib.plan_is_well_formed(text):
+            return 0.0
+        objects = plan_lib.parse_plan(text)
+        return float(plan_lib.layout_is_disjoint(objects, min_gap)
+                     and all(box_ok(o) for o in objects))
     return lambda batch: np.array([score(t) for t in batch.reasoning], np.float32)
 
 

@@ -84,6 +84,21 @@ def test_plan_layout_rewards_plans_whose_boxes_do_not_overlap():
         make_reward("plan_layout", min_gap=-1)
 
 
+def test_plan_layout_can_hold_boxes_square_and_to_their_size_words():
+    """max_aspect and size_sides close the shortcut of stretching or shrinking boxes apart."""
+    square = "<obj>small red circle</obj><box>(100,100),(320,320)</box>"
+    stretched = "<obj>small blue triangle</obj><box>(719,516),(938,875)</box>"  # 219 x 359
+    shrunk = "<obj>large red square</obj><box>(500,500),(650,650)</box>"  # 150 for 'large'
+    texts = [square, stretched, shrunk, square + " " + shrunk]
+    np.testing.assert_array_equal(make_reward("plan_layout")(_batch(texts)), [1, 1, 1, 1])
+    np.testing.assert_array_equal(
+        make_reward("plan_layout", max_aspect=1.2)(_batch(texts)), [1, 0, 1, 1])
+    sized = make_reward("plan_layout", size_sides={"small": 220, "large": 360})
+    np.testing.assert_array_equal(sized(_batch(texts)), [1, 0, 0, 0])
+    with pytest.raises(UserError, match="max_aspect"):
+        make_reward("plan_layout", max_aspect=-2)
+
+
 def test_draw_plan():
     img = plan_lib.draw_plan(plan_lib.parse_plan(PLAN), 20)
     assert img.shape == (20, 20, 3) and img.dtype == np.uint8
