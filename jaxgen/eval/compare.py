@@ -207,13 +207,12 @@ def vq_roundtrip(ckpt_dir) -> tuple[Callable, int]:
     return fn, config.vq.image_size
 
 
-def vq_ceiling(ckpt_dir, metadata: list[dict], seed: int) -> list[dict]:
-    """Ground-truth renderings of the prompts passed through the VQ tokenizer (encode, decode)
+def vq_ceiling(roundtrip: Callable, size: int, metadata: list[dict], seed: int) -> list[dict]:
+    """Ground-truth renderings of the prompts passed through the VQ tokenizer (`vq_roundtrip`)
     and scored: the best accuracy any generator using this tokenizer can reach."""
     from jaxgen.data.shapes_world import render_for
     from jaxgen.eval.geneval import score
 
-    roundtrip, size = vq_roundtrip(ckpt_dir)
     rng = np.random.default_rng(seed)
     out = roundtrip(np.stack([render_for(m, rng, size=size) for m in metadata]))
     return [dict(category=m["tag"], prompt=m["prompt"], correct=bool(score(img, m)["correct"]))
@@ -234,9 +233,10 @@ def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, 
     first = next(iter(checkpoints.values()))
     checkpoints = {"untrained": untrained_checkpoint(first, out_dir.parent / "untrained"),
                    **checkpoints}
-    tables = {"VQ ceiling": accuracy_by_category(vq_ceiling(first, metadata, eval_config.seed))}
-    per_sample, plans = {}, {}
     roundtrip, size = vq_roundtrip(first)
+    tables = {"VQ ceiling": accuracy_by_category(
+        vq_ceiling(roundtrip, size, metadata, eval_config.seed))}
+    per_sample, plans = {}, {}
     for name, ckpt in checkpoints.items():
         samples = generate_images(ckpt, metadata, eval_config, name)
         results = score_samples(samples, metadata, eval_config.samples_per_prompt)

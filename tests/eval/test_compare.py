@@ -117,7 +117,7 @@ def test_report_has_a_plan_ceiling_per_trained_model(tmp_path, monkeypatch):
     monkeypatch.setattr(compare, "generate_images", fake_samples)
     monkeypatch.setattr(compare, "untrained_checkpoint", lambda like, out: "untrained")
     monkeypatch.setattr(compare, "vq_roundtrip", lambda ckpt: ((lambda x: x), 64))
-    monkeypatch.setattr(compare, "vq_ceiling", lambda ckpt, metadata, seed: [
+    monkeypatch.setattr(compare, "vq_ceiling", lambda roundtrip, size, metadata, seed: [
         dict(category=m["tag"], correct=True) for m in metadata])
     cfg = ml_collections.ConfigDict(dict(split="test", prompts_per_category=1,
                                          samples_per_prompt=2, seed=3, grid_samples=4))
