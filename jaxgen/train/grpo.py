@@ -412,10 +412,10 @@ class GRPORunner:
         old_think, old_image = self.old_logprobs(rollout)
         jax.block_until_ready((ref_think, ref_image, old_think, old_image))
         t3 = time.perf_counter()
-        adv, keep = self.advantages(streams, weights)
+        adv, keep = image_adv, image_keep = self.advantages(streams, weights)
         if text is not None:  # (reasoning tokens, image tokens)
             text_adv, text_keep = self.advantages(text[1], text[2])
-            adv, keep = (text_adv, adv), (text_keep, keep)
+            adv, keep = (text_adv, image_adv), (text_keep, image_keep)
         batch = dict(rollout=rollout, adv=jax.tree.map(self._put_batch, adv),
                      keep=jax.tree.map(self._put_batch, keep), old_think=old_think,
                      old_image=old_image, ref_think=ref_think, ref_image=ref_image)
@@ -424,7 +424,7 @@ class GRPORunner:
         t4 = time.perf_counter()
         metrics.update(
             reward_mean=float(total.mean()), reward_std=float(total.std()),
-            keep_frac=float(np.mean(keep[1] if text is not None else keep)),
+            keep_frac=float(np.mean(image_keep)),
             think_len=float(np.asarray(rollout.think_mask_bt).sum(1).mean()),
             time_rollout=t1 - t0, time_reward=t2 - t1, time_reference=t3 - t2,
             time_update=t4 - t3, time_iteration=t4 - t0)
@@ -434,7 +434,7 @@ class GRPORunner:
             metrics[f"time_reward/{name}"] = secs
         if text is not None:
             metrics.update(text_reward_mean=float(text[0].mean()),
-                           text_keep_frac=float(np.mean(keep[0])))
+                           text_keep_frac=float(np.mean(text_keep)))
             for name, col in zip(self.text_reward.stream_names, text[1].T):
                 key = f"reward/{name}"
                 metrics[key if key not in metrics else f"reward/text:{name}"] = float(col.mean())

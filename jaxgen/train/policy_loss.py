@@ -64,9 +64,8 @@ def k3_kl(logp, ref_logp):
 
 
 def clipped_surrogate(logp, old_logp, adv, eps_low, eps_high):
-    """Per-token -min(rho A, clip(rho) A) and the ratio rho; shapes [B, L], adv [B] or [B, L]."""
+    """Per-token -min(rho A, clip(rho) A) and the ratio rho; all shapes [B, L]."""
     ratio = jnp.exp(logp - old_logp)
-    adv = adv[:, None] if adv.ndim == 1 else adv
     unclipped = ratio * adv
     clipped = jnp.clip(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
     return -jnp.minimum(unclipped, clipped), ratio
