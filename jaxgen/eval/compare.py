@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from jaxgen.eval import stats
 from jaxgen.eval.plan_ceiling import plan_ceiling
 
 REWARD_KEYS = ("reward/mean", "reward_mean", "reward")
@@ -219,6 +220,14 @@ def vq_ceiling(roundtrip: Callable, size: int, metadata: list[dict], seed: int) 
             for img, m in zip(out, metadata)]
 
 
+def paired_differences(per_sample: dict, samples_per_prompt: int, seed: int) -> dict:
+    """{'<name> - <first>': stats.paired_difference} for every trained model after the first
+    (the demo: 'GRPO - SFT'); the untrained model is left out."""
+    names = [n for n in per_sample if n != "untrained"]
+    return {f"{n} - {names[0]}": stats.paired_difference(
+        per_sample[names[0]], per_sample[n], samples_per_prompt, seed=seed) for n in names[1:]}
+
+
 def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, out_dir) -> dict:
     """Score every checkpoint on the same held-out prompts; write report/; return the tables.
 
@@ -248,6 +257,7 @@ def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, 
                 [s.reasoning for s in samples], metadata, eval_config.samples_per_prompt, size,
                 roundtrip))
     tables.update(plans)
+    differences = paired_differences(per_sample, eval_config.samples_per_prompt, eval_config.seed)
     rows = _metric_rows(grpo_metrics)
     curve = read_reward_curve(grpo_metrics, rows)
     _plots(tables, curve, out_dir, read_reward_streams(grpo_metrics, rows))
@@ -255,8 +265,11 @@ def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, 
     header = (f"# jaxgen demo: held-out accuracy (%)\n\n{len(metadata)} prompts "
               f"({eval_config.prompts_per_category} per category, split '{eval_config.split}'), "
               f"{eval_config.samples_per_prompt} samples each; pixel-only evaluator.\n\n")
+    md += "".join(f"\n\n{stats.describe_difference(key, d)}"
+                  for key, d in differences.items())
     (out_dir / "report.md").write_text(header + md + "\n")
-    report = dict(tables=tables, reward_curve=curve, num_prompts=len(metadata))
+    report = dict(tables=tables, differences=differences, reward_curve=curve,
+                  num_prompts=len(metadata))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "samples.jsonl").write_text(
         "".join(json.dumps(dict(model=n, **r)) + "\n" for n, rs in per_sample.items() for r in rs))

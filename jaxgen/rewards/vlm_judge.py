@@ -463,9 +463,22 @@ def make_caption(context, judge: str = "policy", question: str = judge_data.DESC
         total, length = vlm.answer_logprob(questions, answers, max_answer_tokens=max_answer_tokens,
                                            **kw)
         if baseline == "blank":
-            blank = np.broadcast_to(judge_data.blank_image(size), (len(answers), size, size, 3))
-            prior, _ = vlm.answer_logprob(questions, answers, images=np.ascontiguousarray(blank),
-                                          max_answer_tokens=max_answer_tokens)
-            total = total - prior
+            total = total - blank_prior(vlm, question, answers, size, max_answer_tokens)
         return total / jnp.maximum(length, 1)
     return fn
+
+
+def blank_prior(vlm: VLMJudge, question: str, answers: list[str], size: int,
+                max_answer_tokens: int):
+    """float32[B]: log p(answer | blank image, question) for every answer, computed once per
+    distinct answer (a GRPO batch repeats each prompt G times). The distinct answers are padded
+    to a power-of-two count by repeating the first, so the judge compiles for a few row counts
+    only (one, when every batch holds the same number of prompts)."""
+    unique = list(dict.fromkeys(answers))
+    rows = min(len(answers), 1 << (len(unique) - 1).bit_length())
+    padded = unique + unique[:1] * (rows - len(unique))
+    blank = np.broadcast_to(judge_data.blank_image(size), (rows, size, size, 3))
+    prior, _ = vlm.answer_logprob([question] * rows, padded, images=np.ascontiguousarray(blank),
+                                  max_answer_tokens=max_answer_tokens)
+    position = {a: i for i, a in enumerate(unique)}
+    return jnp.take(prior, jnp.asarray([position[a] for a in answers], jnp.int32))

@@ -130,6 +130,9 @@ def test_report_has_a_plan_ceiling_per_trained_model(tmp_path, monkeypatch):
     assert tables["GRPO"]["overall"] == 1.0 and tables["SFT plan ceiling"]["overall"] == 1.0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["tables"]["SFT plan ceiling"] == tables["SFT plan ceiling"]
+    gain = report["differences"]["GRPO - SFT"]  # every GRPO sample right, every SFT one wrong
+    assert gain["difference"] == gain["low"] == gain["high"] == 1.0
+    assert "GRPO - SFT: +100.0 points overall" in (tmp_path / "report" / "report.md").read_text()
     header = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines()
                   if line.startswith("| category |"))
     assert header.endswith("| SFT plan ceiling | GRPO plan ceiling |")

@@ -233,6 +233,35 @@ def test_caption_reward_matches_manual_log_likelihoods(tiny):
                                atol=1e-6)
 
 
+def test_caption_blank_prior_is_computed_once_per_distinct_prompt(tiny):
+    """A GRPO batch (3 prompts x 2 samples, grouped) gets the same rewards as row-by-row blank
+    priors, while the judge scores the blank image for 4 rows only (3 distinct prompts padded
+    to a power of two), not 6."""
+    from jaxgen.data import judge as judge_data
+    from jaxgen.rewards.vlm_judge import blank_prior
+    config, params, tok, judge = tiny
+    prompts = [p for p in ["a red circle", "two blue squares", "a cyan circle"] for _ in range(2)]
+    question = judge_data.DESCRIBE_QUESTION
+    rows_seen = []
+    original = judge.answer_logprob
+
+    def counting(questions, answers, **kw):
+        rows_seen.append(len(answers))
+        return original(questions, answers, **kw)
+
+    judge.answer_logprob = counting
+    try:
+        got = np.asarray(blank_prior(judge, question, prompts, 16, 48))
+    finally:
+        del judge.answer_logprob
+    assert rows_seen == [4]
+    blank = judge_data.blank_image(16)
+    for i, p in enumerate(prompts):
+        want, _ = _manual_answer_logprob(params, config, tok, question, p, blank)
+        np.testing.assert_allclose(got[i], want, rtol=1e-5)
+    assert got[0] == got[1] and got[2] == got[3]
+
+
 def test_caption_reward_decodes_codes_in_graph_and_rejects_long_answers(tiny):
     config, params, tok, judge = tiny
     codes, host = _codes_and_host_images(params, config, 4)
