@@ -234,6 +234,8 @@ def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, 
     Besides the named checkpoints the table has 'untrained' (random init, same VQ) and
     'VQ ceiling' (ground-truth images through the VQ tokenizer), and for each named checkpoint
     '<name> plan ceiling' (its samples' layout plans drawn by the renderer through the VQ).
+    report.json's 'differences' (and report.md's last lines) hold each later model's overall
+    change over the first with its paired bootstrap interval (`paired_differences`).
     """
     del data_dir  # prompts are regenerated from the seed; same generator as the data build
     out_dir = pathlib.Path(out_dir)
