@@ -33,6 +33,8 @@ def paired_difference(base: list[dict], other: list[dict], samples_per_prompt: i
     Returns {'difference', 'low', 'high', 'level', 'std_error', 'num_prompts'}; the bounds are
     percentiles of `num_resamples` resampled differences.
     """
+    if not 0 < level < 1 or num_resamples < 2:
+        raise ValueError(f"need 0 < level < 1 and num_resamples >= 2, got {level}, {num_resamples}")
     cats, a = _per_prompt_correct(base, samples_per_prompt)
     other_cats, b = _per_prompt_correct(other, samples_per_prompt)
     if cats != other_cats:

@@ -66,3 +66,5 @@ def test_mismatched_inputs_are_rejected():
         paired_difference(base, _results([1, 0, 1, 0], ["b", "b", "a", "a"]), 2)
     with pytest.raises(ValueError, match="whole groups"):
         paired_difference(base, base, 3)
+    with pytest.raises(ValueError, match="level"):
+        paired_difference(base, base, 2, level=95)
