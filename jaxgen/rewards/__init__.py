@@ -16,6 +16,8 @@ Built-in rewards (name: what it scores):
   vq_consistency    share of image codes that survive decode -> encode through the policy's VQ
                     (label-free drawing quality)
   constant          a constant
+  random_control    uniform noise hashed from the sample: a control run's reward (how far GRPO
+                    drifts on no information)
 Compose them with `CompositeReward(spec, context)`; see jaxgen.rewards.base.
 """
 

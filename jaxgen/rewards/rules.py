@@ -6,6 +6,7 @@ host, which is fine for a detector, and their time is reported by the benchmark.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
@@ -170,3 +171,23 @@ def make_got_box_iou(context):
 def make_constant(context, value: float = 1.0):
     """A constant (useful as a product's scale or in tests)."""
     return lambda batch: np.full((len(batch),), value, np.float32)
+
+
+@register_reward("random_control")
+def make_random_control(context, seed: int = 0):
+    """Uniform noise in [0, 1): a hash of `seed` and the sample (prompt, reasoning, and its image
+    codes or pixels when the batch has them), so a rerun or a resumed run sees the same values.
+    A control: GRPO on a reward that carries no information shows how far the policy drifts
+    anyway (sampling noise, Adam's normalised steps), the yardstick for a real reward's gain."""
+    def fn(batch: RewardBatch):
+        pictures = batch.image_tokens if batch.image_tokens is not None else batch.images
+        pictures = None if pictures is None else np.asarray(pictures)
+        out = np.empty(len(batch), np.float32)
+        for i in range(len(batch)):
+            h = hashlib.blake2b(f"{seed}\0{batch.prompts[i]}\0{batch.reasoning[i]}".encode(),
+                                digest_size=8)
+            if pictures is not None:
+                h.update(np.ascontiguousarray(pictures[i]).tobytes())
+            out[i] = (int.from_bytes(h.digest(), "little") >> 40) / 2.0 ** 24  # exact in float32
+        return out
+    return fn

@@ -159,3 +159,33 @@ def test_composite_sum_and_product():
 def test_pixel_rewards_need_images():
     with pytest.raises(UserError, match="needs decoded images"):
         make_reward("got_box_iou")(_batch([PLAN]))
+
+
+def test_random_control_is_uniform_and_a_function_of_the_sample():
+    """Values in [0, 1), uniform over 4000 samples (mean and quartiles within 0.02), the same
+    for the same sample (a resumed run sees them again), different when any part of the sample
+    or the seed changes."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    tokens = rng.integers(0, 256, (n, 16), dtype=np.int32)
+    batch = RewardBatch(prompts=["a red circle"] * n, reasoning=["plan"] * n, metadata=[{}] * n,
+                        image_tokens=tokens)
+    values = make_reward("random_control")(batch)
+    assert values.dtype == np.float32 and values.min() >= 0.0 and values.max() < 1.0
+    assert abs(values.mean() - 0.5) < 0.02
+    np.testing.assert_allclose(np.quantile(values, [0.25, 0.5, 0.75]), [0.25, 0.5, 0.75],
+                               atol=0.02)
+    np.testing.assert_array_equal(make_reward("random_control")(batch), values)
+    assert not np.any(make_reward("random_control", seed=1)(batch) == values)
+    first = RewardBatch(prompts=["a red circle"] * 4, reasoning=["plan"] * 4, metadata=[{}] * 4,
+                        image_tokens=np.stack([tokens[0]] * 4))
+    same = make_reward("random_control")(first)
+    assert np.all(same == values[0])
+    changed = [first, RewardBatch(prompts=["a blue circle"], reasoning=["plan"], metadata=[{}],
+                                  image_tokens=tokens[:1]),
+               RewardBatch(prompts=["a red circle"], reasoning=["plan!"], metadata=[{}],
+                           image_tokens=tokens[:1]),
+               RewardBatch(prompts=["a red circle"], reasoning=["plan"], metadata=[{}],
+                           images=np.zeros((1, 8, 8, 3), np.uint8))]
+    outs = [float(make_reward("random_control")(b)[0]) for b in changed[1:]]
+    assert len({float(values[0]), *outs}) == 4
