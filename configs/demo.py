@@ -1,8 +1,9 @@
 """`jaxgen demo`: the embedded end-to-end run on ShapesWorld.
 
 Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
-Runtime:  about 30 minutes on a 2-core CPU alone (each stage resumes from its own directory):
-          data 17 s, VQ ~9.5 min, SFT ~9 min, judge ~3 min, GRPO ~6 min, eval ~1.5 min.
+Runtime:  30-47 minutes on a 2-core CPU alone, by host (each stage resumes from its own
+          directory): data 17-30 s, VQ 9.5-18 min, SFT 9-12 min, judge 3-4 min, GRPO 6-9 min,
+          eval 1.5-4 min.
 Result:   <workdir>/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO, and each model's plan ceiling: its own layout plans drawn
           perfectly), reward curve (total and each term), accuracy plot and sample
@@ -13,7 +14,10 @@ Result:   <workdir>/report/ with a per-category table (report.md, report.json: V
           tokenizer-consistency term ranks them a little (within-prompt AUC 0.63), so the
           GRPO >= +10 points goal is not met (see README "Where the demo stands"). A second
           fresh run on another host (47 min) gave SFT 8.5% -> GRPO 6.1% (704 samples), so
-          the gain is not robust; its SFT plans would score 26% if drawn perfectly.
+          the gain is not robust; its SFT plans would score 26% if drawn perfectly. On that
+          SFT model three GRPO seeds give -2.4 / -0.9 / +1.3 points and GRPO on pure noise
+          (the 'random_control' reward) -0.3: the report's last line, GRPO - SFT with its
+          paired 95% interval, says whether a run's gain is more than that drift.
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
   data  configs/data.py:shapes   ShapesWorld datasets + tokenizer
