@@ -16,7 +16,7 @@ Result:   <workdir>/report/ with a per-category table (report.md, report.json: V
           fresh run on another host (47 min) gave SFT 8.5% -> GRPO 6.1% (704 samples), so
           the gain is not robust; its SFT plans would score 26% if drawn perfectly. On that
           SFT model three GRPO seeds give -2.4 / -0.9 / +1.3 points and GRPO on pure noise
-          (the 'random_control' reward) -0.3: the report's last line, GRPO - SFT with its
+          (the 'random_control' reward) -0.3 / -2.6: the report's last line, GRPO - SFT with its
           paired 95% interval, says whether a run's gain is more than that drift.
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
