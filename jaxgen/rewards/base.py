@@ -74,6 +74,12 @@ def available() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def defined_in(module: str) -> tuple[str, ...]:
+    """Names of the registered rewards whose factory lives in `module` (e.g. the host NumPy
+    rewards of 'jaxgen.rewards.rules')."""
+    return tuple(n for n in available() if _FACTORIES[n].__module__ == module)
+
+
 def make_reward(name: str, context: RewardContext | None = None, **kwargs) -> Callable:
     """Build one registered reward function."""
     available()

@@ -189,3 +189,11 @@ def test_random_control_is_uniform_and_a_function_of_the_sample():
                            images=np.zeros((1, 8, 8, 3), np.uint8))]
     outs = [float(make_reward("random_control")(b)[0]) for b in changed[1:]]
     assert len({float(values[0]), *outs}) == 4
+
+
+def test_host_rewards_are_the_rules_module_registrations():
+    """The GRPO benchmark times these as host work; a new NumPy reward joins without a list."""
+    from jaxgen.rewards.base import defined_in
+    host = defined_in("jaxgen.rewards.rules")
+    assert {"geneval", "plan_layout", "random_control", "constant"} <= set(host)
+    assert not {"vlm_caption", "vq_consistency"} & set(host)
