@@ -64,6 +64,8 @@ def base_config():
         # groups whose rewards spread by less than this carry no signal (a judge's P(yes) jitters
         # by ~1e-3 when it cannot tell the samples apart; normalising that would amplify noise)
         dynamic_sampling_tol=0.02,
+        # scales negative advantages: 1 plain GRPO, 0 only the samples that beat their group
+        negative_advantage_scale=1.0,
         cfg_mode="cfg", old_logprobs="auto",
         # a reward tree for the reasoning tokens alone (e.g. {'name': 'plan_layout'}); empty:
         # `rewards` gives one advantage to reasoning and image tokens alike (T2I-R1)

@@ -10,6 +10,10 @@ Estimators (REFERENCE.md section 3):
   'mean_centred'   r - mean_g                                         (Dr. GRPO)
 Multi-reward inputs float32[B, K] (one column per reward stream) are either summed with weights
 first and normalised once, or normalised per stream then summed (Janus-Pro-R1, GDPO).
+Negative advantages can be scaled down (`negative_scale` < 1; 0 keeps only the samples that beat
+their group, as RAFT / rejection-sampling fine-tuning does): with sparse rewards most of a group
+sits below its mean, and pushing all of them down spreads probability over the codes nobody
+sampled, which is how image entropy rises during GRPO.
 Dynamic sampling (ReasonGen-R1, DAPO) keeps shapes fixed: a group whose rewards are all equal
 gets weight 0 in `group_keep_mask` instead of being removed, so nothing recompiles.
 """
@@ -89,7 +93,8 @@ def group_keep_mask(rewards_b, group_size: int, tol: float = 1e-6):
 def compute_advantages(rewards_bk, group_size: int, estimator: str = "grpo",
                        weights: Sequence[float] | None = None, per_reward_norm: bool = False,
                        dynamic_sampling: bool = False, clip: float = 0.0,
-                       dynamic_sampling_tol: float = 1e-6, **estimator_kw):
+                       dynamic_sampling_tol: float = 1e-6, negative_scale: float = 1.0,
+                       **estimator_kw):
     """Advantages from one or several reward streams.
 
     Args:
@@ -102,6 +107,8 @@ def compute_advantages(rewards_bk, group_size: int, estimator: str = "grpo",
         binary rewards; a continuous judge needs a tolerance above its noise, or group
         normalisation turns that noise into full-size advantages).
       clip: if > 0, clip advantages to [-clip, clip] (Flow-GRPO uses 5).
+      negative_scale: multiplies the negative advantages (after clipping); 1 is plain GRPO,
+        0 learns from the better-than-group samples only.
     Returns:
       (advantages_b float32[B], keep_b float32[B], total_reward_b float32[B]).
     """
@@ -126,4 +133,9 @@ def compute_advantages(rewards_bk, group_size: int, estimator: str = "grpo",
         adv_b = adv_b * keep_b
     if clip > 0:
         adv_b = jnp.clip(adv_b, -clip, clip)
+    if not 0.0 <= negative_scale <= 1.0:
+        raise UserError(f"grpo.negative_advantage_scale={negative_scale} must lie in [0, 1] "
+                        "(1: plain GRPO, 0: positive advantages only)")
+    if negative_scale != 1.0:
+        adv_b = jnp.where(adv_b < 0, adv_b * negative_scale, adv_b)
     return adv_b, keep_b, total_b

@@ -231,6 +231,9 @@ class GRPORunner:
         self.batch_size = self.group_size * self.num_prompts
         if g.cfg_mode not in CFG_MODES:
             raise UserError(f"grpo.cfg_mode={g.cfg_mode!r}; choose one of {CFG_MODES}")
+        if not 0.0 <= float(g.get("negative_advantage_scale", 1.0)) <= 1.0:
+            raise UserError(f"grpo.negative_advantage_scale={g.negative_advantage_scale} must lie "
+                            "in [0, 1] (1: plain GRPO, 0: positive advantages only)")
         if g.old_logprobs not in OLD_LOGPROBS:
             raise UserError(f"grpo.old_logprobs={g.old_logprobs!r}; choose one of {OLD_LOGPROBS}")
         if self.batch_size % int(g.minibatches):
@@ -343,7 +346,8 @@ class GRPORunner:
             streams, self.group_size, g.advantage, weights=weights,
             per_reward_norm=bool(g.per_reward_norm), dynamic_sampling=bool(g.dynamic_sampling),
             dynamic_sampling_tol=float(g.get("dynamic_sampling_tol", 1e-6)),
-            clip=float(g.advantage_clip))
+            clip=float(g.advantage_clip),
+            negative_scale=float(g.get("negative_advantage_scale", 1.0)))
         return np.asarray(adv), np.asarray(keep)
 
     def reference(self, rollout):

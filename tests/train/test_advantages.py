@@ -99,3 +99,19 @@ def test_per_reward_norm_vs_sum_then_norm():
 def test_clip():
     adv, _, _ = A.compute_advantages(np.array([0, 0, 0, 100.0]), 4, "mean_centred", clip=5.0)
     np.testing.assert_allclose(np.asarray(adv), [-5, -5, -5, 5])
+
+
+def test_negative_scale_keeps_positives_and_scales_negatives():
+    r = np.array([1.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 1.0])
+    plain, _, _ = A.compute_advantages(r, 4, "mean_centred")
+    np.testing.assert_allclose(np.asarray(plain), [0.75, -0.25, -0.25, -0.25, 0, 0, -0.5, 0.5])
+    half, _, _ = A.compute_advantages(r, 4, "mean_centred", negative_scale=0.5)
+    np.testing.assert_allclose(np.asarray(half), [0.75, -0.125, -0.125, -0.125, 0, 0, -0.25, 0.5])
+    pos, _, _ = A.compute_advantages(r, 4, "mean_centred", negative_scale=0.0)
+    np.testing.assert_allclose(np.asarray(pos), [0.75, 0, 0, 0, 0, 0, 0, 0.5])
+    # applied after clipping: a clipped negative is scaled from the clip value
+    clipped, _, _ = A.compute_advantages(np.array([0, 0, 0, 100.0]), 4, "mean_centred",
+                                         clip=5.0, negative_scale=0.2)
+    np.testing.assert_allclose(np.asarray(clipped), [-1, -1, -1, 5])
+    with pytest.raises(UserError, match="negative_advantage_scale"):
+        A.compute_advantages(r, 4, "grpo", negative_scale=1.5)

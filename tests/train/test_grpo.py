@@ -106,3 +106,22 @@ def test_text_rewards_give_the_reasoning_tokens_their_own_advantages(policy, mon
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
                          runner.params["generation_head"], before)
     assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_negative_advantage_scale_reaches_the_update(policy, monkeypatch):
+    """grpo.negative_advantage_scale=0: the update sees plain GRPO's advantages with the
+    negative ones zeroed (same rollout), and the config rejects a scale outside [0, 1]."""
+    seen = {}
+    for key, scale in (("plain", 1.0), ("positive", 0.0)):
+        c = _config(2)
+        c.grpo.negative_advantage_scale = scale
+        runner = grpo.GRPORunner(c, policy=policy)
+        monkeypatch.setattr(runner, "update", lambda batch, it, key=key: seen.update({key: batch}) or {})
+        runner.iteration(0)
+    plain, positive = np.asarray(seen["plain"]["adv"]), np.asarray(seen["positive"]["adv"])
+    assert (plain < 0).any() and (plain > 0).any()
+    np.testing.assert_array_equal(positive, np.maximum(plain, 0))
+    c = _config(1)
+    c.grpo.negative_advantage_scale = -0.5
+    with pytest.raises(UserError, match="negative_advantage_scale"):
+        grpo.GRPORunner(c, policy=policy)
