@@ -125,3 +125,37 @@ def test_negative_advantage_scale_reaches_the_update(policy, monkeypatch):
     c.grpo.negative_advantage_scale = -0.5
     with pytest.raises(UserError, match="negative_advantage_scale"):
         grpo.GRPORunner(c, policy=policy)
+    c = _config(1)
+    c.grpo.negative_advantage_scale, c.grpo.cfg_mode = 0.0, "conditional"
+    with pytest.warns(UserWarning, match="cfg_mode='cfg'"):
+        grpo.GRPORunner(c, policy=policy)
+
+
+def test_positive_only_update_raises_the_samplers_probability_of_rewarded_samples(policy):
+    """cfg_mode='cfg' scores image tokens under the sampler's own distribution (CFG-combined
+    logits at the image temperature), so learning from the better-than-group samples only must
+    make exactly those samples more likely for the sampler (and leave the others' advantage 0)."""
+    c = _config(3)
+    c.grpo.loss.beta = 0.0
+    c.grpo.cfg_mode = "cfg"
+    c.grpo.negative_advantage_scale = 0.0
+    c.optim.learning_rate = 3e-3
+    runner = grpo.GRPORunner(c, policy=policy)
+    assert runner.score.cfg_weight != 1.0
+    records = runner.prompts.batch(0, runner.num_prompts)
+    rollout, texts, metadata = runner.rollout(0, records)
+    _, streams, weights, *_ = runner.rewards(rollout, texts, metadata)
+    adv, keep = runner.advantages(streams, weights)
+    positive = adv > 0
+    assert positive.any() and (adv >= 0).all()
+    batch = dict(rollout=rollout, adv=runner._put_batch(adv), keep=runner._put_batch(keep),
+                 old_think=None, old_image=None, ref_think=None, ref_image=None)
+    before = np.asarray(rollout.image_logprobs_bn).sum(axis=1)  # the sampler's own log-probs
+    _, scored, _, _ = grpo.score_rollout(runner.params, runner.model_config, rollout, runner.score)
+    np.testing.assert_allclose(np.asarray(scored).sum(axis=1), before, rtol=1e-4, atol=1e-3)
+    for _ in range(3):
+        runner.params, runner.opt_state, _ = runner._update(runner.params, runner.opt_state, batch,
+                                                            runner.entropy_coefs())
+    _, after, _, _ = grpo.score_rollout(runner.params, runner.model_config, rollout, runner.score)
+    gain = np.asarray(after).sum(axis=1) - before
+    assert gain[positive].mean() > 1.0, gain[positive]
