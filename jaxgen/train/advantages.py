@@ -12,8 +12,7 @@ Multi-reward inputs float32[B, K] (one column per reward stream) are either summ
 first and normalised once, or normalised per stream then summed (Janus-Pro-R1, GDPO).
 Negative advantages can be scaled down (`negative_scale` < 1; 0 keeps only the samples that beat
 their group, as RAFT / rejection-sampling fine-tuning does): with sparse rewards most of a group
-sits below its mean, and pushing all of them down spreads probability over the codes nobody
-sampled, which is how image entropy rises during GRPO.
+sits below its mean, and pushing those samples down dominates the update.
 Dynamic sampling (ReasonGen-R1, DAPO) keeps shapes fixed: a group whose rewards are all equal
 gets weight 0 in `group_keep_mask` instead of being removed, so nothing recompiles.
 """
@@ -90,6 +89,15 @@ def group_keep_mask(rewards_b, group_size: int, tol: float = 1e-6):
     return jnp.repeat(keep_p, group_size)
 
 
+def check_negative_scale(scale) -> float:
+    """`scale` as a float in [0, 1] (1: plain GRPO, 0: positive advantages only), else an error."""
+    scale = float(scale)
+    if not 0.0 <= scale <= 1.0:
+        raise UserError(f"grpo.negative_advantage_scale={scale} must lie in [0, 1] "
+                        "(1: plain GRPO, 0: positive advantages only)")
+    return scale
+
+
 def compute_advantages(rewards_bk, group_size: int, estimator: str = "grpo",
                        weights: Sequence[float] | None = None, per_reward_norm: bool = False,
                        dynamic_sampling: bool = False, clip: float = 0.0,
@@ -133,9 +141,6 @@ def compute_advantages(rewards_bk, group_size: int, estimator: str = "grpo",
         adv_b = adv_b * keep_b
     if clip > 0:
         adv_b = jnp.clip(adv_b, -clip, clip)
-    if not 0.0 <= negative_scale <= 1.0:
-        raise UserError(f"grpo.negative_advantage_scale={negative_scale} must lie in [0, 1] "
-                        "(1: plain GRPO, 0: positive advantages only)")
-    if negative_scale != 1.0:
+    if check_negative_scale(negative_scale) != 1.0:
         adv_b = jnp.where(adv_b < 0, adv_b * negative_scale, adv_b)
     return adv_b, keep_b, total_b

@@ -232,14 +232,13 @@ class GRPORunner:
         self.batch_size = self.group_size * self.num_prompts
         if g.cfg_mode not in CFG_MODES:
             raise UserError(f"grpo.cfg_mode={g.cfg_mode!r}; choose one of {CFG_MODES}")
-        if not 0.0 <= float(g.get("negative_advantage_scale", 1.0)) <= 1.0:
-            raise UserError(f"grpo.negative_advantage_scale={g.negative_advantage_scale} must lie "
-                            "in [0, 1] (1: plain GRPO, 0: positive advantages only)")
-        if (float(g.get("negative_advantage_scale", 1.0)) < 1.0 and g.cfg_mode == "conditional"
+        # configs written before the field existed resume as plain GRPO
+        self.negative_scale = adv_lib.check_negative_scale(g.get("negative_advantage_scale", 1.0))
+        if (self.negative_scale < 1.0 and g.cfg_mode == "conditional"
                 and float(config.sampling.cfg_weight) != 1.0):
             # Measured on the demo policy (README): 8 positive-only steps on one rollout raise the
-            # rewarded samples' conditional log-prob by 33 nats and lower their log-prob under
-            # the CFG sampler by 32; the weights shared with the unconditional row move it too.
+            # rewarded samples' conditional log-prob by ~32 nats and lower their log-prob under
+            # the CFG sampler by ~32; the weights shared with the unconditional row move it too.
             warnings.warn("grpo.negative_advantage_scale < 1 with cfg_mode='conditional' trains "
                           "a distribution the CFG sampler does not draw from: the rewarded "
                           "samples can become less likely for the sampler. Use "
@@ -357,7 +356,7 @@ class GRPORunner:
             per_reward_norm=bool(g.per_reward_norm), dynamic_sampling=bool(g.dynamic_sampling),
             dynamic_sampling_tol=float(g.get("dynamic_sampling_tol", 1e-6)),
             clip=float(g.advantage_clip),
-            negative_scale=float(g.get("negative_advantage_scale", 1.0)))
+            negative_scale=self.negative_scale)
         return np.asarray(adv), np.asarray(keep)
 
     def reference(self, rollout):
