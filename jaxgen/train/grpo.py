@@ -242,7 +242,7 @@ class GRPORunner:
             warnings.warn("grpo.negative_advantage_scale < 1 with cfg_mode='conditional' trains "
                           "a distribution the CFG sampler does not draw from: the rewarded "
                           "samples can become less likely for the sampler. Use "
-                          "grpo.cfg_mode='cfg' (with a lower learning rate).", stacklevel=2)
+                          "grpo.cfg_mode='cfg'.", stacklevel=2)
         if g.old_logprobs not in OLD_LOGPROBS:
             raise UserError(f"grpo.old_logprobs={g.old_logprobs!r}; choose one of {OLD_LOGPROBS}")
         if self.batch_size % int(g.minibatches):
