@@ -21,7 +21,7 @@ Result:   <workdir>/report/ with a per-category table (report.md, report.json: V
           evaluator itself as the reward gains +0.3 points in 64 iterations and +2.1 (interval
           -0.3 to +4.5) in 192 with this config's conditional log-probs, and +5.7 (+3.3 to
           +8.2) in 192 with log-probs under the sampler's CFG distribution
-          (--config.grpo.grpo.cfg_mode=cfg; README "Session 12").
+          (--config.grpo.grpo.cfg_mode=cfg; docs/demo_experiments.md, session 12).
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
   data  configs/data.py:shapes   ShapesWorld datasets + tokenizer

@@ -13,7 +13,7 @@ a jaxgen checkpoint in <workdir>/final for `jaxgen sample`.
 Loss weights (ReasonGen-R1): text 2.0, image 1.0, <begin_of_image> 0.0 (1.0 for shapes, see
 c.loss); prompt dropout 0.1.
 A judge that reads pixels through a pretrained convolutional tower (the demo's judge stage with
-these overrides; README "Where the demo stands", session 8: within-prompt AUC 0.59 vs 0.51):
+these overrides; docs/demo_experiments.md, session 8: within-prompt AUC 0.59 vs 0.51):
     --config.model.understanding_input=siglip --config.model.vision.stem=conv
     --config.init_fresh_parts="('vision_model',)" --config.vision_pretrain.steps=600
 """

@@ -92,14 +92,14 @@ def make_reward(name: str, context: RewardContext | None = None, **kwargs) -> Ca
         raise UserError(f"reward {name!r}: bad kwargs {sorted(kwargs)} ({e})") from None
 
 
-def _plain(node):
+def plain_spec(node):
     """Deep copy of a spec (ConfigDicts, tuples) as plain dicts and lists."""
     if hasattr(node, "to_dict"):
         node = node.to_dict()
     if isinstance(node, dict):
-        return {k: _plain(v) for k, v in node.items()}
+        return {k: plain_spec(v) for k, v in node.items()}
     if isinstance(node, (list, tuple)):
-        return [_plain(v) for v in node]
+        return [plain_spec(v) for v in node]
     return node
 
 
@@ -117,7 +117,7 @@ class CompositeReward:
 
     def __init__(self, spec, context: RewardContext | None = None):
         self.context = context or RewardContext()
-        self.spec = _as_dict(_plain(spec))
+        self.spec = _as_dict(plain_spec(spec))
         self.leaves: dict[str, Callable] = {}
         self.timings: dict[str, float] = {}
         self._check(self.spec, "rewards")

@@ -42,6 +42,7 @@ from jaxgen.data import templates
 from jaxgen.errors import PromptTooLongError, UserError
 from jaxgen.models import janus
 from jaxgen.rewards import CompositeReward, RewardBatch, RewardContext
+from jaxgen.rewards.base import plain_spec
 from jaxgen.sampling import sampler as sampler_lib
 from jaxgen.sampling import scoring
 from jaxgen.train import advantages as adv_lib
@@ -236,7 +237,7 @@ class GRPORunner:
         self.negative_scale = adv_lib.check_negative_scale(g.get("negative_advantage_scale", 1.0))
         if (self.negative_scale < 1.0 and g.cfg_mode == "conditional"
                 and float(config.sampling.cfg_weight) != 1.0):
-            # Measured on the demo policy (README): 8 positive-only steps on one rollout raise the
+            # Measured on the demo policy (docs/demo_experiments.md): 8 positive-only steps on one rollout raise the
             # rewarded samples' conditional log-prob by ~32 nats and lower their log-prob under
             # the CFG sampler by ~32; the weights shared with the unconditional row move it too.
             warnings.warn("grpo.negative_advantage_scale < 1 with cfg_mode='conditional' trains "
@@ -308,14 +309,14 @@ class GRPORunner:
         self._decode = jax.jit(decode_images_uint8, static_argnums=1)
 
         judge_path = config.get("judge_checkpoint", "")
-        spec = _resolve_judges(_plain(config.rewards), judge_path)
+        spec = _resolve_judges(plain_spec(config.rewards), judge_path)
         self.context = RewardContext(mesh=mesh, layout=layout, policy_config=self.model_config,
                                      policy_params_fn=lambda: self.params,
                                      policy_tokenizer=self.tokenizer)
         self.reward = CompositeReward(spec, self.context)
         # Reasoning tokens can have their own reward (e.g. the plan's layout): then the image
         # tokens' advantages come from `rewards` and the reasoning tokens' from `text_rewards`.
-        text_spec = _resolve_judges(_plain(g.get("text_rewards") or {}), judge_path)
+        text_spec = _resolve_judges(plain_spec(g.get("text_rewards") or {}), judge_path)
         self.text_reward = CompositeReward(text_spec, self.context) if text_spec else None
         names = _leaf_names(spec) | (_leaf_names(text_spec) if text_spec else set())
         self.needs_host_images = bool(names & HOST_IMAGE_REWARDS)
@@ -469,16 +470,6 @@ class GRPORunner:
                  "psi": parallel.replicated(self.mesh)}
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
                             self.state(), shard)
-
-
-def _plain(node):
-    if hasattr(node, "to_dict"):
-        node = node.to_dict()
-    if isinstance(node, dict):
-        return {k: _plain(v) for k, v in node.items()}
-    if isinstance(node, (list, tuple)):
-        return [_plain(v) for v in node]
-    return node
 
 
 _ALIASES = {"policy_ckpt": "policy_checkpoint", "judge_ckpt": "judge_checkpoint"}

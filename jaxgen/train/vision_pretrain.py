@@ -8,7 +8,7 @@ a linear head per attribute. Labels come from the renderer's plan, never from th
 
     tower_params, metrics = pretrain_tower(model_config, records, PretrainSettings(steps=600))
 
-Measured (README "Where the demo stands", session 8): 600 steps (~95 s on a 2-core CPU) reach
+Measured (docs/demo_experiments.md, session 8): 600 steps (~95 s on a 2-core CPU) reach
 89% held-out shape accuracy on object patches with the conv stem.
 """
 
