@@ -9,8 +9,8 @@ Check a variant builds (CPU, seconds):
   3.1M of them in the LLM).
 Every variant takes `image_position_embeddings=True` (a learned embedding per image-token grid
 index added to the image inputs; off by default and in the demo, see docs/demo_experiments.md;
-Hugging Face export refuses it) and `vision.stem='conv'` (stride-2 3x3 convolutions instead of SigLIP's
-patch embedding; Hugging Face export refuses it too).
+Hugging Face export refuses it) and `vision.stem='conv'` (stride-2 3x3 convolutions instead
+of SigLIP's patch embedding; Hugging Face export refuses it too).
 - 1b / 7b: Janus-Pro-1B / 7B shapes (REFERENCE.md section 2; 2.08B / 7.41B params with the
   vision tower and VQ); scanned layers, dots_attention_saveable remat, bf16 compute, cuDNN
   flash attention on a GPU ('auto'). Use with an imported checkpoint
