@@ -237,9 +237,10 @@ class GRPORunner:
         self.negative_scale = adv_lib.check_negative_scale(g.get("negative_advantage_scale", 1.0))
         if (self.negative_scale < 1.0 and g.cfg_mode == "conditional"
                 and float(config.sampling.cfg_weight) != 1.0):
-            # Measured on the demo policy (docs/demo_experiments.md): 8 positive-only steps on one rollout raise the
-            # rewarded samples' conditional log-prob by ~32 nats and lower their log-prob under
-            # the CFG sampler by ~32; the weights shared with the unconditional row move it too.
+            # Measured on the demo policy (docs/demo_experiments.md, session 12): 8 positive-only
+            # steps on one rollout raise the rewarded samples' conditional log-prob by ~32 nats
+            # and lower their log-prob under the CFG sampler by ~32; the weights shared with the
+            # unconditional row move it too.
             warnings.warn("grpo.negative_advantage_scale < 1 with cfg_mode='conditional' trains "
                           "a distribution the CFG sampler does not draw from: the rewarded "
                           "samples can become less likely for the sampler. Use "
