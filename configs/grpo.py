@@ -47,6 +47,10 @@ def base_config():
     c.seed = 0
     c.total_steps = 30
     c.checkpoint_every = 10
+    c.keep_checkpoints = 2  # the newest N checkpoints (resume needs one)
+    # also keep every checkpoint whose step is a multiple of this (0: none): held-out
+    # accuracy can fall while the reward rises, so a run's trajectory is worth evaluating
+    c.keep_checkpoint_every = 0
     c.policy_checkpoint = ""  # jaxgen checkpoint dir (SFT'd policy); empty: random init of model
     c.judge_checkpoint = ""  # jaxgen checkpoint dir of the reward VLM (rewards with judge='judge')
     c.tokenizer = ""  # only for a random init without a checkpoint

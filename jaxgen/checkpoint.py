@@ -50,21 +50,24 @@ class CheckpointManager:
     Args:
       directory: where steps live (created).
       max_to_keep: keep the newest N steps (older ones are deleted after a newer one lands).
+      keep_period: also keep every step that is a multiple of this (0: none), e.g. to evaluate
+        a run's trajectory afterwards.
       save_interval_steps: `maybe_save` saves when step % interval == 0.
       async_save: write in a background thread; the arrays are copied off the device before
         `save` returns, so the caller may donate/overwrite the state immediately.
     """
 
     def __init__(self, directory, max_to_keep: int = 3, save_interval_steps: int = 1,
-                 async_save: bool = True):
+                 async_save: bool = True, keep_period: int = 0):
         self.directory = pathlib.Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.save_interval_steps = max(int(save_interval_steps), 1)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, save_interval_steps=1, create=True,
-            cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
+            max_to_keep=max_to_keep, keep_period=int(keep_period) or None, save_interval_steps=1,
+            create=True, cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
         self._options = options
         self.max_to_keep = max_to_keep
+        self.keep_period = int(keep_period)
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
     # ---------------------------------------------------------------------------- queries
@@ -107,7 +110,8 @@ class CheckpointManager:
         steps = self.all_steps()
         if self.max_to_keep and len(steps) > self.max_to_keep:
             for step in steps[:len(steps) - self.max_to_keep]:
-                self._mngr.delete(step)
+                if not (self.keep_period and step % self.keep_period == 0):
+                    self._mngr.delete(step)
 
     # ---------------------------------------------------------------------------- restore
 

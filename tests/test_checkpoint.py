@@ -66,6 +66,18 @@ def test_async_save_restore_exact_and_keep_n(tmp_path):
     mngr.close()
 
 
+def test_keep_period_keeps_multiples_beside_the_newest(tmp_path):
+    state, sh, step, batch = _setup()
+    mngr = ck.CheckpointManager(tmp_path / "ckpt", max_to_keep=1, async_save=False,
+                                keep_period=2)
+    for _ in range(5):
+        state, _ = step(state, batch)
+        mngr.save(int(state.step), state)
+    mngr.wait()
+    assert mngr.all_steps() == [2, 4, 5]  # the newest, and every multiple of 2
+    mngr.close()
+
+
 def test_bytes_data_state_round_trip(tmp_path):
     state, sh, _, _ = _setup()
     mngr = ck.CheckpointManager(tmp_path / "ckpt", async_save=False)

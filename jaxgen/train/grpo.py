@@ -498,7 +498,9 @@ def train(config, workdir, policy=None) -> dict:
     _apply_aliases(config)
     runner = GRPORunner(config, policy=policy)
     total = int(config.total_steps)
-    ckpt = CheckpointManager(workdir / "checkpoints", max_to_keep=2,
+    ckpt = CheckpointManager(workdir / "checkpoints",
+                             max_to_keep=int(config.get("keep_checkpoints", 2)),
+                             keep_period=int(config.get("keep_checkpoint_every", 0)),
                              save_interval_steps=int(config.checkpoint_every), async_save=False)
     start = 0
     restored = ckpt.restore_latest(runner.abstract_state())

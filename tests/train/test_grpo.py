@@ -59,6 +59,14 @@ def test_train_logs_checkpoints_and_resumes(tmp_path, policy):
     assert max(jax.tree.leaves(changed)) > 0  # the policy moved
 
 
+def test_keep_checkpoint_every_keeps_the_trajectory(tmp_path, policy):
+    c = _config(4)
+    c.checkpoint_every, c.keep_checkpoints, c.keep_checkpoint_every = 1, 1, 2
+    grpo.train(c, tmp_path, policy=policy)
+    steps = sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
+    assert steps == [2, 4]  # the newest, and every multiple of 2; steps 1 and 3 pruned
+
+
 def test_config_errors(policy):
     c = _config(1)
     c.grpo.cfg_mode = "guided"
