@@ -57,10 +57,12 @@ def get_config(arg=None):
         # what the plan asks for (hiding the prompt alone leaves the plan in both rows).
         prompt_dropout=0.1, dropout_hides="prompt_and_reasoning" if shapes else "prompt",
         task_mix=dict(generation=1.0, understanding=0.0),
-        # Understanding (judge) rows: 'yes_no' (does this image show <prompt>? yes / no) or
+        # Understanding (judge) rows: 'yes_no' (does this image show <prompt>? yes / no),
         # 'describe' (image -> its prompt, for the 'vlm_caption' reward; `blank_fraction` of the
-        # rows show a blank image so the judge learns the prompt prior the reward subtracts).
-        judge_task="yes_no", blank_fraction=0.15,
+        # rows show a blank image so the judge learns the prompt prior the reward subtracts) or
+        # 'crop' (one object zoomed -> its name, for the 'vlm_crop' reward; `empty_fraction` of
+        # the records add a crop of background -> "Nothing.").
+        judge_task="yes_no", blank_fraction=0.15, empty_fraction=0.0,
         # Understanding rows: images as rendered or through the VQ tokenizer ('vq', as
         # the policy's samples look), and the fraction of easy negatives (another prompt).
         understanding_images="rendered", easy_negatives=0.0,
@@ -73,7 +75,8 @@ def get_config(arg=None):
         degraded_fraction=0.0, degraded_temperature=1.0, degraded_code_fraction=(0.25, 1.0),
         # plus, for 'describe', this fraction of records with one object redrawn malformed by
         # the renderer (jaxgen/data/corruptions.py: morph, wobble, colour blend, fragment),
-        # also described as "Malformed drawing." (labels from the renderer, not the evaluator).
+        # also described as "Malformed drawing." (labels from the renderer, not the evaluator);
+        # for 'crop', this fraction of the objects redrawn so before they are cut out.
         corrupted_fraction=0.0,
         # Pack several generation sequences into each seq_len row (attention stays inside each
         # sequence): the same loss without computing padding.

@@ -97,16 +97,17 @@ _SHAPE_DEFECTS = {"morph": _morph, "wobble": _wobble, "fragment": _fragment}
 
 
 def corrupt_image(image: np.ndarray, plan: str, rng: np.random.Generator,
-                  kinds=CORRUPTIONS) -> tuple[np.ndarray, str]:
-    """(uint8[H, W, 3], kind): `image` (a ShapesWorld rendering of `plan`) with one object redrawn
-    malformed. Pixels outside that object's old and new masks are unchanged."""
+                  kinds=CORRUPTIONS, index: int | None = None) -> tuple[np.ndarray, str]:
+    """(uint8[H, W, 3], kind): `image` (a ShapesWorld rendering of `plan`) with one object (the
+    plan's `index`-th, or one at random) redrawn malformed. Pixels outside that object's old and
+    new masks are unchanged."""
     image = np.asarray(image, np.uint8)
     canvas = image.shape[0]
     objects = _object_masks(plan, canvas)
     unknown = set(kinds) - set(CORRUPTIONS)
     if unknown:
         raise UserError(f"unknown corruption(s) {sorted(unknown)}; choose from {CORRUPTIONS}")
-    k = int(rng.integers(len(objects)))
+    k = int(rng.integers(len(objects))) if index is None else int(index)
     obj, mask = objects[k]
     others = np.zeros_like(mask)
     for j, (_, m) in enumerate(objects):

@@ -6,6 +6,11 @@ Two tasks (`data.judge_task` in configs/sft.py):
   perturbed prompt: one colour, shape, count or relation changed (`prompts.perturb_metadata`),
   answer 'no'. Balanced 50/50; a negative is kept only when the pixel evaluator agrees that
   the image does not satisfy it (so labels are never wrong).
+- 'crop': one object of a scene cut out and zoomed (`jaxgen.data.crops`) and named ("red
+  circle"); a `corrupted_fraction` of the objects are redrawn malformed by the renderer first
+  (answer "Malformed drawing.") and an `empty_fraction` of the records add a crop of plain
+  background ("Nothing."). The 'vlm_crop' reward asks it about each planned object of a
+  policy sample. Labels come from how the image was made, never from the pixel evaluator.
 - 'describe': the image's prompt as its description (DESCRIBE_QUESTION -> prompt). Every prompt
   token is supervised, so the judge learns to read colours, shapes, counts and places far
   faster than from one yes/no bit per image; the reward is then how much the image raises the
@@ -32,6 +37,12 @@ CAPTION_QUESTION = "List the objects in this image with their boxes."
 # No prompt starts with it, so the caption reward's first token is where a judge that has learnt
 # drawing quality lowers the likelihood of the prompt.
 DEGRADED_ANSWER = "Malformed drawing."
+# The crop task (jaxgen.data.crops): one object zoomed to fill the image, named without its size
+# (a crop has no scale), e.g. "red striped circle"; a malformed object is DEGRADED_ANSWER and a
+# crop of background EMPTY_ANSWER. Each answer starts with its own first token, so the 'vlm_crop'
+# reward compares the three from one teacher-forced pass.
+CROP_QUESTION = "What is drawn in the middle of this image?"
+EMPTY_ANSWER = "Nothing."
 
 
 def judge_question(prompt: str) -> str:
@@ -141,3 +152,71 @@ def corrupted_examples(records, rng: np.random.Generator, fraction: float) -> li
                     "answer": DEGRADED_ANSWER, "category": meta["tag"],
                     "perturbation": f"corrupt_{kind}"})
     return out
+
+
+def crop_answer(obj: dict) -> str:
+    """The crop task's name of a plan object: '[colour] [texture] shape' (no size)."""
+    words = [obj.get("color"), obj.get("texture"), obj["shape"]]
+    return " ".join(w for w in words if w and w != "plain")
+
+
+def _empty_box(boxes, side: float, canvas: int, rng: np.random.Generator, tries: int = 50):
+    """A `side`-pixel box whose crop window touches none of `boxes` (pixels), or None."""
+    from jaxgen.data.crops import CROP_SCALE
+    win = min(CROP_SCALE * side, canvas)
+    for _ in range(tries):
+        x0, y0 = rng.uniform(0, canvas - win, size=2)
+        if all(x0 + win <= b[0] or b[2] <= x0 or y0 + win <= b[1] or b[3] <= y0 for b in boxes):
+            pad = (win - side) / 2
+            return [x0 + pad, y0 + pad, x0 + pad + side, y0 + pad + side]
+    return None
+
+
+def crop_examples(records, rng: np.random.Generator, out_size: int,
+                  corrupted_fraction: float = 0.0, empty_fraction: float = 0.0,
+                  prepare=None) -> list:
+    """Rows {image (uint8 crop), prompt, question (CROP_QUESTION), answer, category,
+    perturbation ('crop', 'crop_<corruption>' or 'crop_empty')}: one per object of every record.
+
+    prepare: optional uint8[B, H, W, 3] -> uint8[B, H, W, 3] applied to the whole scenes before
+    cropping (e.g. the VQ round trip, so the crops carry the tokenizer's artefacts at the scale
+    the policy draws them)."""
+    from jaxgen.data.corruptions import corrupt_image
+    from jaxgen.data.crops import crop_uint8
+    from jaxgen.data.reasoning import from_grid, parse_plan
+
+    scenes, boxes, meta_rows = [], [], []
+    for rec in records:
+        meta = _metadata(rec)
+        image = np.asarray(rec["image"], np.uint8)
+        canvas = image.shape[0]
+        objects = parse_plan(rec["plan"]).objects
+        pixel_boxes = [from_grid(o["box"], canvas) for o in objects]
+        for k, (obj, box) in enumerate(zip(objects, pixel_boxes)):
+            row = {"prompt": meta["prompt"], "question": CROP_QUESTION, "category": meta["tag"]}
+            if corrupted_fraction > 0 and rng.random() < corrupted_fraction:
+                scene, kind = corrupt_image(image, rec["plan"], rng, index=k)
+                row.update(answer=DEGRADED_ANSWER, perturbation=f"crop_{kind}")
+            else:
+                scene = image
+                row.update(answer=crop_answer(obj), perturbation="crop")
+            scenes.append(scene)
+            boxes.append(box)
+            meta_rows.append(row)
+        if empty_fraction > 0 and rng.random() < empty_fraction and pixel_boxes:
+            side = min(b[2] - b[0] for b in pixel_boxes)  # the smallest object fits most often
+            box = _empty_box(pixel_boxes, side, canvas, rng)
+            if box is not None:
+                scenes.append(image)
+                boxes.append(box)
+                meta_rows.append({"prompt": meta["prompt"], "question": CROP_QUESTION,
+                                  "category": meta["tag"], "answer": EMPTY_ANSWER,
+                                  "perturbation": "crop_empty"})
+    if not scenes:
+        return []
+    scenes = np.stack(scenes)
+    if prepare is not None:
+        scenes = prepare(scenes)
+    crops = np.concatenate([crop_uint8(scenes[i:i + 256], np.asarray(boxes[i:i + 256], np.float32),
+                                       out_size) for i in range(0, len(scenes), 256)])
+    return [dict(row, image=crop) for row, crop in zip(meta_rows, crops)]

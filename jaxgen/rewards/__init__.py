@@ -12,6 +12,8 @@ Built-in rewards (name: what it scores):
                     description, nats per token (VisualGPTScore-style; the demo's reward
                     with 3 x vq_consistency)
   vlm_boxed         VLM judge answer ending in \\boxed{0/1} (ReasonGen-R1)
+  vlm_crop          VLM judge on each planned object, cut out and zoomed: P(its planned name)
+                    against "Malformed drawing." and "Nothing." (a region check, GoT-R1-style)
   got_semantic, got_spatial, got_prompt_image   GoT-R1 R_sem, R_spa, R_PI
   vq_consistency    share of image codes that survive decode -> encode through the policy's VQ
                     (label-free drawing quality)
@@ -26,4 +28,4 @@ from jaxgen.rewards.base import (CompositeReward, RewardBatch, RewardContext,  #
 
 
 # importing the modules registers the built-ins
-from jaxgen.rewards import rules, tokenizer_consistency, vlm_judge  # noqa: F401,E402
+from jaxgen.rewards import crop_judge, rules, tokenizer_consistency, vlm_judge  # noqa: F401,E402

@@ -97,9 +97,8 @@ def yes_probability_from_codes(params, config, policy_params, policy_config, ids
     return yes_probability(params, config, ids_bl, mask_bl, pixels, yes_ids, no_ids)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def answer_log_likelihood(params, config, ids_bl, mask_bl, pixels_bhwc, answer_bt, answer_mask_bt):
-    """float32[B]: sum over answer tokens of log p(answer_t | image, question, answer_<t).
+def answer_log_softmax(params, config, ids_bl, mask_bl, pixels_bhwc, answer_bt, answer_mask_bt):
+    """float32[B, T, V]: log p(. | image, question, answer_<t) at every answer position.
 
     The question (with its image placeholders) is left padded (ids / mask [B, L]) and the answer
     right padded (answer / answer_mask [B, T]), so one teacher-forced pass scores every row."""
@@ -111,8 +110,21 @@ def answer_log_likelihood(params, config, ids_bl, mask_bl, pixels_bhwc, answer_b
     # the last question position predicts the first answer token, and so on
     l = ids_bl.shape[1]
     logits = janus.text_logits(params, config, hidden[:, l - 1:-1]).astype(jnp.float32)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), answer_bt[..., None], -1)
-    return jnp.sum(logp[..., 0] * answer_mask_bt, axis=-1)
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def summed_answer_logp(logp_btv, answer_bt, answer_mask_bt):
+    """float32[B]: sum over the answer's tokens of their log-probs."""
+    logp = jnp.take_along_axis(logp_btv, answer_bt[..., None], -1)[..., 0]
+    return jnp.sum(logp * answer_mask_bt, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def answer_log_likelihood(params, config, ids_bl, mask_bl, pixels_bhwc, answer_bt, answer_mask_bt):
+    """float32[B]: sum over answer tokens of log p(answer_t | image, question, answer_<t)."""
+    logp = answer_log_softmax(params, config, ids_bl, mask_bl, pixels_bhwc, answer_bt,
+                              answer_mask_bt)
+    return summed_answer_logp(logp, answer_bt, answer_mask_bt)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "policy_config"))

@@ -42,7 +42,7 @@ KIND_NONE, KIND_TEXT, KIND_BOI, KIND_IMAGE, KIND_EOI, KIND_ANSWER = 0, 1, 2, 3, 
 KIND_NAMES = {KIND_TEXT: "text", KIND_BOI: "boi", KIND_IMAGE: "image", KIND_EOI: "eoi",
               KIND_ANSWER: "answer"}
 REASONING_KINDS = ("plan", "caption", "none")
-JUDGE_TASKS = ("yes_no", "describe")  # understanding rows: see jaxgen.data.judge
+JUDGE_TASKS = ("yes_no", "describe", "crop")  # understanding rows: see jaxgen.data.judge
 CACHE_FILE = "sft_cache.npz"
 VISION_PRETRAIN_FILE = "vision_pretrain.msgpack"
 
@@ -269,10 +269,13 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
     dc, lc = config.data, config.loss
     if dc.get("judge_task", "yes_no") not in JUDGE_TASKS:
         raise UserError(f"unknown data.judge_task {dc.judge_task!r}; use one of {JUDGE_TASKS}")
-    for key in ("degraded_fraction", "corrupted_fraction"):  # "Malformed drawing." rows
-        if float(dc.get(key, 0.0)) > 0 and dc.get("judge_task", "yes_no") != "describe":
-            raise UserError(f"data.{key} adds describe rows and needs data.judge_task='describe' "
-                            f"(got {dc.get('judge_task', 'yes_no')!r}); set it to 0 or switch task")
+    task = dc.get("judge_task", "yes_no")
+    # "Malformed drawing." rows: whole scenes for 'describe', zoomed objects for 'crop'
+    for key, tasks in (("degraded_fraction", ("describe",)),
+                       ("corrupted_fraction", ("describe", "crop"))):
+        if float(dc.get(key, 0.0)) > 0 and task not in tasks:
+            raise UserError(f"data.{key} needs data.judge_task in {tasks} (got {task!r}); set it "
+                            "to 0 or switch task")
     records = load_records(config, "train", int(dc.num_examples), int(dc.seed))
     vq_model = {"vqmodel": jax.tree.map(jnp.asarray, vq_params)}
     gen = None
@@ -285,10 +288,24 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
         if dc.get("packing", False):
             gen = pack_rows(gen, int(dc.seq_len), int(dc.seed), mc.pad_token_id)
     und = None
+    kind = dc.get("understanding_images", "rendered")
+    if kind not in ("rendered", "vq"):
+        raise UserError(f"unknown data.understanding_images {kind!r}; use 'rendered' or 'vq'")
+
+    def vq_roundtrip(pixels):  # judge images as the policy draws them: through the VQ tokenizer
+        fn = jax.jit(lambda x: janus.vq_decode(vq_model, mc, janus.vq_encode(vq_model, mc, x)))
+        return vq_roundtrip_images(fn, resize_images(pixels, mc.vq.image_size))
+
     if float(dc.task_mix.understanding) > 0:
-        task = dc.get("judge_task", "yes_no")
         if task == "yes_no":
             rows = judge_records(records, int(dc.seed) + 1, float(dc.get("easy_negatives", 0.0)))
+        elif task == "crop":  # objects zoomed; the round trip applies to the scenes before cropping
+            from jaxgen.data.judge import crop_examples
+            rows = crop_examples(records, np.random.default_rng(int(dc.seed) + 1),
+                                 int(np.asarray(records[0]["image"]).shape[0]),
+                                 float(dc.get("corrupted_fraction", 0.0)),
+                                 float(dc.get("empty_fraction", 0.0)),
+                                 prepare=vq_roundtrip if kind == "vq" else None)
         else:  # 'describe'
             from jaxgen.data.judge import describe_examples
             rows = describe_examples(records, np.random.default_rng(int(dc.seed) + 1),
@@ -297,7 +314,7 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
             from jaxgen.train.self_eval import degraded_examples
             rows += degraded_examples(config, records, tokenizer, mc, vq_params,
                                       float(dc.degraded_fraction))
-        if float(dc.get("corrupted_fraction", 0.0)) > 0:
+        if float(dc.get("corrupted_fraction", 0.0)) > 0 and task == "describe":
             from jaxgen.data.judge import corrupted_examples
             rows += corrupted_examples(records, np.random.default_rng(int(dc.seed) + 3),
                                        float(dc.corrupted_fraction))
@@ -306,13 +323,8 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
             rows += caption_examples(records, np.random.default_rng(int(dc.seed) + 2),
                                      float(dc.caption_fraction))
         pixels = np.stack([np.asarray(r["image"], np.uint8) for r in rows])
-        kind = dc.get("understanding_images", "rendered")
-        if kind == "vq":  # judge images as the policy draws them: through the VQ tokenizer
-            roundtrip = jax.jit(lambda x: janus.vq_decode(vq_model, mc, janus.vq_encode(
-                vq_model, mc, x)))
-            pixels = vq_roundtrip_images(roundtrip, resize_images(pixels, mc.vq.image_size))
-        elif kind != "rendered":
-            raise UserError(f"unknown data.understanding_images {kind!r}; use 'rendered' or 'vq'")
+        if kind == "vq" and task != "crop":
+            pixels = vq_roundtrip(pixels)
         codes = [None] * len(rows)
         if mc.understanding_input == "vq_codes":  # the image inline as its VQ codes
             encode = jax.jit(lambda x: janus.vq_encode(vq_model, mc, x))

@@ -8,7 +8,8 @@ SPECIAL = ["<image_placeholder>", "<begin_of_image>", "<end_of_image>", "<pad>",
 WORDS = ("yes no Yes No a an the red blue green circle square triangle left right of above below "
          "does this image match description answer or is are objects placed correctly plan "
          "prompt layout was planned for every object : ? . , \\ { } 0 1 boxed User Assistant | "
-         "< > _ show exactly what asks check count colour position then and").split()
+         "< > _ show exactly what asks check count colour position then and Malformed drawing Nothing "
+         "cyan striped").split()
 
 
 def make_tokenizer(vocab_size: int = 256) -> PreTrainedTokenizerFast:

@@ -365,11 +365,41 @@ def test_describe_task_rows(tokenizer, tiny):
     vq_params = janus.init_params(mc, jax.random.PRNGKey(0))["vqmodel"]
     with pytest.raises(UserError, match="judge_task"):
         sft.build_dataset(bad, tok, mc, vq_params)
-    for key in ("degraded_fraction", "corrupted_fraction"):  # describe-only options
+    for key in ("degraded_fraction", "corrupted_fraction"):  # not for yes/no rows
         bad = load_config("sft:tiny", [f"--config.data.{key}=0.5", "--config.data.judge_task=yes_no",
                                        "--config.data.task_mix.understanding=1.0"])
-        with pytest.raises(UserError, match=f"data.{key} adds describe rows"):
+        with pytest.raises(UserError, match=f"data.{key} needs data.judge_task"):
             sft.build_dataset(bad, tok, mc, vq_params)
+
+
+def test_crop_task_rows_through_the_vq(tokenizer, tiny):
+    """data.judge_task='crop': one row per planned object (plus the empty crops), each answer
+    the object's name or "Malformed drawing." / "Nothing."; with understanding_images='vq' the
+    whole scenes go through the tokenizer before cropping (the pixels differ from 'rendered')."""
+    from jaxgen.data import judge as judge_data
+    from jaxgen.data.reasoning import parse_plan
+    tok, _ = tokenizer
+    config, mc = tiny
+    vq_params = janus.init_params(mc, jax.random.PRNGKey(0))["vqmodel"]
+    base = ["--config.data.judge_task=crop", "--config.data.task_mix.generation=0.0",
+            "--config.data.task_mix.understanding=1.0", "--config.data.num_examples=12",
+            "--config.data.seq_len=192", "--config.data.corrupted_fraction=0.3",
+            "--config.data.empty_fraction=0.5"]
+    config = load_config("sft:tiny", base)
+    recs = sft.load_records(config, "train", 12, int(config.data.seed))
+    objects = sum(len(parse_plan(r["plan"]).objects) for r in recs)
+    rows = judge_data.crop_examples(recs, np.random.default_rng(int(config.data.seed) + 1),
+                                    16, 0.3, 0.5)
+    und = sft.build_dataset(config, tok, mc, vq_params)["understanding"]
+    assert len(und["inputs"]) == len(rows) and objects <= len(rows) <= objects + 12
+    for row, want in zip(range(len(rows)), rows):
+        ans = und["targets"][row][und["target_kind"][row] == sft.KIND_ANSWER]
+        assert list(ans[:-1]) == sft._encode(tok, want["answer"])
+    assert {judge_data.DEGRADED_ANSWER, judge_data.EMPTY_ANSWER} <= {r["answer"] for r in rows}
+    vq = sft.build_dataset(load_config("sft:tiny", base + [
+        "--config.data.understanding_images=vq"]), tok, mc, vq_params)["understanding"]
+    np.testing.assert_array_equal(vq["targets"], und["targets"])
+    assert not np.array_equal(vq["pixels"], und["pixels"])
 
 
 def test_corrupted_fraction_adds_malformed_describe_rows(tokenizer, tiny):
