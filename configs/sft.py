@@ -78,6 +78,9 @@ def get_config(arg=None):
         # also described as "Malformed drawing." (labels from the renderer, not the evaluator);
         # for 'crop', this fraction of the objects redrawn so before they are cut out.
         corrupted_fraction=0.0,
+        # the corruptions drawn from (empty: all of jaxgen.data.corruptions.CORRUPTIONS), and for
+        # 'crop' a range of Gaussian blur sigmas (pixels) applied to every scene before cutting
+        corruption_kinds=(), crop_blur=(0.0, 0.0),
         # Pack several generation sequences into each seq_len row (attention stays inside each
         # sequence): the same loss without computing padding.
         packing=False,

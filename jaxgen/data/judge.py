@@ -174,14 +174,18 @@ def _empty_box(boxes, side: float, canvas: int, rng: np.random.Generator, tries:
 
 def crop_examples(records, rng: np.random.Generator, out_size: int,
                   corrupted_fraction: float = 0.0, empty_fraction: float = 0.0,
-                  prepare=None) -> list:
+                  prepare=None, kinds=None, blur=(0.0, 0.0)) -> list:
     """Rows {image (uint8 crop), prompt, question (CROP_QUESTION), answer, category,
     perturbation ('crop', 'crop_<corruption>' or 'crop_empty')}: one per object of every record.
 
     prepare: optional uint8[B, H, W, 3] -> uint8[B, H, W, 3] applied to the whole scenes before
     cropping (e.g. the VQ round trip, so the crops carry the tokenizer's artefacts at the scale
-    the policy draws them)."""
-    from jaxgen.data.corruptions import corrupt_image
+    the policy draws them). kinds: the corruptions to draw from (default all); blur: a range of
+    Gaussian blur sigmas in pixels, one drawn per scene and applied to it (clean or corrupted)
+    before `prepare`, so soft edges alone do not read as malformed."""
+    from scipy import ndimage
+
+    from jaxgen.data.corruptions import CORRUPTIONS, corrupt_image
     from jaxgen.data.crops import crop_uint8
     from jaxgen.data.reasoning import from_grid, parse_plan
 
@@ -195,7 +199,8 @@ def crop_examples(records, rng: np.random.Generator, out_size: int,
         for k, (obj, box) in enumerate(zip(objects, pixel_boxes)):
             row = {"prompt": meta["prompt"], "question": CROP_QUESTION, "category": meta["tag"]}
             if corrupted_fraction > 0 and rng.random() < corrupted_fraction:
-                scene, kind = corrupt_image(image, rec["plan"], rng, index=k)
+                scene, kind = corrupt_image(image, rec["plan"], rng, kinds=kinds or CORRUPTIONS,
+                                            index=k)
                 row.update(answer=DEGRADED_ANSWER, perturbation=f"crop_{kind}")
             else:
                 scene = image
@@ -214,6 +219,10 @@ def crop_examples(records, rng: np.random.Generator, out_size: int,
                                   "perturbation": "crop_empty"})
     if not scenes:
         return []
+    if blur[1] > 0:
+        scenes = [np.clip(np.round(ndimage.gaussian_filter(
+            s.astype(np.float64), (sigma, sigma, 0))), 0, 255).astype(np.uint8)
+            for s, sigma in zip(scenes, rng.uniform(blur[0], blur[1], len(scenes)))]
     scenes = np.stack(scenes)
     if prepare is not None:
         scenes = prepare(scenes)

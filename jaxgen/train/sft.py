@@ -305,7 +305,9 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
                                  int(np.asarray(records[0]["image"]).shape[0]),
                                  float(dc.get("corrupted_fraction", 0.0)),
                                  float(dc.get("empty_fraction", 0.0)),
-                                 prepare=vq_roundtrip if kind == "vq" else None)
+                                 prepare=vq_roundtrip if kind == "vq" else None,
+                                 kinds=tuple(dc.get("corruption_kinds", ())) or None,
+                                 blur=tuple(dc.get("crop_blur", (0.0, 0.0))))
         else:  # 'describe'
             from jaxgen.data.judge import describe_examples
             rows = describe_examples(records, np.random.default_rng(int(dc.seed) + 1),

@@ -68,3 +68,17 @@ def test_corrupted_and_empty_rows_and_the_prepare_hook():
     for r in empty:  # the window misses every object: only background
         assert (np.abs(r["image"].astype(int) - BACKGROUND).sum(-1) < 30).all()
     assert seen == [(len(rows), 64, 64, 3)]  # whole scenes, once, before cropping
+
+
+def test_corruption_kinds_and_blur():
+    rows = judge.crop_examples([_scene()] * 10, np.random.default_rng(4), 64,
+                               corrupted_fraction=0.6, kinds=("wobble",))
+    assert {r["perturbation"] for r in rows} == {"crop", "crop_wobble"}
+    sharp = judge.crop_examples([_scene()], np.random.default_rng(5), 64)
+    soft = judge.crop_examples([_scene()], np.random.default_rng(5), 64, blur=(1.5, 1.5))
+    for a, b in zip(sharp, soft):
+        assert a["answer"] == b["answer"]
+        # blur softens edges: fewer distinct steep gradients, same mean colour (to rounding)
+        grad = lambda x: np.abs(np.diff(x.astype(float), axis=0)).max()
+        assert grad(b["image"]) < grad(a["image"])
+        np.testing.assert_allclose(b["image"].mean(), a["image"].mean(), atol=3.0)
