@@ -50,7 +50,18 @@ def vq(args) -> int:
 
 def grpo_args(parser):
     _common_args(parser, "configs/grpo.py:shapes")
+    parser.add_argument("--export-step", type=int, default=None,
+                        help="instead of training, write kept checkpoint N of the run as "
+                             "<workdir>/step_N (same layout as <workdir>/final); give the run's "
+                             "own --config and overrides")
 
 
 def grpo(args) -> int:
-    return _train("grpo", args)
+    if args.export_step is None:
+        return _train("grpo", args)
+    from jaxgen.config import load_config
+    from jaxgen.train import grpo as trainer
+    out = trainer.export_step(load_config(args.config, args.config_overrides), args.workdir,
+                              args.export_step)
+    print(json.dumps({"policy_checkpoint": str(out), "step": args.export_step}))
+    return 0

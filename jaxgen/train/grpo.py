@@ -483,6 +483,31 @@ def _apply_aliases(config):
             config[full] = config[short]
 
 
+def export_step(config, workdir, step: int, policy=None) -> pathlib.Path:
+    """Write the policy of kept checkpoint `step` of the run in `workdir` as `<workdir>/step_<N>`
+    (the layout of `final`, loadable by jaxgen.load and the eval commands), e.g. to evaluate a
+    run's trajectory (keep_checkpoint_every). Needs the run's config."""
+    from jaxgen import api
+    from jaxgen.checkpoint import CheckpointManager
+
+    workdir = pathlib.Path(workdir)
+    _apply_aliases(config)
+    kept = []
+    if (workdir / "checkpoints").is_dir():
+        kept = sorted(int(d.name) for d in (workdir / "checkpoints").iterdir() if d.name.isdigit())
+    if int(step) not in kept:
+        raise UserError(f"no checkpoint of step {step} in {workdir / 'checkpoints'} (kept: "
+                        f"{kept or 'none'}); a run keeps its newest keep_checkpoints steps and "
+                        "every multiple of keep_checkpoint_every")
+    runner = GRPORunner(config, policy=policy)
+    with CheckpointManager(workdir / "checkpoints") as ckpt:
+        state, _, _ = ckpt.restore(int(step), runner.abstract_state())
+    runner.load_state(state)
+    out = workdir / f"step_{int(step)}"
+    api.save_checkpoint(out, jax.device_get(runner.params), runner.model_config, runner.tokenizer)
+    return out
+
+
 def train(config, workdir, policy=None) -> dict:
     """Run (or resume) GRPO; returns a summary with the per-iteration mean rewards.
 

@@ -65,6 +65,17 @@ def test_keep_checkpoint_every_keeps_the_trajectory(tmp_path, policy):
     grpo.train(c, tmp_path, policy=policy)
     steps = sorted(int(d.name) for d in (tmp_path / "checkpoints").iterdir() if d.name.isdigit())
     assert steps == [2, 4]  # the newest, and every multiple of 2; steps 1 and 3 pruned
+    # a kept step exports as a policy checkpoint; the newest one equals the run's final policy
+    from jaxgen import api
+    final = api.load_checkpoint(tmp_path / "final")[0]
+    at4 = api.load_checkpoint(grpo.export_step(_config(4), tmp_path, 4, policy=policy))[0]
+    at2 = api.load_checkpoint(grpo.export_step(_config(4), tmp_path, 2, policy=policy))[0]
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(at4)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(at2)))
+    with pytest.raises(UserError, match=r"no checkpoint of step 3 .*kept: \[2, 4\]"):
+        grpo.export_step(_config(4), tmp_path, 3, policy=policy)
 
 
 def test_config_errors(policy):
