@@ -178,3 +178,11 @@ def test_positive_only_update_raises_the_samplers_probability_of_rewarded_sample
     _, after, _, _ = grpo.score_rollout(runner.params, runner.model_config, rollout, runner.score)
     gain = np.asarray(after).sum(axis=1) - before
     assert gain[positive].mean() > 1.0, gain[positive]
+
+
+def test_cli_export_step_reports_a_step_that_was_not_kept(tmp_path, capsys):
+    from jaxgen.cli import main
+    code = main(["train", "grpo", "--config", "configs/grpo.py:tiny", "--workdir", str(tmp_path),
+                 "--export-step", "3"])
+    assert code == 2
+    assert "no checkpoint of step 3" in capsys.readouterr().err
