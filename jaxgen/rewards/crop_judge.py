@@ -27,10 +27,11 @@ from jaxgen.data import judge as judge_data
 from jaxgen.data.crops import crop_boxes
 from jaxgen.data.reasoning import from_grid, parse_plan
 from jaxgen.errors import UserError
-from jaxgen.models import janus
 from jaxgen.rewards.base import RewardBatch, register_reward
-from jaxgen.rewards.vlm_judge import (answer_log_softmax, load_judge, quantise_pixels,
-                                      summed_answer_logp, uint8_to_unit)
+from jaxgen.rewards.vlm_judge import (answer_log_softmax, decoded_pixels, load_judge,
+                                      quantise_pixels, summed_answer_logp, uint8_to_unit)
+
+_decode = jax.jit(decoded_pixels, static_argnames=("policy_config",))
 
 
 @functools.partial(jax.jit, static_argnames=("config", "crop_size"))
@@ -42,11 +43,6 @@ def object_scores(params, config, pixels_bhwc, sample_r, boxes_r4, ids_rl, mask_
     named = summed_answer_logp(logp, answer_rt, answer_mask_rt)
     others = logp[:, 0][:, alt_first_ids]  # [R, n_alt]
     return jax.nn.softmax(jnp.concatenate([named[:, None], others], -1), -1)[:, 0]
-
-
-@functools.partial(jax.jit, static_argnames=("policy_config",))
-def _decode(policy_params, policy_config, codes_bn):
-    return quantise_pixels(janus.vq_decode(policy_params, policy_config, codes_bn))
 
 
 def plan_rows(reasoning, canvas: int, max_objects: int):

@@ -21,13 +21,13 @@ import jax.numpy as jnp
 from jaxgen.errors import UserError
 from jaxgen.models import janus
 from jaxgen.rewards.base import RewardBatch, register_reward
-from jaxgen.rewards.vlm_judge import quantise_pixels
+from jaxgen.rewards.vlm_judge import decoded_pixels
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def surviving_code_fraction(params, config, codes_bn):
     """float32[B]: share of codes equal after decode -> uint8 rounding -> encode."""
-    pixels = quantise_pixels(janus.vq_decode(params, config, codes_bn))
+    pixels = decoded_pixels(params, config, codes_bn)
     again = janus.vq_encode(params, config, pixels)
     return jnp.mean((again == codes_bn).astype(jnp.float32), axis=-1)
 

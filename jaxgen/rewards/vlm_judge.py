@@ -60,6 +60,12 @@ def quantise_pixels(pixels_bhwc):
     return x / 127.5 - 1.0
 
 
+def decoded_pixels(policy_params, policy_config, codes_bn):
+    """float32[B, H, W, 3]: policy image tokens VQ-decoded and rounded as a saved image would be
+    (traced inside the jitted reward kernels, so pixels never leave the device)."""
+    return quantise_pixels(janus.vq_decode(policy_params, policy_config, codes_bn))
+
+
 def _resize(pixels_bhwc, size: int):
     b, h, w, c = pixels_bhwc.shape
     if (h, w) == (size, size):
@@ -93,7 +99,7 @@ def yes_probability(params, config, ids_bl, mask_bl, pixels_bhwc, yes_ids, no_id
 def yes_probability_from_codes(params, config, policy_params, policy_config, ids_bl, mask_bl,
                                codes_bn, yes_ids, no_ids):
     """Judge policy image tokens: VQ-decode with the policy in-graph, then `yes_probability`."""
-    pixels = quantise_pixels(janus.vq_decode(policy_params, policy_config, codes_bn))
+    pixels = decoded_pixels(policy_params, policy_config, codes_bn)
     return yes_probability(params, config, ids_bl, mask_bl, pixels, yes_ids, no_ids)
 
 
@@ -131,7 +137,7 @@ def answer_log_likelihood(params, config, ids_bl, mask_bl, pixels_bhwc, answer_b
 def answer_log_likelihood_from_codes(params, config, policy_params, policy_config, ids_bl, mask_bl,
                                      codes_bn, answer_bt, answer_mask_bt):
     """`answer_log_likelihood` of policy image tokens, VQ-decoded with the policy in-graph."""
-    pixels = quantise_pixels(janus.vq_decode(policy_params, policy_config, codes_bn))
+    pixels = decoded_pixels(policy_params, policy_config, codes_bn)
     return answer_log_likelihood(params, config, ids_bl, mask_bl, pixels, answer_bt,
                                  answer_mask_bt)
 
