@@ -93,7 +93,7 @@ def make_crop(context, judge: str = "policy", question: str = judge_data.CROP_QU
         ids, mask = vlm.tokenize([question] * len(answers), with_image=True)
         ans, ans_mask = vlm.tokenize_answers(answers, int(max_answer_tokens))
         p = object_scores(vlm.params, vlm.config, pixels, jnp.asarray(sample), jnp.asarray(boxes),
-                          ids, mask, ans, ans_mask, alt_ids, int(pixels.shape[1]))
+                          ids, mask, ans, ans_mask, alt_ids, canvas)
         p = np.asarray(p, np.float32).reshape(valid.shape)
         count = valid.sum(1)
         return np.where(count > 0, (p * valid).sum(1) / np.maximum(count, 1), 0.0).astype(np.float32)

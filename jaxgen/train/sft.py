@@ -267,9 +267,9 @@ def resize_images(images_uint8: np.ndarray, size: int) -> np.ndarray:
 def build_dataset(config, tokenizer, mc, vq_params) -> dict:
     """{'generation': arrays, 'understanding': arrays or None} (see generation_row)."""
     dc, lc = config.data, config.loss
-    if dc.get("judge_task", "yes_no") not in JUDGE_TASKS:
-        raise UserError(f"unknown data.judge_task {dc.judge_task!r}; use one of {JUDGE_TASKS}")
     task = dc.get("judge_task", "yes_no")
+    if task not in JUDGE_TASKS:
+        raise UserError(f"unknown data.judge_task {task!r}; use one of {JUDGE_TASKS}")
     # "Malformed drawing." rows: whole scenes for 'describe', zoomed objects for 'crop'
     for key, tasks in (("degraded_fraction", ("describe",)),
                        ("corrupted_fraction", ("describe", "crop"))):
