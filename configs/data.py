@@ -10,6 +10,8 @@ Result:   OUT/tokenizer.json (~420 tokens), OUT/tfds/shapes_world_sft (train 400
 
 import ml_collections
 
+from jaxgen.models.config import ConfigError
+
 
 def get_config(arg="shapes"):
     c = ml_collections.ConfigDict()
@@ -34,5 +36,5 @@ def get_config(arg="shapes"):
         c.num_prompts_train = 44
         c.num_prompts_test = 22
     else:
-        raise ValueError(f"unknown data config {arg!r}; use shapes, shapes256 or tiny")
+        raise ConfigError(f"unknown data config {arg!r}; use shapes, shapes256 or tiny")
     return c

@@ -4,7 +4,7 @@ Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
 Runtime:  30-47 minutes on a 2-core CPU alone, by host (each stage resumes from its own
           directory): data 17-30 s, VQ 9.5-18 min, SFT 9-12 min, judge 3-4 min, GRPO 6-9 min,
           eval 1.5-4 min.
-Result:   <workdir>/report/ with a per-category table (report.md, report.json: VQ ceiling,
+Result:   <workdir>/eval/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO, and each model's plan ceiling: its own layout plans drawn
           perfectly), reward curve (total and each term), accuracy plot and sample
           grids with their reasoning text. Measured 2026-11-24 (four fresh runs on three
@@ -39,9 +39,12 @@ The demo budgets below are smaller than the families' defaults so the whole run 
 import ml_collections
 
 from jaxgen.config import load_config
+from jaxgen.models.config import ConfigError
 
 def get_config(arg=None):
-    del arg
+    if arg:
+        raise ConfigError(f"configs/demo.py has no variants (got {arg!r}); change a stage with "
+                          "--config.<stage>.<field>=value")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = load_config("data:shapes")

@@ -21,6 +21,7 @@ Paper recipes (with Janus-Pro-7B / 1B hyperparameters) are in configs/recipes/.
 import ml_collections
 
 from jaxgen.config import load_config
+from jaxgen.models.config import ConfigError
 
 from jaxgen.data.judge import QUESTION
 
@@ -109,5 +110,5 @@ def get_config(arg=None):
         c.data.max_prompt_tokens = 24
         c.rewards = ml_collections.ConfigDict({"name": "constant"})
         return c
-    raise ValueError(f"unknown grpo variant {arg!r}; use shapes, shapes_caption, "
+    raise ConfigError(f"unknown grpo variant {arg!r}; use shapes, shapes_caption, "
                      "shapes_caption_vq, shapes_detector or tiny")

@@ -11,7 +11,7 @@ Every variant takes `image_position_embeddings=True` (a learned embedding per im
 index added to the image inputs; off by default and in the demo, see docs/demo_experiments.md;
 Hugging Face export refuses it) and `vision.stem='conv'` (stride-2 3x3 convolutions instead
 of SigLIP's patch embedding; Hugging Face export refuses it too).
-- 1b / 7b: Janus-Pro-1B / 7B shapes (REFERENCE.md section 2; 2.08B / 7.41B params with the
+- 1b / 7b: Janus-Pro-1B / 7B shapes (the published Janus-Pro configs; 2.08B / 7.41B params with the
   vision tower and VQ); scanned layers, dots_attention_saveable remat, bf16 compute, cuDNN
   flash attention on a GPU ('auto'). Use with an imported checkpoint
   (`jaxgen.convert.hf.import_hf_dir`).

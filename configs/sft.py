@@ -21,12 +21,13 @@ these overrides; docs/demo_experiments.md, session 8: within-prompt AUC 0.59 vs 
 import ml_collections
 
 from jaxgen.config import load_config
+from jaxgen.models.config import ConfigError
 
 
 def get_config(arg=None):
     arg = arg or "shapes"
     if arg not in ("shapes", "tiny"):
-        raise ValueError(f"unknown sft config {arg!r}; use shapes or tiny")
+        raise ConfigError(f"unknown sft config {arg!r}; use shapes or tiny")
     shapes = arg == "shapes"
     c = ml_collections.ConfigDict()
     c.model = load_config(f"janus:{arg}").model

@@ -17,12 +17,13 @@ loss.perceptual_weights=<VGG16 safetensors> to enable).
 import ml_collections
 
 from jaxgen.config import load_config
+from jaxgen.models.config import ConfigError
 
 
 def get_config(arg=None):
     arg = arg or "shapes"
     if arg not in ("shapes", "tiny"):
-        raise ValueError(f"unknown vq config {arg!r}; use shapes or tiny")
+        raise ConfigError(f"unknown vq config {arg!r}; use shapes or tiny")
     c = ml_collections.ConfigDict()
     c.model = load_config(f"janus:{arg}").model
     c.seed = 0

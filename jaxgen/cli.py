@@ -100,10 +100,23 @@ def main(argv=None) -> int:
     _maybe_initialize_distributed()
     _, run = _resolve(args._target)
     try:
+        _check_local_paths(args)
         return int(run(args) or 0)
     except UserError as e:
         print(f"jaxgen: error: {e}", file=sys.stderr)
         return 2
+
+
+def _check_local_paths(args):
+    """Work and output directories are local (or shared-filesystem) paths: the trainers write
+    them with pathlib, which would turn gs://bucket/run into a relative directory gs:/bucket/run."""
+    from jaxgen.errors import UserError
+
+    for name in ("workdir", "out", "out_dir"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and "://" in value:
+            raise UserError(f"--{name}={value}: object-store URLs are not supported; mount the "
+                            "bucket (e.g. gcsfuse) or use a shared filesystem and pass its path")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ images), the detector gives R_RI; expected: mean reward rises over 30 CPU iterat
 import ml_collections
 
 from jaxgen.config import load_config
+from jaxgen.models.config import ConfigError
 
 
 def got_reward(sem="got_semantic", spa="got_spatial"):
@@ -51,4 +52,4 @@ def get_config(arg=None):
         c.rewards = ml_collections.ConfigDict(got_reward(sem="plan_prompt_match"))
         c.optim.learning_rate = 1e-4
         return c
-    raise ValueError(f"unknown variant {arg!r}; use 7b, 1b or shapes")
+    raise ConfigError(f"unknown variant {arg!r}; use 7b, 1b or shapes")

@@ -17,6 +17,7 @@ Expected result (paper, Table 1): GenEval 0.80 -> 0.86 (counting 0.59 -> 0.66, p
 import ml_collections
 
 from jaxgen.config import load_config
+from jaxgen.models.config import ConfigError
 
 
 def get_config(arg=None):
@@ -46,4 +47,4 @@ def get_config(arg=None):
         c.optim.update(dict(learning_rate=1e-4, linear_steps=20, mid_lr_ratio=0.5,
                             end_lr_ratio=0.1))
         return c
-    raise ValueError(f"unknown variant {arg!r}; use 7b, 1b or shapes")
+    raise ConfigError(f"unknown variant {arg!r}; use 7b, 1b or shapes")

@@ -16,6 +16,7 @@ expected: the mean boxed-judge reward rises over the first iterations.
 import ml_collections
 
 from jaxgen.config import load_config
+from jaxgen.models.config import ConfigError
 
 
 def get_config(arg=None):
@@ -42,4 +43,4 @@ def get_config(arg=None):
         c.rewards.kwargs.update(dict(max_new_tokens=8, max_text_tokens=96))
         c.optim.learning_rate = 1e-4
         return c
-    raise ValueError(f"unknown variant {arg!r}; use 7b, 1b or shapes")
+    raise ConfigError(f"unknown variant {arg!r}; use 7b, 1b or shapes")

@@ -16,6 +16,7 @@ Expected result (paper): T2I-CompBench colour/shape/texture 81.3 / 58.5 / 72.4 (
 import ml_collections
 
 from jaxgen.config import load_config
+from jaxgen.models.config import ConfigError
 
 
 def get_config(arg=None):
@@ -42,4 +43,4 @@ def get_config(arg=None):
         c.grpo.loss.beta = 0.01
         c.optim.learning_rate = 1e-4
         return c
-    raise ValueError(f"unknown variant {arg!r}; use 7b, 1b or shapes")
+    raise ConfigError(f"unknown variant {arg!r}; use 7b, 1b or shapes")

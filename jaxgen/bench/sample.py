@@ -59,9 +59,9 @@ def _time_calls(fn, repeats):
 
 def sample(args) -> int:
     import jax
-    import torch
     from tqdm import tqdm
 
+    from jaxgen.bench import require_torch
     from jaxgen.config import load_config
     from jaxgen.convert.hf import import_hf_dir
     from jaxgen.errors import UserError
@@ -69,6 +69,7 @@ def sample(args) -> int:
     from jaxgen.sampling.sampler import SampleOptions
     from jaxgen.sampling.sampler import sample as jax_sample
 
+    torch = require_torch()
     if args.batch < 1 or args.repeats < 1 or args.prompt_len < 1:
         raise UserError("--batch, --repeats and --prompt-len must be >= 1")
     from jaxgen.convert.hf import hf_compatible

@@ -184,10 +184,10 @@ def sft(args) -> int:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
     import jax
-    import torch
     from tqdm import tqdm
 
     from jaxgen import parallel
+    from jaxgen.bench import require_torch
     from jaxgen.bench.sample import _hf_model
     from jaxgen.config import load_config
     from jaxgen.convert.hf import import_hf_dir
@@ -195,6 +195,7 @@ def sft(args) -> int:
     from jaxgen.models.janus import config_from_configdict, param_logical_axes
     from jaxgen.train import optim, sft as sft_lib, state as st
 
+    torch = require_torch()
     torch_batch = args.batch if args.torch_batch is None else args.torch_batch
     if min(args.batch, args.text_len, args.repeats, args.accum) < 1 or torch_batch < 0:
         raise UserError("--batch, --text-len, --accum and --repeats must be >= 1 "

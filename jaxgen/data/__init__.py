@@ -7,7 +7,9 @@ tokenizer     small byte-level BPE tokenizer: build_tokenizer, load_tokenizer, s
 tfds_builders array_record TFDS datasets without TensorFlow; read_split
 readers       ReasonGen-R1 SFT jsonl, GenEval metadata, T2I-CompBench txt, LAION-SG json
 pipeline      Grain loader: seeded order, per-host shards, checkpointable iterator
-judge         yes/no judge examples with hard negatives
+judge         judge examples: yes/no with hard negatives, crops of each object, describe
+corruptions   renderer-made malformed objects (the judges' negatives)
+crops         crop_boxes: one object's zoomed window, shared by judge data and the crop reward
 build         build_all(config, out_dir), load_split(data_dir, name, split)
 templates     prompt templates of the unified model
 """

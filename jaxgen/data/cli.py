@@ -8,7 +8,8 @@ import json
 def build_args(parser):
     parser.add_argument("--config", default="configs/data.py:shapes",
                         help="data config, e.g. configs/data.py:shapes")
-    parser.add_argument("--out_dir", default=None, help="output directory (default: config.out_dir)")
+    parser.add_argument("--out", "--out_dir", dest="out_dir", default=None,
+                        help="output directory (default: config.out_dir)")
 
 
 def build(args) -> int:

@@ -1,6 +1,6 @@
 """Examples for training a ShapesWorld reward judge.
 
-Two tasks (`data.judge_task` in configs/sft.py):
+Three tasks (`data.judge_task` in configs/sft.py):
 - 'yes_no': a yes/no question about an image (the T2I-R1 / Janus-Pro-R1 judge). Positives: a
   record's image with its own prompt ('yes'). Negatives: the same image with a minimally
   perturbed prompt: one colour, shape, count or relation changed (`prompts.perturb_metadata`),

@@ -28,7 +28,8 @@ DETAILED_KEYS = ("detailed_caption", "long_caption", "dense_caption", "reasoning
 IMAGE_KEYS = ("image", "image_path", "img_path", "file_name", "path")
 
 
-def _lines(path) -> list:
+def read_jsonl(path) -> list:
+    """The JSON objects of a JSON-lines file (blank lines skipped); a bad line is a clear error."""
     p = pathlib.Path(path)
     if not p.exists():
         raise UserError(f"file {path} not found")
@@ -68,7 +69,7 @@ def read_reasongen_sft(path, image_root=None, image_size=None) -> list:
     """SFT records from a ReasonGen-R1 style jsonl (brief caption, detailed caption, image)."""
     root = pathlib.Path(image_root) if image_root else pathlib.Path(path).parent
     records = []
-    for n, d in enumerate(_lines(path), start=1):
+    for n, d in enumerate(read_jsonl(path), start=1):
         where = f"{path}:{n}"
         prompt = _first(d, BRIEF_KEYS, where)
         caption = _first(d, DETAILED_KEYS, where)
@@ -84,7 +85,7 @@ def read_reasongen_sft(path, image_root=None, image_size=None) -> list:
 def read_geneval_metadata(path) -> list:
     """RL prompt records from GenEval's evaluation_metadata.jsonl."""
     records = []
-    for n, d in enumerate(_lines(path), start=1):
+    for n, d in enumerate(read_jsonl(path), start=1):
         for key in ("tag", "include", "prompt"):
             if key not in d:
                 raise UserError(f"{path}:{n} has no {key!r}; GenEval metadata lines need tag, "

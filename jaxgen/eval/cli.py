@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import pathlib
 
+from jaxgen.data.readers import read_jsonl
 from jaxgen.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -26,19 +27,19 @@ def collect(directory, metadata_file=None) -> list:
     pairs = []
     flat = pathlib.Path(metadata_file) if metadata_file else root / "metadata.jsonl"
     if flat.exists():
-        for n, line in enumerate(flat.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            meta = json.loads(line)
+        for n, meta in enumerate(read_jsonl(flat), start=1):
             if "file" not in meta:
-                raise UserError(f"{flat}:{n} has no 'file' key naming its image")
+                raise UserError(f"record {n} of {flat} has no 'file' key naming its image")
             pairs.append((root / meta["file"], meta))
         return pairs
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         mfile = sub / "metadata.jsonl"
         if not mfile.exists():
             continue
-        meta = json.loads(mfile.read_text(encoding="utf-8").splitlines()[0])
+        records = read_jsonl(mfile)
+        if not records:
+            raise UserError(f"{mfile} is empty; GenEval's layout has one metadata line per folder")
+        meta = records[0]
         samples = sub / "samples"
         for img in sorted(samples.iterdir() if samples.is_dir() else []):
             if img.suffix.lower() in IMAGE_SUFFIXES:

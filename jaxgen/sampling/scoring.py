@@ -4,7 +4,7 @@ One forward pass over [prompt; reasoning; <begin_of_image>; image tokens] (the s
 and positions the sampler used, see sampler.py), plus the unconditional copy for cfg_mode='cfg',
 batched as [cond rows; uncond rows] in the same pass.
 
-cfg_mode (REFERENCE.md section 3) decides the image-token distribution that is scored:
+cfg_mode decides the image-token distribution that is scored:
   'cfg'          u + w (c - u) with w = cfg_weight (what the sampler draws from; Janus-Pro-R1 style)
   'conditional'  the conditional logits c only (T2I-R1 style; sampled with CFG, scored without)
   'none'         no guidance anywhere (ReasonGen-R1 samples with cfg_weight 1): c only

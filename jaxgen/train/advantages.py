@@ -4,7 +4,7 @@ Layout: a batch of B = P * G samples is group-contiguous: sample i answers promp
 Every estimator maps rewards float32[B] to advantages float32[B] and is a pure jnp function, so
 it runs inside jit on device as well as on NumPy inputs.
 
-Estimators (REFERENCE.md section 3):
+Estimators (GRPO, RLOO, Dr. GRPO):
   'grpo'           (r - mean_g) / (std_g + eps)                      (DeepSeekMath GRPO)
   'rloo'           r_i - mean_{j != i} r_j = G / (G - 1) (r_i - mean_g)  (leave-one-out)
   'mean_centred'   r - mean_g                                         (Dr. GRPO)

@@ -15,7 +15,7 @@ shardings (parameters never travel to the host). Shapes are fixed by the config 
 left-padded to data.max_prompt_tokens, reasoning to sampling.max_think_tokens), so nothing
 recompiles between iterations.
 
-The image log-prob convention is `grpo.cfg_mode` (REFERENCE.md section 3): 'conditional'
+The image log-prob convention is `grpo.cfg_mode`: 'conditional'
 (T2I-R1), 'cfg' (CFG-combined, Janus-Pro-R1) or 'none' (sample with CFG weight 1, ReasonGen-R1);
 `sampling.uncond_hides` says what the unconditional row hides.
 
@@ -134,7 +134,8 @@ class PromptSource:
             if not path.is_file():
                 raise UserError(f"prompt file {path} not found; set --config.data.path to a JSONL "
                                 "of {'prompt', 'metadata'} records or use data.source=shapes")
-            self.records = [json.loads(line) for line in path.read_text().splitlines() if line]
+            from jaxgen.data.readers import read_jsonl
+            self.records = read_jsonl(path)
             if not self.records:
                 raise UserError(f"prompt file {path} is empty")
         elif self.kind != "shapes":

@@ -9,7 +9,7 @@ masks what comes after; nothing recompiles.
 Simplification (stated): a regeneration is a fresh sample of the same prompt with a new key; the
 paper's regeneration also conditions on the previous image and its critique.
 
-Rewards (REFERENCE.md, Janus-Pro-R1), with R_QA(I_i) from an external judge:
+Rewards (Janus-Pro-R1, Pan et al. 2025), with R_QA(I_i) from an external judge:
   R_Gen  = sum_{i<K} R_QA(I_i) + (T - K + 1) R_QA(I_K)
   R_Comp = sum_{i<=K} (1 - |R_QA(I_i) - SE(I_i)|) * T / K
 """
