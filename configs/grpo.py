@@ -55,7 +55,10 @@ def base_config():
     c.policy_checkpoint = ""  # jaxgen checkpoint dir (SFT'd policy); empty: random init of model
     c.judge_checkpoint = ""  # jaxgen checkpoint dir of the reward VLM (rewards with judge='judge')
     c.tokenizer = ""  # only for a random init without a checkpoint
-    c.model = load_config("janus:shapes").model
+    c.model = load_config("janus:shapes").model  # a random init's model (no policy_checkpoint)
+    # execution options applied to the loaded policy (scan_layers, remat_policy, dtype,
+    # attention_impl; jaxgen.models.janus.with_execution_options); empty: the checkpoint's own
+    c.model_options = ml_collections.ConfigDict()
     c.data = ml_collections.ConfigDict(dict(
         source="shapes", split="train", categories=(), path="", max_prompt_tokens=32))
     c.sampling = ml_collections.ConfigDict(dict(

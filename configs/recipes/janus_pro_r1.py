@@ -17,6 +17,7 @@ Expected result (paper, Table 1): GenEval 0.80 -> 0.86 (counting 0.59 -> 0.66, p
 import ml_collections
 
 from jaxgen.config import load_config
+from jaxgen.models.janus import EXECUTION_OPTIONS
 from jaxgen.models.config import ConfigError
 
 
@@ -38,6 +39,9 @@ def get_config(arg=None):
     c.reflection = ml_collections.ConfigDict(dict(max_images=3, yes_threshold=0.5))
     if arg in ("7b", "1b"):
         c.model = load_config(f"janus:{arg}").model
+        # run the loaded policy scanned, rematerialised, in bfloat16 (a converted checkpoint is
+        # stored unrolled in float32)
+        c.model_options = {k: c.model.text[k] for k in EXECUTION_OPTIONS}
         c.data.update(dict(source="jsonl", path="", max_prompt_tokens=128))
         return c
     if arg == "shapes":

@@ -16,6 +16,7 @@ Expected result (paper): T2I-CompBench colour/shape/texture 81.3 / 58.5 / 72.4 (
 import ml_collections
 
 from jaxgen.config import load_config
+from jaxgen.models.janus import EXECUTION_OPTIONS
 from jaxgen.models.config import ConfigError
 
 
@@ -34,6 +35,9 @@ def get_config(arg=None):
     c.total_steps = 1600
     if arg in ("7b", "1b"):
         c.model = load_config(f"janus:{arg}").model
+        # run the loaded policy scanned, rematerialised, in bfloat16 (a converted checkpoint is
+        # stored unrolled in float32)
+        c.model_options = {k: c.model.text[k] for k in EXECUTION_OPTIONS}
         c.data.update(dict(source="jsonl", path="", max_prompt_tokens=128))
         return c
     if arg == "shapes":

@@ -288,21 +288,6 @@ def _hf_shape(path, shape):
     return tuple(reversed(shape)) if _is_linear_kernel(path, len(shape)) else tuple(shape)
 
 
-def _stack_layers(lm: dict, n_layers: int) -> dict:
-    lm = dict(lm)
-    layers = [lm.pop(f"layers_{i}") for i in range(n_layers)]
-    lm["layers"] = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *layers)
-    return lm
-
-
-def _unstack_layers(lm: dict, n_layers: int) -> dict:
-    lm = dict(lm)
-    stacked = lm.pop("layers")
-    for i in range(n_layers):
-        lm[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: np.asarray(x)[i], stacked)
-    return lm
-
-
 def _split_prefix(tensors: Mapping[str, Any], prefix: str):
     inside = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     return inside, {k: v for k, v in tensors.items() if not k.startswith(prefix)}
@@ -338,7 +323,7 @@ def params_from_hf_tensors(tensors: Mapping[str, Any], config: JanusConfig,
         flat[path] = np.ascontiguousarray(x.T if _is_linear_kernel(path, x.ndim) else x)
     params = unflatten_dict(flat)
     if config.text.scan_layers:
-        params["language_model"] = _stack_layers(params["language_model"],
+        params["language_model"] = janus.stack_layers(params["language_model"],
                                                  config.text.num_hidden_layers)
     params["vision_model"] = hf_vision_vq.vision_from_hf(vision_t, config.vision)
     params["vqmodel"] = hf_vision_vq.vq_from_hf(vq_t, config.vq)
@@ -355,7 +340,7 @@ def params_to_hf_tensors(params, config: JanusConfig) -> Dict[str, np.ndarray]:
     params = jax.tree_util.tree_map(np.asarray, params)
     own = {k: params[k] for k in _OWN_PARTS}
     if config.text.scan_layers:
-        own["language_model"] = _unstack_layers(own["language_model"],
+        own["language_model"] = janus.unstack_layers(own["language_model"],
                                                 config.text.num_hidden_layers)
     expected = _own_expected_shapes(config)
     flat = flatten_dict(own)

@@ -232,6 +232,45 @@ def param_logical_axes(config: JanusConfig) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Execution options: the same weights run scanned or unrolled, rematerialised, in another dtype.
+
+EXECUTION_OPTIONS = ("scan_layers", "remat_policy", "dtype", "attention_impl")
+
+
+def stack_layers(lm: dict, n_layers: int) -> dict:
+    """Language-model params with layers_0..layers_{n-1} stacked into one scanned `layers`."""
+    lm = dict(lm)
+    layers = [lm.pop(f"layers_{i}") for i in range(n_layers)]
+    lm["layers"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+    return lm
+
+
+def unstack_layers(lm: dict, n_layers: int) -> dict:
+    """The inverse of `stack_layers`."""
+    lm = dict(lm)
+    stacked = lm.pop("layers")
+    for i in range(n_layers):
+        lm[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: x[i], stacked)
+    return lm
+
+
+def with_execution_options(params, config: JanusConfig, **options):
+    """(params, config) running the same weights with other `EXECUTION_OPTIONS` of the language
+    model: a checkpoint saved unrolled in float32 can train scanned with remat in bfloat16, and
+    back. Layers are restacked when scan_layers changes; unset options keep the checkpoint's."""
+    import dataclasses
+    unknown = sorted(set(options) - set(EXECUTION_OPTIONS))
+    if unknown:
+        raise UserError(f"unknown execution option(s) {unknown}; choose from {EXECUTION_OPTIONS}")
+    text = dataclasses.replace(config.text, **options)  # validates attention_impl, remat
+    if text.scan_layers != config.text.scan_layers:
+        convert = stack_layers if text.scan_layers else unstack_layers
+        params = dict(params, language_model=convert(params["language_model"],
+                                                     text.num_hidden_layers))
+    return params, config.replace(text=text)
+
+
+# ---------------------------------------------------------------------------------------------
 # Forward functions.
 
 def embed_text(params, config: JanusConfig, ids_bl):

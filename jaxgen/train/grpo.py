@@ -212,6 +212,9 @@ def load_policy(config):
         params, model_config, tokenizer = api.load_checkpoint(config.policy_checkpoint)
         if tokenizer is None:
             raise UserError(f"policy checkpoint {config.policy_checkpoint} has no tokenizer files")
+        options = dict(config.get("model_options") or {})
+        if options:
+            params, model_config = janus.with_execution_options(params, model_config, **options)
         return params, model_config, tokenizer
     if not config.get("tokenizer"):
         raise UserError("GRPO needs a tokenizer: set --config.policy_checkpoint=DIR (an SFT'd "

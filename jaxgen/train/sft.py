@@ -669,6 +669,9 @@ def _checkpoint_init_fn(path, mc, vq_params, fresh_parts=(), fresh_init_fn=None)
     `fresh_parts` (top-level parameter groups, e.g. 'vision_model', taken from fresh_init_fn)."""
     from jaxgen.api import load_checkpoint
     params, ckpt_mc, _ = load_checkpoint(path)
+    # the checkpoint's layers stacked (or not) as this run scans them
+    params, ckpt_mc = janus.with_execution_options(params, ckpt_mc,
+                                                   scan_layers=mc.text.scan_layers)
     want = jax.eval_shape(lambda r: janus.init_params(mc, r), jax.random.PRNGKey(0))
     unknown = sorted(set(fresh_parts) - set(want))
     if unknown:
