@@ -83,6 +83,13 @@ def base_config():
         entropy=dict(adaptive=False, text_coef=0.0, image_coef=0.0, text_target=2.0,
                      image_target=7.0, lr=5e-5, max_coef=5e-3)))
     c.rewards = ml_collections.ConfigDict(YES_NO_JUDGE)
+    # Janus-Pro-R1 self-reflection (jaxgen/train/reflection.py): max_images T > 0 makes each
+    # rollout up to T images, the policy judging each with `question` (yes ends the loop); the
+    # reward tree is R_QA of every image (keep it in [0, 1]) and a trajectory's advantage is
+    # reward_weights . (R_Gen, R_Comp). 0: plain GRPO.
+    c.reflection = ml_collections.ConfigDict(dict(
+        max_images=0, yes_threshold=0.5, question=QUESTION, max_text_tokens=64,
+        reward_weights=(1.0, 1.0), self_eval_weight=1.0))
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-4, warmup_steps=0, schedule="constant", end_lr_ratio=1.0,
         b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0))

@@ -29,14 +29,16 @@ def get_config(arg=None):
                        dynamic_sampling=False, cfg_mode="cfg", per_reward_norm=True))
     c.grpo.loss.update(dict(eps_low=0.2, eps_high=0.2, beta=0.05, aggregation="sequence_mean"))
     c.sampling.update(dict(cfg_weight=5.0, max_think_tokens=0))
+    # R_QA of each image, in [0, 1] as R_Comp's |R_QA - SE| needs: the judge's P(yes) averaged
+    # with the pixel detector (the paper's R_QA is a VLM's P(yes) alone)
     c.rewards = ml_collections.ConfigDict({"op": "sum", "terms": [
-        {"name": "vlm_yes_no", "weight": 1.0, "kwargs": {"judge": "judge", "max_text_tokens": 96}},
-        {"name": "geneval", "weight": 1.0}]})
+        {"name": "vlm_yes_no", "weight": 0.5, "kwargs": {"judge": "judge", "max_text_tokens": 96}},
+        {"name": "geneval", "weight": 0.5}]})
     c.optim.update(dict(learning_rate=6e-6, schedule="linear_then_cosine", mid_lr_ratio=2e-6 / 6e-6,
                         linear_steps=400, end_lr_ratio=2e-7 / 6e-6, b1=0.9, b2=0.95,
                         weight_decay=0.05, grad_clip_norm=1.0))
     c.total_steps = 800
-    c.reflection = ml_collections.ConfigDict(dict(max_images=3, yes_threshold=0.5))
+    c.reflection.update(dict(max_images=3, yes_threshold=0.5, max_text_tokens=96))
     if arg in ("7b", "1b"):
         c.model = load_config(f"janus:{arg}").model
         # run the loaded policy scanned, rematerialised, in bfloat16 (a converted checkpoint is

@@ -65,7 +65,7 @@ def _jitted_entry_points():
     from jaxgen.rewards import tokenizer_consistency, vlm_judge
     from jaxgen.sampling import sampler as sampler_lib
 
-    judge = ("yes_probability", "yes_probability_from_codes", "greedy_answer",
+    judge = ("yes_probability", "yes_no_logit_from_codes", "greedy_answer",
              "answer_log_likelihood", "answer_log_likelihood_from_codes")
     return ([(sampler_lib, "sample")] + [(vlm_judge, name) for name in judge]
             + [(tokenizer_consistency, "surviving_code_fraction")])

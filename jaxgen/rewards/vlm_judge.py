@@ -83,24 +83,38 @@ def _prompt_state(params, config, ids_bl, mask_bl, pixels_bhwc):
     return emb, positions
 
 
-@functools.partial(jax.jit, static_argnames=("config", "yes_ids", "no_ids"))
-def yes_probability(params, config, ids_bl, mask_bl, pixels_bhwc, yes_ids, no_ids):
-    """float32[B]: P(yes) / (P(yes) + P(no)) of the first answer token (pixels may be None)."""
+def yes_no_logit(params, config, ids_bl, mask_bl, pixels_bhwc, yes_ids, no_ids):
+    """float32[B]: log P(yes) - log P(no) of the first answer token (pixels may be None);
+    differentiable in params (the self-reflection loss trains it)."""
     emb, positions = _prompt_state(params, config, ids_bl, mask_bl, pixels_bhwc)
     hidden, _ = janus.decode(params, config, emb, positions, mask_bl.astype(bool))
     logits = janus.text_logits(params, config, hidden[:, -1:])[:, 0].astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     log_yes = jax.nn.logsumexp(logp[:, jnp.array(yes_ids)], axis=-1)
     log_no = jax.nn.logsumexp(logp[:, jnp.array(no_ids)], axis=-1)
-    return jax.nn.sigmoid(log_yes - log_no)  # = p_yes / (p_yes + p_no), stable
+    return log_yes - log_no
+
+
+@functools.partial(jax.jit, static_argnames=("config", "yes_ids", "no_ids"))
+def yes_probability(params, config, ids_bl, mask_bl, pixels_bhwc, yes_ids, no_ids):
+    """float32[B]: P(yes) / (P(yes) + P(no)) of the first answer token (pixels may be None)."""
+    return jax.nn.sigmoid(yes_no_logit(params, config, ids_bl, mask_bl, pixels_bhwc, yes_ids,
+                                       no_ids))  # = p_yes / (p_yes + p_no), stable
 
 
 @functools.partial(jax.jit, static_argnames=("config", "policy_config", "yes_ids", "no_ids"))
+def yes_no_logit_from_codes(params, config, policy_params, policy_config, ids_bl, mask_bl,
+                            codes_bn, yes_ids, no_ids):
+    """Judge policy image tokens: VQ-decode with the policy in-graph, then `yes_no_logit`."""
+    pixels = decoded_pixels(policy_params, policy_config, codes_bn)
+    return yes_no_logit(params, config, ids_bl, mask_bl, pixels, yes_ids, no_ids)
+
+
 def yes_probability_from_codes(params, config, policy_params, policy_config, ids_bl, mask_bl,
                                codes_bn, yes_ids, no_ids):
-    """Judge policy image tokens: VQ-decode with the policy in-graph, then `yes_probability`."""
-    pixels = decoded_pixels(policy_params, policy_config, codes_bn)
-    return yes_probability(params, config, ids_bl, mask_bl, pixels, yes_ids, no_ids)
+    """`yes_probability` of policy image tokens decoded in-graph."""
+    return jax.nn.sigmoid(yes_no_logit_from_codes(params, config, policy_params, policy_config,
+                                                  ids_bl, mask_bl, codes_bn, yes_ids, no_ids))
 
 
 def answer_log_softmax(params, config, ids_bl, mask_bl, pixels_bhwc, answer_bt, answer_mask_bt):
@@ -272,6 +286,14 @@ class VLMJudge:
             return jax.device_put(x, parallel.batch_sharding(self.mesh))
         return jax.device_put(x, parallel.replicated(self.mesh))
 
+    def yes_no_logit(self, questions, codes, decoder):
+        """float32[B] log P(yes) - log P(no) of policy image tokens (codes int32[B, N]) decoded
+        in-graph by decoder=(policy_params, policy_config)."""
+        ids, mask = self.tokenize(questions, with_image=True)
+        policy_params, policy_config = decoder
+        return yes_no_logit_from_codes(self.params, self.config, policy_params, policy_config,
+                                       ids, mask, codes, self.yes_ids, self.no_ids)
+
     def prob_yes(self, questions, images=None, codes=None, decoder=None):
         """float32[B] P(yes)/(P(yes)+P(no)).
 
@@ -280,11 +302,7 @@ class VLMJudge:
         neither: a text-only question.
         """
         if codes is not None:
-            ids, mask = self.tokenize(questions, with_image=True)
-            policy_params, policy_config = decoder
-            return yes_probability_from_codes(self.params, self.config, policy_params,
-                                              policy_config, ids, mask, codes, self.yes_ids,
-                                              self.no_ids)
+            return jax.nn.sigmoid(self.yes_no_logit(questions, codes, decoder))
         ids, mask = self.tokenize(questions, with_image=images is not None)
         pixels = None
         if images is not None:

@@ -10,6 +10,11 @@ One iteration (each stage a pure function; the jitted ones compile once per run)
   advantages  a registered estimator (jaxgen.train.advantages), dynamic-sampling mask
   update      inner epochs x minibatches of the clipped-ratio loss (jaxgen.train.policy_loss)
 
+With `reflection.max_images = T > 0` (Janus-Pro-R1) the rollout is the self-reflection loop of
+jaxgen.train.reflection: T images per row, each judged by the policy itself; the reward tree
+scores every image (R_QA), a trajectory's advantage comes from R_Gen and R_Comp, and the loss
+covers the images it produced and its yes/no answers.
+
 Policy, reference and reward judge live on the same `jax.sharding.Mesh` with their own
 shardings (parameters never travel to the host). Shapes are fixed by the config (prompts are
 left-padded to data.max_prompt_tokens, reasoning to sampling.max_think_tokens), so nothing
@@ -47,6 +52,7 @@ from jaxgen.sampling import sampler as sampler_lib
 from jaxgen.sampling import scoring
 from jaxgen.train import advantages as adv_lib
 from jaxgen.train import policy_loss as loss_lib
+from jaxgen.train import reflection as reflection_lib
 
 CFG_MODES = ("conditional", "cfg", "none")
 OLD_LOGPROBS = ("auto", "sampler", "recompute", "detached")
@@ -69,6 +75,7 @@ class UpdateSettings:
     score: ScoreSettings
     loss: loss_lib.LossConfig
     old_mode: str  # 'detached' | 'given'
+    self_eval: reflection_lib.SelfEvalSettings | None = None  # the reflection loop's answers
 
 
 # ---------------------------------------------------------------------------- pure stages
@@ -97,8 +104,15 @@ def grpo_objective(params, config, batch, entropy_coefs, u: UpdateSettings):
                                batch.get("ref_think"), think_ent)
     image = loss_lib.TokenBatch(image_lp, old_image, jnp.ones_like(image_lp),
                                 batch.get("ref_image"), image_ent)
-    return loss_lib.grpo_loss(text, image, batch["adv"], batch["keep"], u.loss,
-                              entropy_coefs[0], entropy_coefs[1])
+    loss, metrics = loss_lib.grpo_loss(text, image, batch["adv"], batch["keep"], u.loss,
+                                       entropy_coefs[0], entropy_coefs[1])
+    if u.self_eval is not None:  # the self-evaluation answers take the image stream's advantage
+        se_loss, se_metrics = reflection_lib.self_eval_loss(
+            params, config, dict(batch["self_eval"], codes=rollout.image_ids_bn),
+            loss_lib.per_stream(batch["adv"])[1], loss_lib.per_stream(batch["keep"])[1],
+            u.self_eval, u.loss.eps_low, u.loss.eps_high)
+        loss, metrics = loss + se_loss, dict(metrics, **se_metrics)
+    return loss, metrics
 
 
 def update_step(params, opt_state, batch, entropy_coefs, *, config, settings, optimizer):
@@ -235,6 +249,13 @@ class GRPORunner:
         self.group_size = int(g.group_size)
         self.num_prompts = int(g.prompts_per_step)
         self.batch_size = self.group_size * self.num_prompts
+        rc = config.get("reflection") or {}
+        self.max_images = int(rc.get("max_images", 0) or 0)
+        # rows of one update batch: every image of every trajectory (inactive ones weigh 0)
+        self.rows = self.batch_size * max(1, self.max_images)
+        if self.max_images and g.get("text_rewards"):
+            raise UserError("grpo.text_rewards cannot be combined with reflection.max_images > 0 "
+                            "(a trajectory has one advantage from R_Gen and R_Comp)")
         if g.cfg_mode not in CFG_MODES:
             raise UserError(f"grpo.cfg_mode={g.cfg_mode!r}; choose one of {CFG_MODES}")
         # configs written before the field existed resume as plain GRPO
@@ -251,15 +272,15 @@ class GRPORunner:
                           "grpo.cfg_mode='cfg'.", stacklevel=2)
         if g.old_logprobs not in OLD_LOGPROBS:
             raise UserError(f"grpo.old_logprobs={g.old_logprobs!r}; choose one of {OLD_LOGPROBS}")
-        if self.batch_size % int(g.minibatches):
-            raise UserError(f"batch {self.batch_size} (prompts_per_step x group_size) does not "
-                            f"split into grpo.minibatches={g.minibatches}")
+        if self.rows % int(g.minibatches):
+            raise UserError(f"batch {self.rows} (prompts_per_step x group_size x images per "
+                            f"trajectory) does not split into grpo.minibatches={g.minibatches}")
         if mesh is None:
             mesh, layout = parallel.mesh_from_config(config.mesh)
         else:
             layout = config.mesh.get("layout", "fsdp")
         self.mesh, self.layout = mesh, layout
-        parallel.check_batch_divides(self.batch_size // int(g.minibatches), mesh,
+        parallel.check_batch_divides(self.rows // int(g.minibatches), mesh,
                                      "grpo minibatch (prompts_per_step*group_size/minibatches)")
         params, self.model_config, self.tokenizer = policy or load_policy(config)
         s = config.sampling
@@ -282,8 +303,17 @@ class GRPORunner:
             eps_low=float(lc.eps_low), eps_high=float(lc.eps_high), beta=float(lc.beta),
             aggregation=lc.aggregation, text_weight=float(lc.text_weight),
             image_weight=float(lc.image_weight))
+        self.self_judge, self_eval = None, None
+        if self.max_images:  # the policy judges its own images with its current params
+            self.self_judge = reflection_lib.self_eval_judge(
+                lambda: self.params, self.model_config, self.tokenizer, mesh, layout,
+                int(rc.get("max_text_tokens", 64)))
+            self_eval = reflection_lib.SelfEvalSettings(
+                self.self_judge.yes_ids, self.self_judge.no_ids,
+                float(rc.get("self_eval_weight", 1.0)))
         self.update_settings = UpdateSettings(self.score, self.loss_config,
-                                              "detached" if self.old_mode == "detached" else "given")
+                                              "detached" if self.old_mode == "detached" else "given",
+                                              self_eval)
         from jaxgen.train.optim import make_optimizer
         self.optimizer = make_optimizer(config, int(config.total_steps) * inner)
 
@@ -339,6 +369,15 @@ class GRPORunner:
         ids, mask = tokenize_prompts(self.tokenizer, self.model_config, texts,
                                      int(self.config.data.max_prompt_tokens))
         rng = jax.random.fold_in(jax.random.PRNGKey(int(self.config.seed)), iteration)
+        if self.max_images:
+            rc = self.config.reflection
+            self.last_reflection = reflection_lib.reflect(
+                self.params, self.model_config, self.self_judge, self._put_batch(ids),
+                self._put_batch(mask), texts, rng, self.options, self.max_images,
+                float(rc.yes_threshold), rc.question,
+                answer_rng=np.random.default_rng([int(self.config.seed), iteration, 13]))
+            t = self.max_images  # rows are round-major: row i * B + b is image i of row b
+            return self.last_reflection.rollout, texts * t, metadata * t
         rollout = sampler_lib.sample(self.params, self.model_config, self._put_batch(ids),
                                      self._put_batch(mask), rng, self.options)
         return rollout, texts, metadata
@@ -393,11 +432,11 @@ class GRPORunner:
         """Inner epochs x minibatches of optimizer steps; returns the mean metrics."""
         g = self.config.grpo
         n_mb = int(g.minibatches)
-        mb = self.batch_size // n_mb
+        mb = self.rows // n_mb
         rng = np.random.default_rng([int(self.config.seed), iteration, 7])
         history = []
         for _ in range(int(g.inner_epochs)):
-            order = rng.permutation(self.batch_size) if n_mb > 1 else None
+            order = rng.permutation(self.rows) if n_mb > 1 else None
             for k in range(n_mb):
                 if order is None:
                     part = batch
@@ -431,13 +470,20 @@ class GRPORunner:
         old_think, old_image = self.old_logprobs(rollout)
         jax.block_until_ready((ref_think, ref_image, old_think, old_image))
         t3 = time.perf_counter()
-        adv, keep = image_adv, image_keep = self.advantages(streams, weights)
+        reflection_metrics = {}
+        if self.max_images:
+            adv, keep, total, reflection_metrics, self_eval = self._reflection_batch(total)
+            image_keep = keep
+        else:
+            adv, keep = image_adv, image_keep = self.advantages(streams, weights)
         if text is not None:  # (reasoning tokens, image tokens)
             text_adv, text_keep = self.advantages(text[1], text[2])
             adv, keep = (text_adv, image_adv), (text_keep, image_keep)
         batch = dict(rollout=rollout, adv=jax.tree.map(self._put_batch, adv),
                      keep=jax.tree.map(self._put_batch, keep), old_think=old_think,
                      old_image=old_image, ref_think=ref_think, ref_image=ref_image)
+        if self.max_images:
+            batch["self_eval"] = self_eval
         metrics = self.update(batch, iteration)
         jax.block_until_ready(self.params)
         t4 = time.perf_counter()
@@ -449,6 +495,7 @@ class GRPORunner:
             time_update=t4 - t3, time_iteration=t4 - t0)
         for name, col in zip(self.reward.stream_names, streams.T):
             metrics[f"reward/{name}"] = float(col.mean())
+        metrics.update(reflection_metrics)
         for name, secs in self.reward.timings.items():
             metrics[f"time_reward/{name}"] = secs
         if text is not None:
@@ -459,6 +506,32 @@ class GRPORunner:
                 metrics[key if key not in metrics else f"reward/text:{name}"] = float(col.mean())
         self.last_reasoning = reasoning
         return metrics
+
+    def _reflection_batch(self, rqa_rows):
+        """Advantages of the self-reflection trajectories, spread over their image rows.
+
+        rqa_rows: float[T * B] the reward tree's R_QA of every image (rollout row order).
+        Returns (adv [T*B], keep [T*B] (0 for images the loop did not produce), r_final [B]
+        (the delivered image's R_QA: the run's reward curve), metrics, the self-evaluation
+        part of the update batch)."""
+        refl = self.last_reflection
+        t = self.max_images
+        tr = reflection_lib.trajectory_rewards(rqa_rows, refl)
+        weights = np.asarray(self.config.reflection.reward_weights, np.float32)
+        adv_b, keep_b = self.advantages(np.stack([tr["r_gen"], tr["r_comp"]], axis=1), weights)
+        adv = np.tile(adv_b, t).astype(np.float32)
+        keep = (np.tile(keep_b, t) * refl.rows(refl.active)).astype(np.float32)
+        active = refl.active.astype(bool)
+        metrics = {"reward/r_gen": float(tr["r_gen"].mean()),
+                   "reward/r_comp": float(tr["r_comp"].mean()),
+                   "reward/r_qa": float(np.asarray(rqa_rows).mean()),
+                   "reflection/num_images": float(refl.num_images.mean()),
+                   "reflection/self_eval": float(refl.self_eval[active].mean()),
+                   "reflection/said_yes": float(refl.said_yes[active].mean())}
+        self_eval = dict(question_ids=refl.question_ids, question_mask=refl.question_mask,
+                         said_yes=self._put_batch(refl.rows(refl.said_yes)),
+                         old_logp=self._put_batch(refl.rows(refl.answer_logprob())))
+        return adv, keep, tr["r_final"], metrics, self_eval
 
     # ------------------------------------------------------------------------- state io
 
