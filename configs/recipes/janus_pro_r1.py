@@ -8,7 +8,8 @@ class GPUs; GRPO G=7, beta 0.05 (k3 KL), batch 128, lr 6e-6 -> 2e-6 linear over 
 cosine to 2e-7, AdamW 0.9/0.95, weight decay 0.05, clip-norm 1.0; image log-probs from
 CFG-combined logits; rewards: R_QA = P(yes)/(P(yes)+P(no)) from a VLM, with the self-reflection
 rewards R_Gen / R_Comp of jaxgen.train.reflection; each reward stream group-normalised
-separately (per_reward_norm).
+separately (per_reward_norm). Here each rollout is that loop (reflection.max_images=3: up to 3
+images per prompt, the policy's own yes / no ends it) and R_QA is the reward tree below.
 Expected result (paper, Table 1): GenEval 0.80 -> 0.86 (counting 0.59 -> 0.66, position 0.79 ->
 0.87); T2I-CompBench colour/shape/texture 83.4 / 59.4 / 75.2.
 :shapes: ShapesWorld policy + judge on this CPU (30 steps); expected: mean judge reward rises.
