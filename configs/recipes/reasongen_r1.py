@@ -2,11 +2,14 @@
 
 Command:
     jaxgen train grpo --config configs/recipes/reasongen_r1.py:7b --workdir W \\
-        --config.policy_checkpoint=REASONGEN_SFT_DIR --config.judge_checkpoint=QWEN_JUDGE_DIR
+        --config.policy_checkpoint=REASONGEN_SFT_DIR --config.judge_checkpoint=JUDGE_DIR
 Paper setup: Janus-Pro-7B after CoT SFT; 8x A100/H100 class GPUs; GRPO G=8, 8 prompts per step,
 lr 5e-6, 400 steps, clip 0.2, no KL, dynamic sampling (groups with zero reward std dropped),
 CFG weight 1 during RL, adaptive entropy (text target 2.0, image target 7.0, alpha = sinh(psi)
 clamped to +-5e-3, lr 5e-5); reward: a VLM (Qwen2.5-VL-7B) answers ending in \\boxed{1}/\\boxed{0}.
+Here the judge is any model of the unified architecture (a Hugging Face Janus-Pro directory or
+a jaxgen checkpoint, e.g. Janus-Pro-7B), since it runs on the policy's mesh; Qwen2.5-VL is not
+loadable.
 Expected result (paper): GenEval overall rises over the SFT model (ReasonGen-R1 reports ~+6 pts
 over Janus-Pro-7B on GenEval, with gains on counting/position).
 :shapes runs the same recipe on the ShapesWorld policy + judge on this CPU (30 steps, minutes);

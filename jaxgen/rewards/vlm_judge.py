@@ -365,7 +365,8 @@ class VLMJudge:
 
 def load_judge(context: RewardContext, judge: str, **judge_kw) -> VLMJudge:
     """The judge named `judge`: a key already in context.judges, 'policy' (self-judgment with
-    the current policy params), or a jaxgen checkpoint directory (loaded once, cached)."""
+    the current policy params), or a model directory (loaded once, cached): a jaxgen checkpoint
+    or a Hugging Face Janus directory (e.g. Janus-Pro-7B judging a smaller policy)."""
     key = (judge, tuple(sorted(judge_kw.items())))
     if judge in context.judges:
         return context.judges[judge]
@@ -379,8 +380,10 @@ def load_judge(context: RewardContext, judge: str, **judge_kw) -> VLMJudge:
                        context.policy_tokenizer, context.mesh, context.layout, **judge_kw)
     else:
         from jaxgen import api
-        loaded = api.load_checkpoint(judge)
-        params, config, tokenizer = _unpack_checkpoint(loaded, judge)
+        params, config, tokenizer = _unpack_checkpoint(api.load(judge), judge)
+        if tokenizer is None:
+            raise UserError(f"judge {judge} has no tokenizer files (tokenizer.json); the judge "
+                            "reads its questions as text")
         out = VLMJudge(params, config, tokenizer, context.mesh, context.layout, **judge_kw)
     context.judges[key] = out
     return out

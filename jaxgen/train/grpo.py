@@ -220,10 +220,12 @@ def _leaf_names(node) -> set:
 
 
 def load_policy(config):
-    """(params, JanusConfig, tokenizer) from config.policy_checkpoint, else random init."""
+    """(params, JanusConfig, tokenizer) from config.policy_checkpoint (a jaxgen checkpoint or a
+    Hugging Face Janus directory), else random init."""
     from jaxgen import api
     if config.get("policy_checkpoint"):
-        params, model_config, tokenizer = api.load_checkpoint(config.policy_checkpoint)
+        loaded = api.load(config.policy_checkpoint)
+        params, model_config, tokenizer = loaded.params, loaded.config, loaded.tokenizer
         if tokenizer is None:
             raise UserError(f"policy checkpoint {config.policy_checkpoint} has no tokenizer files")
         options = dict(config.get("model_options") or {})

@@ -94,3 +94,28 @@ def test_grpo_policy_and_sft_init_take_the_options(unrolled, tmp_path):
     got = init(jax.random.PRNGKey(0))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  got["language_model"], restacked["language_model"])
+
+
+def test_grpo_policy_and_judge_from_a_hugging_face_directory(hf_tiny_dir):
+    """A Hugging Face Janus directory serves as GRPO policy (with execution options) and as a
+    reward judge, as a jaxgen checkpoint does."""
+    import ml_collections
+
+    from jaxgen.convert.hf import import_hf_dir
+    from jaxgen.rewards import RewardContext
+    from jaxgen.rewards.vlm_judge import load_judge
+    from jaxgen.train import grpo
+
+    want, want_config, _ = import_hf_dir(str(hf_tiny_dir), scan_layers=True)
+    config = ml_collections.ConfigDict(dict(policy_checkpoint=str(hf_tiny_dir),
+                                            model_options=dict(scan_layers=True)))
+    params, model_config, tokenizer = grpo.load_policy(config)
+    assert model_config == want_config and tokenizer is not None
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 params, want)
+    # the fixture's word-level vocabulary is w0, w1, ...: two of its words answer yes / no
+    judge = load_judge(RewardContext(), str(hf_tiny_dir), yes_words=("w5",), no_words=("w6",))
+    assert (judge.yes_ids, judge.no_ids) == ((5,), (6,))
+    assert judge.config.text.hidden_size == want_config.text.hidden_size
+    np.testing.assert_array_equal(np.asarray(judge.params["lm_head"]["kernel"]),
+                                  np.asarray(want["lm_head"]["kernel"]))
