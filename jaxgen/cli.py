@@ -96,6 +96,8 @@ def main(argv=None) -> int:
     rest = [u for u in unknown if not u.startswith("--config.")]
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if overrides and not (hasattr(args, "config") or hasattr(args, "model_config")):
+        parser.error(f"this command takes no config, so {overrides[0]} would be ignored")
     args.config_overrides = overrides
     _maybe_initialize_distributed()
     _, run = _resolve(args._target)

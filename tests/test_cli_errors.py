@@ -70,3 +70,10 @@ def test_data_build_accepts_out(tmp_path):
     parser = build_parser(["data", "build"])
     args = parser.parse_args(["data", "build", "--out", str(tmp_path)])
     assert args.out_dir == str(tmp_path)
+
+
+def test_overrides_on_a_command_without_config(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "images", "--dir", str(tmp_path), "--config.seed=1"])
+    assert exit_info.value.code == 2
+    assert "takes no config, so --config.seed=1 would be ignored" in capsys.readouterr().err
