@@ -1,7 +1,8 @@
-"""SFT of the unified model: `configs/sft.py:<arg>` with arg in shapes | tiny.
+"""SFT of the unified model: `configs/sft.py:<arg>`, arg in shapes | tiny | janus_pro_1b |
+janus_pro_7b.
 
-Command (ShapesWorld, after `jaxgen data build` and `jaxgen train vq`; ~10 minutes on 2 CPU
-cores):
+Command (ShapesWorld, after `jaxgen data build` and `jaxgen train vq`; 2000 steps x batch 32,
+several times the demo's SFT stage, which runs 900 x 8 in 10-12 minutes on 2 CPU cores):
     jaxgen train sft --config configs/sft.py:shapes --workdir /tmp/sft \
         --config.data.data_dir=<jaxgen data build dir> \
         --config.data.vq_params=/tmp/vq/vq_params.safetensors
@@ -10,6 +11,16 @@ Expected result: the GenEval-style accuracy of images sampled for held-out promp
 a jaxgen checkpoint in <workdir>/final for `jaxgen sample`.
 - shapes: configs/janus.py:shapes (Llama 4 x 256, 64 image tokens), reasoning = layout plan.
 - tiny: configs/janus.py:tiny shapes and a few steps; for tests (seconds).
+- janus_pro_1b / janus_pro_7b: a Janus-Pro checkpoint taught to write a detailed caption before
+  its image tokens (ReasonGen-R1's SFT) on your ReasonGen-R1 style JSONL (one line per example:
+  brief caption, detailed caption, image path; jaxgen/data/readers.py names the accepted keys);
+  tokenizer and VQ come from the checkpoint; the records are tokenised and VQ-encoded once and
+  held in memory (<workdir>/sft_cache.npz). On GPUs / TPUs:
+    jaxgen convert hf-to-jax --hf-dir Janus-Pro-1B --out /ckpt/janus_pro_1b
+    jaxgen train sft --config configs/sft.py:janus_pro_1b --workdir W \
+        --config.init_checkpoint=/ckpt/janus_pro_1b --config.data.path=sft.jsonl \
+        --config.data.image_root=IMAGES
+  Result: W/final, the policy_checkpoint of the configs/recipes/*:1b GRPO recipes.
 Loss weights (ReasonGen-R1): text 2.0, image 1.0, <begin_of_image> 0.0 (1.0 for shapes, see
 c.loss); prompt dropout 0.1.
 A judge that reads pixels through a pretrained convolutional tower (the demo's judge stage with
@@ -26,8 +37,11 @@ from jaxgen.models.config import ConfigError
 
 def get_config(arg=None):
     arg = arg or "shapes"
+    if arg in ("janus_pro_1b", "janus_pro_7b"):
+        return _janus_pro(arg[-2:])
     if arg not in ("shapes", "tiny"):
-        raise ConfigError(f"unknown sft config {arg!r}; use shapes or tiny")
+        raise ConfigError(f"unknown sft config {arg!r}; use shapes, tiny, janus_pro_1b or "
+                          "janus_pro_7b")
     shapes = arg == "shapes"
     c = ml_collections.ConfigDict()
     c.model = load_config(f"janus:{arg}").model
@@ -51,6 +65,9 @@ def get_config(arg=None):
     c.compute_dtype = "float32"  # 'bfloat16' on accelerators (float32 master weights either way)
     c.sample_grid = 16 if shapes else 4
     c.data = dict(
+        # 'shapes' (ShapesWorld: data_dir from `jaxgen data build`, else rendered on the fly) or
+        # 'reasongen_jsonl' (a ReasonGen-R1 style JSONL at `path`, images under `image_root`)
+        source="shapes", path="", image_root="",
         data_dir="", tokenizer="", vq_params="", seed=0, canvas=64,
         num_examples=8000 if shapes else 16, seq_len=160 if shapes else 128,
         reasoning="plan" if shapes else "none",  # plan | caption | none
@@ -102,4 +119,27 @@ def get_config(arg=None):
     c.eval = dict(num_prompts=64 if shapes else 0, seed=7, batch_size=32 if shapes else 4,
                   max_think_tokens=0, cfg_weight=3.0, greedy=False, image_temperature=1.0,
                   temperature=1.0)
+    return c
+
+
+def _janus_pro(size: str):
+    """Reasoning-then-image SFT of a Janus-Pro checkpoint on your own ReasonGen-R1 style data."""
+    c = get_config("shapes")
+    c.model = load_config(f"janus:{size}").model
+    # run the converted (unrolled, float32) checkpoint scanned with remat; bf16 compute
+    c.model_options = dict(scan_layers=True, remat_policy="dots_attention_saveable")
+    c.compute_dtype = "bfloat16"
+    c.init_generation_embeddings = "random"  # unused: the weights come from init_checkpoint
+    c.total_steps = 2000
+    c.batch_size = 128  # Janus-Pro-R1's SFT batch
+    c.data.update(dict(source="reasongen_jsonl", canvas=384, num_examples=1_000_000,
+                       # prompt + detailed caption (<= ~400 tokens) + <boi> + 576 image codes
+                       seq_len=1024, reasoning="caption", dropout_hides="prompt",
+                       packing=False))
+    # ReasonGen-R1's weights: text 2.0, image 1.0, <begin_of_image> 0 (its template appends it)
+    c.loss.update(dict(text_weight=2.0, image_weight=1.0, boi_weight=0.0))
+    c.optim.update(dict(learning_rate=2e-5, warmup_steps=100))  # Janus-Pro-R1's SFT lr
+    c.eval.num_prompts = 0  # the ShapesWorld evaluator does not apply to real images
+    c.sample_grid = 0
+    c.train.update(dict(log_every=10, ckpt_every=200))
     return c

@@ -96,10 +96,26 @@ def procedural_records(n: int, seed: int, split: str, image_size: int) -> list[d
     return sft_records(n, split, rng, image_size, cats)
 
 
+RECORD_SOURCES = ("shapes", "reasongen_jsonl")
+
+
 def load_records(config, split: str, n: int, seed: int) -> list[dict]:
-    """SFT records: the first n of the built dataset (config.data.data_dir, `jaxgen data
-    build`) when set, else rendered procedurally."""
+    """SFT records: with data.source='shapes' (default) the first n of the built dataset
+    (config.data.data_dir, `jaxgen data build`) when set, else rendered procedurally; with
+    'reasongen_jsonl' the first n lines of a ReasonGen-R1 style JSONL (data.path: brief caption,
+    detailed caption, image path relative to data.image_root), images resized to data.canvas."""
     dc = config.data
+    source = dc.get("source", "shapes")
+    if source not in RECORD_SOURCES:
+        raise UserError(f"unknown data.source {source!r}; choose one of {RECORD_SOURCES}")
+    if source == "reasongen_jsonl":
+        from jaxgen.data.readers import read_reasongen_sft
+        if not dc.get("path"):
+            raise UserError("data.source='reasongen_jsonl' needs --config.data.path=FILE.jsonl "
+                            "(lines with a brief caption, a detailed caption and an image path)")
+        records = read_reasongen_sft(dc.path, dc.get("image_root") or None,
+                                     int(dc.get("canvas", 384)))
+        return records[:n]
     if dc.get("data_dir"):
         from jaxgen.data.build import load_split
         ds = load_split(dc.data_dir, "sft", split)
@@ -276,6 +292,9 @@ def build_dataset(config, tokenizer, mc, vq_params) -> dict:
         if float(dc.get(key, 0.0)) > 0 and task not in tasks:
             raise UserError(f"data.{key} needs data.judge_task in {tasks} (got {task!r}); set it "
                             "to 0 or switch task")
+    if dc.get("source", "shapes") != "shapes" and float(dc.task_mix.understanding) > 0:
+        raise UserError("the understanding (judge) tasks are built from ShapesWorld scenes; with "
+                        f"data.source={dc.source!r} set --config.data.task_mix.understanding=0")
     records = load_records(config, "train", int(dc.num_examples), int(dc.seed))
     vq_model = {"vqmodel": jax.tree.map(jnp.asarray, vq_params)}
     gen = None
@@ -734,14 +753,22 @@ def train(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     dc = config.data
-    tokenizer = load_tokenizer(dc.tokenizer or dc.data_dir)
+    # a real model's tokenizer and VQ come with its checkpoint (`jaxgen convert hf-to-jax`)
+    init_ckpt = config.get("init_checkpoint", "")
+    tokenizer = load_tokenizer(dc.tokenizer or dc.data_dir or init_ckpt)
     mc = model_config_for(config, tokenizer)
     vq_path = dc.get("vq_params", "")
-    if not vq_path:
+    if vq_path:
+        vq_params = vq_lib.load_params(vq_path)
+    elif init_ckpt:
+        from jaxgen import api
+        vq_params = api.load_checkpoint(init_ckpt)[0]["vqmodel"]
+        vq_path = str(pathlib.Path(init_ckpt) / api.PARAMS_FILE)  # (the cache key)
+    else:
         raise UserError("config.data.vq_params is empty; train the tokenizer first "
                         "(`jaxgen train vq --workdir V`) and pass "
-                        f"--config.data.vq_params=V/{vq_lib.VQ_PARAMS_FILE}")
-    vq_params = vq_lib.load_params(vq_path)
+                        f"--config.data.vq_params=V/{vq_lib.VQ_PARAMS_FILE}, or start from a "
+                        "model that has one (--config.init_checkpoint=DIR)")
     data = cached_dataset(config, workdir, tokenizer, mc, vq_params, vq_path)
 
     mesh, layout = parallel.mesh_from_config(config.mesh)

@@ -422,3 +422,72 @@ def test_corrupted_fraction_adds_malformed_describe_rows(tokenizer, tiny):
     for row in range(len(plain["inputs"]), len(more["inputs"])):
         ans = more["targets"][row][more["target_kind"][row] == sft.KIND_ANSWER]
         assert list(ans[:-1]) == malformed and ans[-1] == mc.eos_token_id
+
+
+def test_sft_on_reasongen_jsonl_from_a_model_checkpoint(tokenizer, tmp_path):
+    """data.source='reasongen_jsonl': records from a ReasonGen-R1 style JSONL (brief caption,
+    detailed caption, image file), tokenizer and VQ from init_checkpoint (a real model's layout
+    after `jaxgen convert hf-to-jax`); rows hold prompt -> caption -> <boi> -> the image's codes
+    under the checkpoint's VQ; the run trains and exports."""
+    from PIL import Image
+
+    from jaxgen import api
+    tok, _ = tokenizer
+    cfg = load_config("sft:tiny", ["--config.data.source=reasongen_jsonl",
+                                   "--config.data.reasoning=caption", "--config.data.canvas=16",
+                                   "--config.model.vq.image_size=16", "--config.batch_size=4",
+                                   "--config.total_steps=3", "--config.data.num_examples=6",
+                                   "--config.data.seq_len=128"])
+    mc = sft.model_config_for(cfg, tok)
+    params = janus.init_params(mc, jax.random.PRNGKey(4))
+    api.save_checkpoint(tmp_path / "model", params, mc, tok)
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    lines = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"{i}.png")
+        lines.append(json.dumps({"brief_caption": "a red circle",
+                                 "detailed_caption": "a red circle on the left of a blue square",
+                                 "image": f"{i}.png"}))
+    (tmp_path / "sft.jsonl").write_text("\n".join(lines) + "\n")
+    cfg.data.path = str(tmp_path / "sft.jsonl")
+    cfg.data.image_root = str(tmp_path / "images")
+    cfg.init_checkpoint = str(tmp_path / "model")
+
+    data = sft.build_dataset(cfg, tok, mc, params["vqmodel"])["generation"]
+    assert len(data["inputs"]) == 6
+    caption = tok.encode("a red circle on the left of a blue square", add_special_tokens=False)
+    text = [int(t) for t in data["inputs"][0]]
+    assert any(text[j:j + len(caption)] == caption for j in range(len(text)))
+    image = np.asarray(Image.open(tmp_path / "images" / "0.png"), np.float32) / 127.5 - 1.0
+    codes = np.asarray(janus.vq_encode({"vqmodel": params["vqmodel"]}, mc, image[None]))[0]
+    targets = data["targets"][0][data["target_kind"][0] == sft.KIND_IMAGE]
+    np.testing.assert_array_equal(targets, codes)
+
+    out = sft.train(cfg, tmp_path / "run")  # tokenizer and VQ from init_checkpoint
+    assert out["status"] == "done" and np.isfinite(out["metrics"]["loss"])
+    assert out["metrics"]["image_loss"] > 0
+    exported, _, _ = api.load_checkpoint(tmp_path / "run" / "final")
+    np.testing.assert_array_equal(np.asarray(exported["vqmodel"]["codebook"]),
+                                  np.asarray(params["vqmodel"]["codebook"]))
+
+    cfg.data.task_mix.understanding = 0.5
+    with pytest.raises(UserError, match="task_mix.understanding=0"):
+        sft.build_dataset(cfg, tok, mc, params["vqmodel"])
+    cfg.data.task_mix.understanding = 0.0
+    cfg.data.path = ""
+    with pytest.raises(UserError, match="needs --config.data.path"):
+        sft.load_records(cfg, "train", 4, 0)
+    cfg.data.source = "laion"
+    with pytest.raises(UserError, match="unknown data.source 'laion'"):
+        sft.load_records(cfg, "train", 4, 0)
+
+
+def test_janus_pro_sft_variants():
+    for size, hidden in (("1b", 2048), ("7b", 4096)):
+        c = load_config(f"sft:janus_pro_{size}")
+        assert c.model.text.hidden_size == hidden and c.data.source == "reasongen_jsonl"
+        assert (c.loss.text_weight, c.loss.image_weight, c.loss.boi_weight) == (2.0, 1.0, 0.0)
+        assert c.optim.learning_rate == 2e-5 and c.data.reasoning == "caption"
+        assert c.data.seq_len >= 576 + 64  # 24 x 24 image codes plus prompt and caption
