@@ -61,6 +61,8 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
     path = pathlib.Path(path_text)
     if not path.exists() and not path.suffix:
         path = CONFIG_DIR / f"{path_text}.py"
+    if not path.exists() and (REPO_ROOT / path_text).exists():  # configs/... from another cwd
+        path = REPO_ROOT / path_text
     if not path.exists() and (CONFIG_DIR / path.name).exists():
         path = CONFIG_DIR / path.name
     if not path.exists():

@@ -77,3 +77,11 @@ def test_overrides_on_a_command_without_config(tmp_path, capsys):
         main(["eval", "images", "--dir", str(tmp_path), "--config.seed=1"])
     assert exit_info.value.code == 2
     assert "takes no config, so --config.seed=1 would be ignored" in capsys.readouterr().err
+
+
+def test_repo_config_paths_resolve_from_any_directory(tmp_path, monkeypatch):
+    from jaxgen.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/recipes/t2i_r1.py:shapes").grpo.group_size == 8
+    assert load_config("configs/sft.py:tiny").total_steps == 6
