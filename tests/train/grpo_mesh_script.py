@@ -61,6 +61,12 @@ def main():
     out = {}
     run(config, policy, jax.devices()[:1], "one", out)
     run(config, policy, jax.devices()[:n], "many", out)
+    # the Janus-Pro-R1 self-reflection loop: 2 images per row, the policy judging itself
+    reflect = config.copy_and_resolve_references()
+    reflect.reflection.max_images = 2
+    reflect.reflection.max_text_tokens = 48
+    run(reflect, policy, jax.devices()[:1], "reflect_one", out)
+    run(reflect, policy, jax.devices()[:n], "reflect_many", out)
     np.savez(sys.argv[2], **out)
 
 

@@ -1,6 +1,7 @@
 """A GRPO run on 8 fake CPU devices gives the same updates as on one device (float32
 tolerance; plain SGD so the comparison is of the update itself, not of Adam's normalisation of
-near-zero gradients) and compiles its update step and sampler once across iterations."""
+near-zero gradients) and compiles its update step and sampler once across iterations; so does
+the Janus-Pro-R1 self-reflection loop (reflection.max_images=2)."""
 
 import pathlib
 import subprocess
@@ -15,14 +16,20 @@ def test_eight_devices_match_one(tmp_path):
     out = tmp_path / "runs.npz"
     subprocess.run([sys.executable, str(SCRIPT), "8", str(out)], check=True, timeout=900)
     r = np.load(out)
-    assert int(r["many_max_devices"]) == 8  # parameters really are spread over the mesh
-    assert int(r["one_max_devices"]) == 1
-    np.testing.assert_allclose(r["many_stats"], r["one_stats"], rtol=2e-4, atol=1e-5)
-    keys = sorted(k[len("one_"):] for k in r.files if k.startswith("one_p"))
-    assert keys
-    for k in keys:
-        np.testing.assert_allclose(r["many_" + k], r["one_" + k], rtol=1e-4, atol=1e-5, err_msg=k)
-    for run in ("one", "many"):
-        # 2 iterations x 2 minibatches: one executable each for the update and the sampler
-        assert int(r[f"{run}_update_compiles"]) == 1
-        assert int(r[f"{run}_sampler_compiles"]) == 1
+    for one, many in (("one", "many"), ("reflect_one", "reflect_many")):
+        assert int(r[f"{many}_max_devices"]) == 8  # parameters really are spread over the mesh
+        assert int(r[f"{one}_max_devices"]) == 1
+        np.testing.assert_allclose(r[f"{many}_stats"], r[f"{one}_stats"], rtol=2e-4, atol=1e-5)
+        keys = sorted(k[len(one) + 1:] for k in r.files if k.startswith(f"{one}_p"))
+        assert keys
+        for k in keys:
+            np.testing.assert_allclose(r[f"{many}_{k}"], r[f"{one}_{k}"], rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{one} {k}")
+        for run in (one, many):
+            # 2 iterations x 2 minibatches (x 2 rounds): one executable each for the update and
+            # the sampler (the reflection runs reuse the plain runs' sampler: same shapes)
+            assert int(r[f"{run}_update_compiles"]) == 1
+            assert int(r[f"{run}_sampler_compiles"]) == (1 if one == "one" else 0)
+    # the reflection run's parameters moved differently from plain GRPO's
+    assert not np.allclose(r["reflect_one_p0"], r["one_p0"]) or not np.allclose(
+        r["reflect_one_stats"], r["one_stats"])
