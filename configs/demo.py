@@ -7,8 +7,8 @@ Runtime:  30-47 minutes on a 2-core CPU alone, by host (each stage resumes from 
 Result:   <workdir>/eval/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO, and each model's plan ceiling: its own layout plans drawn
           perfectly), reward curve (total and each term), accuracy plot and sample
-          grids with their reasoning text. Measured 2026-11-24 (four fresh runs on three
-          hosts, sessions 10-13, identical reports; held-out overall, 352 samples): VQ
+          grids with their reasoning text. Measured 2026-11-24 (six fresh runs on several
+          hosts, sessions 10-15, identical reports; held-out overall, 352 samples): VQ
           ceiling 79.0%, untrained 0.6%, SFT 4.8% (single objects 31.2%), GRPO 6.5% (34.4%),
           GRPO - SFT +1.7 points (95% interval -1.4 to +5.4); on 704 other held-out samples
           SFT 8.5% -> GRPO 6.1%. Session 9's host trained other models: 6.2% -> 9.4%. The
