@@ -15,8 +15,11 @@ import ml_collections
 
 from jaxgen.models.config import ConfigError
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+# The repository's top-level configs/ ships inside the package as jaxgen/configs (a symlink in the
+# repository, real files in a wheel), so `configs/sft.py:shapes` works from any working directory
+# and from a non-editable install alike.
+PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR / "configs"
 
 
 def _parse_value(text: str):
@@ -61,8 +64,8 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
     path = pathlib.Path(path_text)
     if not path.exists() and not path.suffix:
         path = CONFIG_DIR / f"{path_text}.py"
-    if not path.exists() and (REPO_ROOT / path_text).exists():  # configs/... from another cwd
-        path = REPO_ROOT / path_text
+    if not path.exists() and (PACKAGE_DIR / path_text).exists():  # configs/... from another cwd
+        path = PACKAGE_DIR / path_text
     if not path.exists() and (CONFIG_DIR / path.name).exists():
         path = CONFIG_DIR / path.name
     if not path.exists():
