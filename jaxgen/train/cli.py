@@ -1,4 +1,4 @@
-"""`jaxgen train sft|vq|grpo` commands (see jaxgen/cli.py for the dispatch convention)."""
+"""`jaxgen train sft|vq|grpo|flow|flow_grpo` commands (see jaxgen/cli.py for the dispatch convention)."""
 
 from __future__ import annotations
 
@@ -65,3 +65,19 @@ def grpo(args) -> int:
                               args.export_step)
     print(json.dumps({"policy_checkpoint": str(out), "step": args.export_step}))
     return 0
+
+
+def flow_args(parser):
+    _common_args(parser, "configs/flow.py:shapes")
+
+
+def flow(args) -> int:
+    return _train("flow_matching", args)
+
+
+def flow_grpo_args(parser):
+    _common_args(parser, "configs/flow_grpo.py:shapes")
+
+
+def flow_grpo(args) -> int:
+    return _train("flow_grpo", args)

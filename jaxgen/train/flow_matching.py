@@ -1,0 +1,272 @@
+"""Flow-matching training of the diffusion path (MetaQuery-style), on a frozen unified model.
+
+    records (prompt, reasoning, image) -> text [prompt; reasoning; <boi>] + VQ codes of the image
+    loss = || v_theta(x_t, t, context(text)) - (eps - x0) ||^2,  x_t = (1 - t) x0 + t eps,
+           x0 = the image's codebook latents (jaxgen.models.flow), t ~ logit-normal (SD3) or
+           uniform; the text is hidden (only BOS and <boi> kept) for `loss.cond_dropout` of the
+           rows so classifier-free guidance has an unconditional velocity to subtract.
+
+The query tokens, connector and DiT train; the LLM is frozen unless `train_llm` (MetaQuery keeps
+the MLLM frozen so the reasoning it writes is untouched), and the VQ always is. Parameters are
+{**the Janus params, 'flow': flow params} so the shared loop (jaxgen.train.loop) gives sharding,
+exact resume, SIGTERM and NaN handling as for SFT. The result, `<workdir>/final`, is the unified
+model's checkpoint directory plus flow_config.json and flow.safetensors (`load_flow_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import api, parallel
+from jaxgen.data import templates
+from jaxgen.errors import CheckpointError, PromptTooLongError, UserError
+from jaxgen.models import flow, janus
+from jaxgen.sampling import flow_generate
+from jaxgen.train import loop as loop_lib
+from jaxgen.train import optim
+from jaxgen.train import state as state_lib
+
+FLOW_CONFIG_FILE = "flow_config.json"
+FLOW_PARAMS_FILE = "flow.safetensors"
+TIMESTEP_SAMPLING = ("logit_normal", "uniform")
+
+
+# ---------------------------------------------------------------------------------- data
+
+def text_row(tokenizer, jc, prompt: str, reasoning: str, text_len: int):
+    """[prompt; reasoning; <boi>] ids left-padded to text_len: (ids int32 [L], mask bool [L])."""
+    encode = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    toks = encode(templates.generation_prompt(prompt, tokenizer.bos_token))
+    toks += (encode(reasoning) if reasoning else []) + [jc.boi_token_id]
+    if len(toks) > text_len:
+        raise PromptTooLongError(f"prompt + reasoning of {prompt!r} is {len(toks)} tokens, more "
+                                 f"than data.text_len={text_len}; raise --config.data.text_len")
+    ids = np.full((text_len,), jc.pad_token_id, np.int32)
+    mask = np.zeros((text_len,), bool)
+    ids[text_len - len(toks):] = toks
+    mask[text_len - len(toks):] = True
+    return ids, mask
+
+
+def build_dataset(config, tokenizer, jc, janus_params) -> dict:
+    """{'ids' [n, L], 'mask' [n, L], 'codes' [n, h*w]} from the SFT records of config.data."""
+    from jaxgen.train import sft
+    dc = config.data
+    records = sft.load_records(config, "train", int(dc.num_examples), int(dc.seed))
+    rows = [text_row(tokenizer, jc, r["prompt"], sft._reasoning(r, dc.reasoning),
+                     int(dc.text_len)) for r in records]
+    images = sft.resize_images(np.stack([np.asarray(r["image"], np.uint8) for r in records]),
+                               jc.vq.image_size)
+    encode = jax.jit(lambda x: janus.vq_encode(janus_params, jc, x))
+    return {"ids": np.stack([r[0] for r in rows]), "mask": np.stack([r[1] for r in rows]),
+            "codes": sft.images_to_codes(encode, images)}
+
+
+# ---------------------------------------------------------------------------------- loss
+
+def sample_timesteps(rng, batch: int, how: str, mean: float = 0.0, std: float = 1.0):
+    """t [B] in (0, 1): 'logit_normal' (SD3: sigmoid of N(mean, std)) or 'uniform'."""
+    if how == "logit_normal":
+        return jax.nn.sigmoid(mean + std * jax.random.normal(rng, (batch,)))
+    if how == "uniform":
+        return jax.random.uniform(rng, (batch,), minval=1e-5, maxval=1.0 - 1e-5)
+    raise UserError(f"unknown loss.timesteps {how!r}; choose one of {TIMESTEP_SAMPLING}")
+
+
+def flow_matching_loss(janus_params, jc, flow_params, fc, batch, rng, *, cond_dropout: float,
+                       timesteps: str = "logit_normal", logit_mean: float = 0.0,
+                       logit_std: float = 1.0):
+    """Per-row mean squared velocity error [B] (see the module docstring)."""
+    ids, mask, codes = batch["ids"], batch["mask"], batch["codes"]
+    b = ids.shape[0]
+    k_drop, k_t, k_eps = jax.random.split(rng, 3)
+    drop = jax.random.bernoulli(k_drop, cond_dropout, (b,))
+    ids = jnp.where(drop[:, None], flow_generate.unconditional_prefix(jc, ids), ids)
+    ctx = flow.condition(janus_params, jc, flow_params, fc, ids, mask)
+    x0 = flow.codes_to_latents(janus_params, jc, codes)
+    t = sample_timesteps(k_t, b, timesteps, logit_mean, logit_std)
+    eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    t4 = t[:, None, None, None]
+    v = flow.velocity(flow_params, fc, jc, (1.0 - t4) * x0 + t4 * eps, t, ctx)
+    return jnp.mean(jnp.square(v - (eps - x0)), axis=(1, 2, 3))
+
+
+def frozen_keys(janus_params, train_llm: bool) -> tuple:
+    """Top-level Janus parameter groups that do not train."""
+    return tuple(k for k in janus_params if not (train_llm and k == "language_model"))
+
+
+def make_loss_fn(jc, fc, config, frozen: tuple):
+    lc = config.loss
+    if lc.timesteps not in TIMESTEP_SAMPLING:
+        raise UserError(f"unknown loss.timesteps {lc.timesteps!r}; choose one of "
+                        f"{TIMESTEP_SAMPLING}")
+
+    def loss_fn(params, batch, rng):
+        # frozen groups: no weight gradients computed (the optimizer leaves them alone anyway)
+        params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
+        flow_params = params["flow"]
+        per_row = flow_matching_loss(params, jc, flow_params, fc, batch, rng,
+                                     cond_dropout=float(lc.cond_dropout), timesteps=lc.timesteps,
+                                     logit_mean=float(lc.logit_mean), logit_std=float(lc.logit_std))
+        num = jnp.sum(per_row)
+        den = jnp.float32(per_row.shape[0])
+        return num, {"denominator": den, "metrics": {"loss": (num, den)}}
+
+    return loss_fn
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+def save_flow_checkpoint(path, janus_params, jc, tokenizer, flow_params, fc) -> pathlib.Path:
+    """The unified model's checkpoint directory plus the flow decoder's config and params."""
+    import safetensors.numpy
+    out = api.save_checkpoint(path, janus_params, jc, tokenizer)
+    flat = {k: np.ascontiguousarray(np.asarray(jax.device_get(v)))
+            for k, v in api._flatten(flow_params).items()}
+    safetensors.numpy.save_file(flat, str(out / FLOW_PARAMS_FILE))
+    (out / FLOW_CONFIG_FILE).write_text(json.dumps(fc.to_dict(), indent=2, sort_keys=True))
+    return out
+
+
+def load_flow_checkpoint(path):
+    """-> (janus_params, JanusConfig, tokenizer, flow_params, FlowConfig)."""
+    import safetensors.numpy
+    path = pathlib.Path(path)
+    janus_params, jc, tokenizer = api.load_checkpoint(path)
+    missing = [f for f in (FLOW_CONFIG_FILE, FLOW_PARAMS_FILE) if not (path / f).exists()]
+    if missing:
+        raise CheckpointError(f"{path} has no flow decoder ({missing} missing); train one with "
+                              "`jaxgen train flow --config configs/flow.py:shapes "
+                              f"--config.policy={path}` and pass its <workdir>/final")
+    fc = flow.FlowConfig.from_dict(json.loads((path / FLOW_CONFIG_FILE).read_text()))
+    flow_params = jax.tree.map(jnp.asarray, api._unflatten(
+        safetensors.numpy.load_file(str(path / FLOW_PARAMS_FILE))))
+    expected = api._flatten(jax.eval_shape(lambda r: flow.init_flow_params(fc, jc, r),
+                                           jax.random.PRNGKey(0)))
+    got = api._flatten(flow_params)
+    bad = sorted(k for k in set(expected) | set(got)
+                 if k not in got or k not in expected or got[k].shape != expected[k].shape)
+    if bad:
+        raise CheckpointError(f"{path / FLOW_PARAMS_FILE} does not match {FLOW_CONFIG_FILE} "
+                              f"({len(bad)} tensors missing, unexpected or misshapen, e.g. "
+                              f"{bad[:3]}); re-export the run's final flow checkpoint")
+    return janus_params, jc, tokenizer, flow_params, fc
+
+
+# ---------------------------------------------------------------------------------- eval
+
+def flow_accuracy(janus_params, jc, flow_params, fc, tokenizer, num_prompts: int, seed: int,
+                  options: flow_generate.FlowSampleOptions, batch_size: int = 16,
+                  split: str = "test") -> dict:
+    """GenEval-style accuracy (pixel-only evaluator) of flow-decoded images for ShapesWorld
+    prompts of `split`. Returns {'accuracy', 'images' uint8 [n, H, W, 3], 'reasoning'}."""
+    from jaxgen.data import shapes_world
+    from jaxgen.eval import geneval
+    from jaxgen.train.grpo import detokenize_reasoning, tokenize_prompts
+
+    rng = np.random.default_rng(seed)
+    metas = []
+    while len(metas) < num_prompts:
+        try:
+            metas.append(shapes_world.sample_prompt(rng, split, canvas=jc.vq.image_size)[1])
+        except UserError:
+            continue
+    key = jax.random.PRNGKey(seed)
+    correct, images, reasoning = [], [], []
+    for i in range(0, num_prompts, batch_size):
+        chunk = metas[i:i + batch_size]
+        texts = [m["prompt"] for m in chunk]
+        longest = max(len(tokenizer.encode(templates.generation_prompt(t, tokenizer.bos_token),
+                                           add_special_tokens=False)) for t in texts)
+        ids, mask = tokenize_prompts(tokenizer, jc, texts, -(-longest // 16) * 16)
+        key, sub = jax.random.split(key)
+        out = flow_generate.generate(janus_params, jc, flow_params, fc, ids, mask, sub, options)
+        pixels = flow_generate.decode_pixels(janus_params, jc, out, snap=options.snap)
+        imgs = api.pixels_to_uint8(pixels)
+        reasoning += detokenize_reasoning(tokenizer, out.think_ids_bt, out.think_mask_bt)
+        for img, m in zip(imgs, chunk):
+            correct.append(bool(geneval.score(img, m)["correct"]))
+            images.append(img)
+    return {"accuracy": float(np.mean(correct)), "images": np.stack(images),
+            "reasoning": reasoning}
+
+
+def sample_options(config) -> flow_generate.FlowSampleOptions:
+    s = config.sampling
+    return flow_generate.FlowSampleOptions(
+        max_think_tokens=int(s.max_think_tokens), temperature=float(s.temperature),
+        cfg_weight=float(s.cfg_weight), num_steps=int(s.num_steps), shift=float(s.shift),
+        noise_level=float(s.get("noise_level", 0.0)), snap=bool(s.get("snap", True)))
+
+
+# --------------------------------------------------------------------------------- train
+
+def train(config, workdir) -> dict:
+    """Train (or resume) the flow decoder in `workdir` on top of config.policy (a jaxgen
+    checkpoint dir: the unified model, its tokenizer and VQ). Returns {'metrics', 'step',
+    'status', 'checkpoint' (when done), 'accuracy' (when config.eval.num_prompts > 0)}."""
+    workdir = pathlib.Path(workdir)
+    if not config.get("policy"):
+        raise UserError("config.policy is empty: pass the unified model to build on, e.g. "
+                        "--config.policy=<demo workdir>/sft/final (a jaxgen checkpoint dir)")
+    janus_params, jc, tokenizer = api.load_checkpoint(config.policy)
+    if tokenizer is None:
+        raise CheckpointError(f"{config.policy} has no tokenizer files; the flow trainer "
+                              "tokenises prompts with the policy's tokenizer")
+    fc = flow.FlowConfig.from_dict(config.flow)
+    workdir.mkdir(parents=True, exist_ok=True)
+    data = build_dataset(config, tokenizer, jc, janus_params)
+
+    mesh, layout = parallel.mesh_from_config(config.mesh)
+    parallel.check_batch_divides(int(config.batch_size), mesh)
+    frozen = frozen_keys(janus_params, bool(config.train_llm))
+    opt = optim.make_optimizer(config, frozen=frozen)
+
+    def init_fn(rng):
+        return {**jax.tree.map(jnp.asarray, janus_params),
+                "flow": flow.init_flow_params(fc, jc, rng)}
+
+    axes = {**janus.param_logical_axes(jc), "flow": flow.param_logical_axes(fc, jc)}
+    state, shardings = state_lib.init_state(init_fn, opt, jax.random.PRNGKey(int(config.seed)),
+                                            mesh, layout, axes)
+    step_fn = state_lib.make_train_step(
+        make_loss_fn(jc, fc, config, frozen), opt, shardings, mesh,
+        accum_steps=int(config.get("grad_accum_steps", 1)),
+        compute_dtype_name=config.get("compute_dtype", "float32"),
+        learning_rate_fn=optim.make_schedule(config.optim, int(config.total_steps)))
+    from jaxgen.data.pipeline import make_loader
+    from jaxgen.train.sft import _RowSource
+    loader = iter(make_loader(_RowSource(data), batch_size=int(config.batch_size),
+                              seed=int(config.data.seed)))
+
+    def split(params):
+        return ({k: v for k, v in params.items() if k != "flow"}, params["flow"])
+
+    def eval_fn(st, step):
+        ec = config.eval
+        if int(ec.num_prompts) <= 0:
+            return {}
+        from jaxgen.train.metrics import save_image_grid
+        jp, fp = split(jax.device_get(st.params))
+        res = flow_accuracy(jp, jc, fp, fc, tokenizer, int(ec.num_prompts), int(ec.seed),
+                            sample_options(config), int(ec.batch_size))
+        save_image_grid(workdir / "samples" / f"flow_step{step:06d}.png",
+                        res["images"][:int(config.get("sample_grid", 16))])
+        return {"accuracy": res["accuracy"]}
+
+    loop_cfg = loop_lib.LoopConfig.from_config(config, desc="flow")
+    result = loop_lib.run(workdir=workdir, state=state, shardings=shardings, train_step=step_fn,
+                          data=loader, mesh=mesh, loop=loop_cfg, config=config, eval_fn=eval_fn)
+    out = {"metrics": result["metrics"], "step": result["step"], "status": result["status"]}
+    if result["status"] == "done":
+        jp, fp = split(jax.device_get(result["state"].params))
+        out["checkpoint"] = str(save_flow_checkpoint(workdir / "final", jp, jc, tokenizer, fp, fc))
+    if "eval_accuracy" in result["metrics"]:
+        out["accuracy"] = result["metrics"]["eval_accuracy"]
+    return out
