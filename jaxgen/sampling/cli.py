@@ -30,6 +30,11 @@ def sample_args(parser):
     parser.add_argument("--max-think-tokens", type=int, default=None,
                         help="reasoning budget with --think (default: as many as fit, up to 256)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--decoder", choices=("tokens", "flow"), default="tokens",
+                        help="draw with image tokens, or with the flow decoder of a checkpoint "
+                             "written by `jaxgen train flow` / `flow_grpo` (the diffusion path)")
+    parser.add_argument("--flow-steps", type=int, default=20,
+                        help="Euler steps of the flow decoder's ODE (--decoder flow)")
     parser.add_argument("--out", required=True, help="output directory")
 
 
@@ -51,11 +56,14 @@ def sample(args) -> int:
 
     if args.num_samples < 1:
         raise UserError(f"--num-samples must be >= 1, got {args.num_samples}")
-    gen = load(args.ckpt)
-    samples = gen.generate(prompts=args.prompt, num_samples=args.num_samples,
-                           cfg_weight=args.cfg_weight, temperature=args.temperature,
-                           greedy=args.greedy, think=args.think,
-                           max_think_tokens=args.max_think_tokens, seed=args.seed)
+    if args.decoder == "flow":
+        samples = _flow_samples(args)
+    else:
+        gen = load(args.ckpt)
+        samples = gen.generate(prompts=args.prompt, num_samples=args.num_samples,
+                               cfg_weight=args.cfg_weight, temperature=args.temperature,
+                               greedy=args.greedy, think=args.think,
+                               max_think_tokens=args.max_think_tokens, seed=args.seed)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / JSONL_FILE, "w") as f:
@@ -70,3 +78,35 @@ def sample(args) -> int:
     Image.fromarray(grid).save(out / GRID_FILE)
     print(f"wrote {len(samples)} images, {GRID_FILE} and {JSONL_FILE} to {out}")
     return 0
+
+
+def _flow_samples(args) -> list:
+    """Reasoning (with --think) by the LLM, then the flow decoder's ODE: api.Sample per image."""
+    import jax
+
+    from jaxgen import api
+    from jaxgen.errors import UserError
+    from jaxgen.sampling import flow_generate
+    from jaxgen.train.flow_matching import load_flow_checkpoint
+    from jaxgen.train.grpo import detokenize_reasoning
+
+    if args.greedy:
+        raise UserError("--greedy applies to image tokens; the flow decoder's ODE is already "
+                        "deterministic given the seed (drop --greedy)")
+    jp, jc, tok, fp, fc = load_flow_checkpoint(args.ckpt)
+    if tok is None:
+        raise UserError(f"{args.ckpt} has no tokenizer files; the flow path needs them")
+    think = (args.max_think_tokens or api.DEFAULT_MAX_THINK_TOKENS) if args.think else 0
+    texts = [p for p in args.prompt for _ in range(args.num_samples)]
+    rows = [tok.encode(api.generation_prompt(t, tok.bos_token), add_special_tokens=False)
+            for t in texts]
+    ids, mask = api._left_pad(rows, [[True] * len(r) for r in rows],
+                              max(len(r) for r in rows), jc.pad_token_id)
+    options = flow_generate.FlowSampleOptions(max_think_tokens=think, temperature=args.temperature,
+                                              cfg_weight=args.cfg_weight, num_steps=args.flow_steps)
+    out = flow_generate.generate(jp, jc, fp, fc, ids, mask, jax.random.PRNGKey(args.seed), options)
+    images = api.pixels_to_uint8(flow_generate.decode_pixels(jp, jc, out))
+    reasoning = detokenize_reasoning(tok, out.think_ids_bt, out.think_mask_bt)
+    codes = np.asarray(out.codes_bn)
+    return [api.Sample(prompt=t, reasoning=r, image_tokens=c, image=im)
+            for t, r, c, im in zip(texts, reasoning, codes, images)]

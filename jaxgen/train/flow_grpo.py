@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxgen import api, parallel
+from jaxgen import parallel
 from jaxgen.errors import UserError
 from jaxgen.models import flow, janus
 from jaxgen.rewards import CompositeReward, RewardBatch, RewardContext
@@ -194,7 +194,9 @@ class FlowGRPORunner:
             functools.partial(update_step, settings=self.settings, optimizer=self.optimizer),
             out_shardings=(self.flow_shardings, self.opt_shardings, None), donate_argnums=(0, 1))
         self._rollout = jax.jit(self._rollout_impl)
-        self._pixels = jax.jit(lambda jp, x: flow.latents_to_pixels(jp, self.jc, x))
+        # uint8 in the graph, rounded like the token path's rewards (grpo.decode_images_uint8)
+        self._pixels = jax.jit(lambda jp, x: jnp.clip(jnp.round(
+            (flow.latents_to_pixels(jp, self.jc, x) + 1.0) * 127.5), 0, 255).astype(jnp.uint8))
         self.context = RewardContext(mesh=mesh, layout=layout, policy_config=self.jc,
                                      policy_params_fn=lambda: self.janus_params,
                                      policy_tokenizer=self.tokenizer)
@@ -221,7 +223,7 @@ class FlowGRPORunner:
 
     def rewards(self, rollout, texts, metadata):
         reasoning = detokenize_reasoning(self.tokenizer, rollout.think_ids_bt, rollout.think_mask_bt)
-        images = api.pixels_to_uint8(self._pixels(self.janus_params, rollout.latents[-1]))
+        images = np.asarray(self._pixels(self.janus_params, rollout.latents[-1]))
         batch = RewardBatch(prompts=texts, reasoning=reasoning, metadata=metadata, images=images,
                             image_tokens=rollout.codes_bn)
         total, streams, weights = self.reward(batch)

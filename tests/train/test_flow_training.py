@@ -283,3 +283,16 @@ def test_flow_grpo_config_errors(flow_run, tmp_path):
         flow_grpo.FlowGRPORunner(_grpo_config(out["checkpoint"], 1, **{"grpo.sde_window": (2, 9)}))
     with pytest.raises(UserError, match="config.policy is empty"):
         flow_grpo.FlowGRPORunner(load_config("flow_grpo:tiny"))
+
+
+def test_cli_samples_with_the_flow_decoder(flow_run, tmp_path, capsys):
+    from jaxgen.cli import main
+    out = flow_run[1]
+    rc = main(["sample", "--ckpt", out["checkpoint"], "--prompt", "a red circle", "--prompt",
+               "a blue square", "--num-samples", "2", "--decoder", "flow", "--flow-steps", "3",
+               "--cfg-weight", "2", "--out", str(tmp_path)])
+    assert rc == 0
+    lines = [json.loads(l) for l in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [l["prompt"] for l in lines] == ["a red circle"] * 2 + ["a blue square"] * 2
+    assert all(len(l["image_tokens"]) == 64 for l in lines)
+    assert (tmp_path / "grid.png").exists() and (tmp_path / lines[0]["file"]).exists()
