@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 import time
 
@@ -44,7 +43,8 @@ from jaxgen.sampling import flow as flow_sampling
 from jaxgen.sampling import flow_generate
 from jaxgen.train import advantages as adv_lib
 from jaxgen.train import flow_matching
-from jaxgen.train.grpo import PromptSource, detokenize_reasoning, tokenize_prompts
+from jaxgen.train.grpo import (PromptSource, detokenize_reasoning, reward_summary, run_iterations,
+                               tokenize_prompts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,44 +279,14 @@ class FlowGRPORunner:
 
 def train(config, workdir) -> dict:
     """Run (or resume) Flow-GRPO in `workdir`; returns a summary with the per-iteration rewards."""
-    from tqdm import tqdm
-
-    from jaxgen.checkpoint import CheckpointManager
-
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     runner = FlowGRPORunner(config)
-    total = int(config.total_steps)
-    ckpt = CheckpointManager(workdir / "checkpoints", max_to_keep=int(config.keep_checkpoints),
-                             save_interval_steps=int(config.checkpoint_every), async_save=False)
-    start = 0
-    restored = ckpt.restore_latest(runner.abstract_state())
-    if restored is not None:
-        start, state, _, _ = restored
-        runner.load_state(state)
-    metrics_path = workdir / "metrics.jsonl"
-    history = []
-    if metrics_path.exists():  # keep the log of the iterations before the restored step
-        history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
-        history = [h for h in history if h["step"] < start]
-        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    bar = tqdm(range(start, total), desc="flow_grpo", initial=start, total=total)
-    with metrics_path.open("a") as log:
-        for it in bar:
-            m = runner.iteration(it)
-            m["step"] = it
-            history.append(m)
-            log.write(json.dumps(m) + "\n")
-            log.flush()
-            bar.set_postfix(reward=f"{m['reward_mean']:.3f}", clip=f"{m['clip_frac']:.2f}")
-            if (it + 1) % int(config.checkpoint_every) == 0 or it + 1 == total:
-                ckpt.save(it + 1, runner.state(), meta={"step": it + 1})
-    ckpt.close()
+    history, start = run_iterations(
+        runner, config, workdir, "flow_grpo",
+        lambda m: {"reward": f"{m['reward_mean']:.3f}", "clip": f"{m['clip_frac']:.2f}"})
     final = flow_matching.save_flow_checkpoint(
         workdir / "final", jax.device_get(runner.janus_params), runner.jc, runner.tokenizer,
         jax.device_get(runner.flow_params), runner.fc)
-    rewards = [h["reward_mean"] for h in history]
-    return {"workdir": str(workdir), "checkpoint": str(final), "steps": total,
-            "start_step": start, "reward_per_step": rewards,
-            "first_reward": rewards[0] if rewards else None,
-            "last_reward": rewards[-1] if rewards else None}
+    return {"workdir": str(workdir), "checkpoint": str(final),
+            **reward_summary(history, start, int(config.total_steps))}

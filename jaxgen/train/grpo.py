@@ -587,20 +587,18 @@ def export_step(config, workdir, step: int, policy=None) -> pathlib.Path:
     return out
 
 
-def train(config, workdir, policy=None) -> dict:
-    """Run (or resume) GRPO; returns a summary with the per-iteration mean rewards.
+def run_iterations(runner, config, workdir: pathlib.Path, desc: str, postfix) -> tuple:
+    """The RL loop shared by GRPO and Flow-GRPO: resume from the newest checkpoint, run
+    `runner.iteration(it)` to config.total_steps, log metrics.jsonl and a progress bar
+    (`postfix(metrics)` -> its fields), checkpoint every config.checkpoint_every iterations.
 
-    policy: optional (params, JanusConfig, tokenizer) instead of config.policy_checkpoint.
+    runner: iteration(it) -> metrics dict with 'reward_mean'; state(), load_state(state),
+    abstract_state(). Returns (history of metrics dicts, first iteration run).
     """
     from tqdm import tqdm
 
-    from jaxgen import api
     from jaxgen.checkpoint import CheckpointManager
 
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _apply_aliases(config)
-    runner = GRPORunner(config, policy=policy)
     total = int(config.total_steps)
     ckpt = CheckpointManager(workdir / "checkpoints",
                              max_to_keep=int(config.get("keep_checkpoints", 2)),
@@ -617,7 +615,7 @@ def train(config, workdir, policy=None) -> dict:
         history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
         history = [h for h in history if h["step"] < start]
         metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    bar = tqdm(range(start, total), desc="grpo", initial=start, total=total)
+    bar = tqdm(range(start, total), desc=desc, initial=start, total=total)
     with metrics_path.open("a") as log:
         for it in bar:
             m = runner.iteration(it)
@@ -625,15 +623,36 @@ def train(config, workdir, policy=None) -> dict:
             history.append(m)
             log.write(json.dumps(m) + "\n")
             log.flush()
-            bar.set_postfix(reward=f"{m['reward_mean']:.3f}", kl=f"{m.get('kl', 0.0):.4f}")
+            bar.set_postfix(**postfix(m))
             if (it + 1) % int(config.checkpoint_every) == 0 or it + 1 == total:
                 ckpt.save(it + 1, runner.state(), meta={"step": it + 1})
     ckpt.close()
+    return history, start
+
+
+def reward_summary(history: list, start: int, total: int) -> dict:
+    rewards = [h["reward_mean"] for h in history]
+    return {"steps": total, "start_step": start, "reward_per_step": rewards,
+            "first_reward": rewards[0] if rewards else None,
+            "last_reward": rewards[-1] if rewards else None}
+
+
+def train(config, workdir, policy=None) -> dict:
+    """Run (or resume) GRPO; returns a summary with the per-iteration mean rewards.
+
+    policy: optional (params, JanusConfig, tokenizer) instead of config.policy_checkpoint.
+    """
+    from jaxgen import api
+
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _apply_aliases(config)
+    runner = GRPORunner(config, policy=policy)
+    history, start = run_iterations(
+        runner, config, workdir, "grpo",
+        lambda m: {"reward": f"{m['reward_mean']:.3f}", "kl": f"{m.get('kl', 0.0):.4f}"})
     policy_dir = workdir / "final"  # same layout as SFT's final checkpoint
     api.save_checkpoint(policy_dir, jax.device_get(runner.params), runner.model_config,
                         runner.tokenizer)
-    rewards = [h["reward_mean"] for h in history]
-    return {"workdir": str(workdir), "policy_checkpoint": str(policy_dir), "steps": total,
-            "start_step": start, "reward_per_step": rewards,
-            "first_reward": rewards[0] if rewards else None,
-            "last_reward": rewards[-1] if rewards else None}
+    return {"workdir": str(workdir), "policy_checkpoint": str(policy_dir),
+            **reward_summary(history, start, int(config.total_steps))}

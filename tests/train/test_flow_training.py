@@ -35,15 +35,20 @@ def policy_dir(tmp_path_factory):
     return api.save_checkpoint(tmp_path_factory.mktemp("policy"), params, jc, make_tokenizer())
 
 
-def _flow_config(policy, steps, **overrides):
-    c = load_config("flow:tiny", [f"--config.policy={policy}", f"--config.total_steps={steps}"])
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
+def _with(config, overrides: dict):
+    """config with dotted-key overrides set to Python values (tuples, floats as they are)."""
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
         for p in path:
             node = node[p]
-        node[last] = v
-    return c
+        node[last] = value
+    return config
+
+
+def _flow_config(policy, steps, **overrides):
+    return _with(load_config("flow:tiny", [f"--config.policy={policy}",
+                                           f"--config.total_steps={steps}"]), overrides)
 
 
 @pytest.fixture(scope="module")
@@ -213,13 +218,7 @@ def _grpo_config(policy, steps, **overrides):
     c = load_config("flow_grpo:tiny", [f"--config.policy={policy}",
                                        f"--config.total_steps={steps}"])
     c.rewards = {"name": "test_dark_image"}
-    for key, v in overrides.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return _with(c, overrides)
 
 
 def test_recomputed_step_logprobs_equal_the_samplers(flow_run):
