@@ -28,13 +28,13 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.policy = ""  # the unified model's jaxgen checkpoint dir (tokenizer and VQ included)
-    c.flow = dict(num_queries=16 if shapes else 4, hidden_size=256 if shapes else 32,
+    c.flow = dict(num_queries=16 if shapes else 4, hidden_size=128 if shapes else 32,
                   num_layers=4 if shapes else 2, num_heads=4, mlp_ratio=4, connector_depth=2,
-                  frequency_dim=256 if shapes else 16, dtype="float32", param_dtype="float32")
+                  frequency_dim=128 if shapes else 16, dtype="float32", param_dtype="float32")
     # MetaQuery freezes the LLM: the reasoning it writes stays the SFT model's
     c.train_llm = False
     c.total_steps = 1500 if shapes else 4
-    c.batch_size = 32 if shapes else 4
+    c.batch_size = 16 if shapes else 4
     c.grad_accum_steps = 1
     c.compute_dtype = "float32"
     c.sample_grid = 16 if shapes else 4
@@ -43,7 +43,7 @@ def get_config(arg=None):
                   text_len=160 if shapes else 32)
     # SD3's logit-normal timesteps; 10% of rows with the text hidden for CFG
     c.loss = dict(timesteps="logit_normal", logit_mean=0.0, logit_std=1.0, cond_dropout=0.1)
-    c.optim = dict(name="adamw", learning_rate=3e-4 if shapes else 1e-3,
+    c.optim = dict(name="adamw", learning_rate=5e-4 if shapes else 1e-3,
                    warmup_steps=100 if shapes else 1, schedule="cosine", end_lr_ratio=0.05,
                    b1=0.9, b2=0.99, eps=1e-8, weight_decay=0.0, grad_clip_norm=1.0, decay_steps=0)
     c.mesh = dict(data=1, fsdp=-1, tensor=1, layout="fsdp")

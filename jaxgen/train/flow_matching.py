@@ -63,7 +63,11 @@ def build_dataset(config, tokenizer, jc, janus_params) -> dict:
     images = sft.resize_images(np.stack([np.asarray(r["image"], np.uint8) for r in records]),
                                jc.vq.image_size)
     encode = jax.jit(lambda x: janus.vq_encode(janus_params, jc, x))
-    return {"ids": np.stack([r[0] for r in rows]), "mask": np.stack([r[1] for r in rows]),
+    ids, mask = np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
+    # text_len is a bound: keep only the columns the longest row needs (rounded up to 8), so
+    # the LLM does not run over padding every step
+    width = min(int(dc.text_len), -(-int(mask.sum(1).max()) // 8) * 8)
+    return {"ids": ids[:, -width:], "mask": mask[:, -width:],
             "codes": sft.images_to_codes(encode, images)}
 
 
