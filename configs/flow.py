@@ -12,7 +12,8 @@ Result: <workdir>/final = the policy's checkpoint plus flow_config.json / flow.s
 evaluator in metrics.jsonl ('eval/accuracy') and a sample grid in <workdir>/samples/; then
 `jaxgen train flow_grpo --config configs/flow_grpo.py:shapes --config.policy=<workdir>/final`.
 Measured (session 16, on the demo's SFT model): the loss falls 2.0 -> 0.47 in 1500 steps but the
-decoder still draws colour fragments: held-out accuracy 0/64 (0-1.6% at CFG 1-6, 20-50 steps),
+decoder still draws colour fragments: held-out accuracy 0/64 (0-1.6% at CFG 1-6, 20-50 steps);
+resumed to 3500 steps (--config.total_steps=3500, 30 more minutes) 2/64 = 3.1%,
 where the same SFT model's image tokens score 4.8% / 8.5% (the demo's 352 / 704-sample
 held-out protocols). The CPU budget is far below what flow decoders
 train on; see the README's diffusion-path section for longer runs.
