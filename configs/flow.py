@@ -14,8 +14,8 @@ evaluator in metrics.jsonl ('eval/accuracy') and a sample grid in <workdir>/samp
 Measured (session 16, on the demo's SFT model): the loss falls 2.0 -> 0.47 in 1500 steps but the
 decoder still draws colour fragments: held-out accuracy 0/64 (0-1.6% at CFG 1-6, 20-50 steps);
 resumed to 3500 steps (--config.total_steps=3500, 30 more minutes) 2/64 = 3.1%,
-where the same SFT model's image tokens score 4.8% / 8.5% (the demo's 352 / 704-sample
-held-out protocols). The CPU budget is far below what flow decoders
+where the demo SFT's image tokens scored 4.8% / 8.5% (the demo's 352 / 704-sample
+held-out protocols, sessions 10-15). The CPU budget is far below what flow decoders
 train on; see the README's diffusion-path section for longer runs.
 - shapes: a 4-layer, 128-wide DiT (1.6M parameters) with 16 query tokens on the 8x8x8 latent
   grid of the demo's VQ; the LLM frozen (MetaQuery), reasoning = the layout plan.
