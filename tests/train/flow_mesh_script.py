@@ -14,7 +14,6 @@ sys.path.insert(0, os.path.join(HERE, "..", "rewards"))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tiny_tokenizer import make_tokenizer  # noqa: E402
