@@ -88,7 +88,7 @@ def _flow_samples(args) -> list:
     from jaxgen.errors import UserError
     from jaxgen.sampling import flow_generate
     from jaxgen.train.flow_matching import load_flow_checkpoint
-    from jaxgen.train.grpo import detokenize_reasoning
+    from jaxgen.train.grpo import detokenize_reasoning, tokenize_prompts
 
     if args.greedy:
         raise UserError("--greedy applies to image tokens; the flow decoder's ODE is already "
@@ -98,10 +98,7 @@ def _flow_samples(args) -> list:
         raise UserError(f"{args.ckpt} has no tokenizer files; the flow path needs them")
     think = (args.max_think_tokens or api.DEFAULT_MAX_THINK_TOKENS) if args.think else 0
     texts = [p for p in args.prompt for _ in range(args.num_samples)]
-    rows = [tok.encode(api.generation_prompt(t, tok.bos_token), add_special_tokens=False)
-            for t in texts]
-    ids, mask = api._left_pad(rows, [[True] * len(r) for r in rows],
-                              max(len(r) for r in rows), jc.pad_token_id)
+    ids, mask = tokenize_prompts(tok, jc, texts)
     options = flow_generate.FlowSampleOptions(max_think_tokens=think, temperature=args.temperature,
                                               cfg_weight=args.cfg_weight, num_steps=args.flow_steps)
     out = flow_generate.generate(jp, jc, fp, fc, ids, mask, jax.random.PRNGKey(args.seed), options)

@@ -40,9 +40,9 @@ TIMESTEP_SAMPLING = ("logit_normal", "uniform")
 
 def text_row(tokenizer, jc, prompt: str, reasoning: str, text_len: int):
     """[prompt; reasoning; <boi>] ids left-padded to text_len: (ids int32 [L], mask bool [L])."""
-    encode = lambda s: list(tokenizer(s, add_special_tokens=False)["input_ids"])  # noqa: E731
-    toks = encode(templates.generation_prompt(prompt, tokenizer.bos_token))
-    toks += (encode(reasoning) if reasoning else []) + [jc.boi_token_id]
+    from jaxgen.train.sft import _encode
+    toks = _encode(tokenizer, templates.generation_prompt(prompt, tokenizer.bos_token))
+    toks += (_encode(tokenizer, reasoning) if reasoning else []) + [jc.boi_token_id]
     if len(toks) > text_len:
         raise PromptTooLongError(f"prompt + reasoning of {prompt!r} is {len(toks)} tokens, more "
                                  f"than data.text_len={text_len}; raise --config.data.text_len")
@@ -170,25 +170,16 @@ def flow_accuracy(janus_params, jc, flow_params, fc, tokenizer, num_prompts: int
                   split: str = "test") -> dict:
     """GenEval-style accuracy (pixel-only evaluator) of flow-decoded images for ShapesWorld
     prompts of `split`. Returns {'accuracy', 'images' uint8 [n, H, W, 3], 'reasoning'}."""
-    from jaxgen.data import shapes_world
     from jaxgen.eval import geneval
     from jaxgen.train.grpo import detokenize_reasoning, tokenize_prompts
+    from jaxgen.train.sft import heldout_metadata
 
-    rng = np.random.default_rng(seed)
-    metas = []
-    while len(metas) < num_prompts:
-        try:
-            metas.append(shapes_world.sample_prompt(rng, split, canvas=jc.vq.image_size)[1])
-        except UserError:
-            continue
+    metas = heldout_metadata(num_prompts, seed, split, jc.vq.image_size)
     key = jax.random.PRNGKey(seed)
     correct, images, reasoning = [], [], []
     for i in range(0, num_prompts, batch_size):
         chunk = metas[i:i + batch_size]
-        texts = [m["prompt"] for m in chunk]
-        longest = max(len(tokenizer.encode(templates.generation_prompt(t, tokenizer.bos_token),
-                                           add_special_tokens=False)) for t in texts)
-        ids, mask = tokenize_prompts(tokenizer, jc, texts, -(-longest // 16) * 16)
+        ids, mask = tokenize_prompts(tokenizer, jc, [m["prompt"] for m in chunk])
         key, sub = jax.random.split(key)
         out = flow_generate.generate(janus_params, jc, flow_params, fc, ids, mask, sub, options)
         pixels = flow_generate.decode_pixels(janus_params, jc, out, snap=options.snap)

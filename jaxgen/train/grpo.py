@@ -169,13 +169,17 @@ class PromptSource:
         return out
 
 
-def tokenize_prompts(tokenizer, config, texts, length: int):
-    """Left-padded generation prompts (ids int32[B, length], mask bool[B, length])."""
+def tokenize_prompts(tokenizer, config, texts, length: int | None = None, bucket: int = 16):
+    """Left-padded generation prompts (ids int32[B, length], mask bool[B, length]); length None:
+    the longest prompt rounded up to a multiple of `bucket` (nearby lengths share a compile)."""
     bos = tokenizer.bos_token or "<bos>"
+    encoded = [tokenizer.encode(templates.generation_prompt(t, bos), add_special_tokens=False)
+               for t in texts]
+    if length is None:
+        length = -(-max(len(e) for e in encoded) // bucket) * bucket
     ids = np.full((len(texts), length), config.pad_token_id, np.int32)
     mask = np.zeros((len(texts), length), bool)
-    for i, t in enumerate(texts):
-        enc = tokenizer.encode(templates.generation_prompt(t, bos), add_special_tokens=False)
+    for i, (t, enc) in enumerate(zip(texts, encoded)):
         if len(enc) > length:
             raise PromptTooLongError(f"prompt {t[:60]!r} has {len(enc)} tokens > "
                                      f"data.max_prompt_tokens={length}; raise it")

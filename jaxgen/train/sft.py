@@ -603,24 +603,30 @@ def make_loss_fn(mc, config, capacities: dict | None = None):
 # ------------------------------------------------------------------------ evaluation
 
 
+def heldout_metadata(num_prompts: int, seed: int, split: str, canvas: int) -> list[dict]:
+    """ShapesWorld prompt metadata of `split`, deterministic in `seed` (scenes that cannot be
+    placed on the canvas are skipped)."""
+    from jaxgen.data import shapes_world
+    rng = np.random.default_rng(seed)
+    metas = []
+    while len(metas) < num_prompts:
+        try:
+            metas.append(shapes_world.sample_prompt(rng, split, canvas=canvas)[1])
+        except UserError:
+            continue
+    return metas
+
+
 def generation_accuracy(params, mc, tokenizer, num_prompts: int, seed: int, options,
                         batch_size: int = 16, reasoning: str = "none") -> dict:
     """GenEval-style accuracy (pixel-only evaluator) of images sampled for held-out prompts.
 
     Returns {'accuracy', 'score', 'images' uint8 [n, H, W, 3]}.
     """
-    from jaxgen.data import shapes_world
     from jaxgen.eval import geneval
     from jaxgen.sampling.sampler import sample
 
-    rng = np.random.default_rng(seed)
-    metas = []
-    while len(metas) < num_prompts:
-        try:
-            _, metadata, _ = shapes_world.sample_prompt(rng, "test", canvas=mc.vq.image_size)
-        except UserError:
-            continue
-        metas.append(metadata)
+    metas = heldout_metadata(num_prompts, seed, "test", mc.vq.image_size)
     bos = tokenizer.bos_token
     correct, scores, images = [], [], []
     key = jax.random.PRNGKey(seed)
