@@ -4,9 +4,11 @@ Command (after `jaxgen train flow`, whose <workdir>/final holds the unified mode
 decoder):
     jaxgen train flow_grpo --config configs/flow_grpo.py:shapes --workdir /tmp/flow_grpo \
         --config.policy=/tmp/flow/final
-Runtime: 8.3 s per iteration on a 2-core CPU (rollout 2.5 s: the 112-token plan and 10 flow
-steps with CFG; reward 0.7 s; update 5.1 s for 4 trained steps x 32 images), 64 iterations in
-about 9 minutes.
+Runtime: 8.3 s per iteration on a 2-core CPU (session 16, one optimizer step per rollout:
+rollout 2.5 s: the 112-token plan and 10 flow steps with CFG; reward 0.7 s; update 5.1 s for 4
+trained steps x 32 images), 64 iterations in about 9 minutes. Two minibatch steps (this config,
+session 17, random shapes-size models, side by side): update 4.5 / 5.9 s vs 5.5 / 6.7 s for one
+step over all 32 images.
 Result: <workdir>/final (same layout as the policy: load_flow_checkpoint), metrics.jsonl with the
 reward, clip fraction and KL per iteration. Measured (session 16) from a 3500-step flow decoder
 (held-out 3.1%): with this detector reward the training reward was 0 in 13 of 16 iterations, so
@@ -14,7 +16,8 @@ most groups carry no advantage; with `vq_consistency` (dense) it went 0.083 / 0.
 0.095 by 8-iteration blocks (KL ~0.01). At CPU budgets the decoder is too weak for the detector
 reward to have signal.
 Flow-GRPO's recipe (SD3.5-M, 24 images per prompt): 10 SDE steps for training and 40 for
-evaluation, noise level 0.7, CFG 4.5 kept while training, ratio clip 1e-4, KL beta 0.04,
+evaluation, noise level 0.7, CFG 4.5 kept while training, two optimizer steps per rollout (each
+on half the images, all their steps), ratio clip 1e-4, KL beta 0.04,
 advantages clipped to +-5, the GenEval detector as reward (63% -> 95% on GenEval); here the
 pixel-only ShapesWorld detector (`geneval`) on train prompts, which is what the paper rewards.
 - shapes: the recipe at CPU size (4 x 8 images, steps 0-3 of 10 trained, MixGRPO / Flow-GRPO-Fast
@@ -50,7 +53,9 @@ def get_config(arg=None):
                   advantage_clip=5.0,
                   # trained (stochastic) steps [first, stop); the others are ODE steps
                   sde_window=(0, 4) if shapes else (0, 3),
-                  clip_eps=1e-4, beta=0.04 if shapes else 0.0)
+                  clip_eps=1e-4, beta=0.04 if shapes else 0.0,
+                  # optimizer steps per rollout = inner_epochs x minibatches (Flow-GRPO: 1 x 2)
+                  inner_epochs=1, minibatches=2 if shapes else 1)
     c.rewards = {"name": "geneval"} if shapes else {"name": "constant"}
     c.optim = dict(name="adamw", learning_rate=1e-4 if shapes else 1e-3, warmup_steps=0,
                    schedule="constant", end_lr_ratio=1.0, b1=0.9, b2=0.999, eps=1e-8,

@@ -13,7 +13,10 @@ One iteration, split like jaxgen.train.grpo (each stage a pure function, one mes
               transition x_k -> x_{k+1} under the CFG-guided SDE step (the distribution the
               sampler draws from), loss = -min(r A, clip(r, 1 - eps, 1 + eps) A)
               + beta ||mean_new - mean_ref||^2 / (2 std^2) (per-dimension mean), averaged over
-              steps and images
+              steps and images; `grpo.inner_epochs` x `grpo.minibatches` optimizer steps per
+              rollout, each on a shuffled share of the images with all their trained steps
+              (Flow-GRPO steps twice per rollout: after the first step the ratio leaves 1 and
+              its clip acts)
 
 Only the flow parameters (queries, connector, DiT) train; the unified model and its tokenizer
 stay as loaded from config.policy (a checkpoint written by `jaxgen train flow`). Shapes are fixed
@@ -115,10 +118,28 @@ def flow_grpo_loss(logp_kb, old_logp_kb, adv_b, keep_b, clip_eps: float, beta: f
     return loss, metrics
 
 
-def update_step(flow_params, opt_state, janus_params, ref_flow_params, batch, *, settings,
-                optimizer):
-    """One optimizer step on a rollout: (flow_params, opt_state, metrics)."""
+def select_images(batch, rows):
+    """The images `rows` [b] of an update batch (the rollout, old_logp [K', B], adv, keep [B])."""
+    take = lambda x, axis=0: jnp.take(x, rows, axis=axis)  # noqa: E731
+    r = batch["rollout"]
+    rollout = r.replace(prefix_ids_bp=take(r.prefix_ids_bp), prefix_mask_bp=take(r.prefix_mask_bp),
+                        think_ids_bt=take(r.think_ids_bt), think_mask_bt=take(r.think_mask_bt),
+                        latents=take(r.latents, 1), log_probs=take(r.log_probs, 1),
+                        codes_bn=take(r.codes_bn))
+    return dict(rollout=rollout, old_logp=take(batch["old_logp"], 1), adv=take(batch["adv"]),
+                keep=take(batch["keep"]))
+
+
+def update_step(flow_params, opt_state, janus_params, ref_flow_params, batch, rows=None, *,
+                settings, optimizer):
+    """One optimizer step on the images `rows` of a rollout (all when None).
+
+    Returns (flow_params, opt_state, metrics). The gather runs inside the jitted step, so every
+    minibatch reuses one compiled update.
+    """
     s = settings
+    if rows is not None:
+        batch = select_images(batch, rows)
     ref_mean = None
     if s.beta > 0:
         _, ref_mean, _ = step_means_and_logprobs(janus_params, ref_flow_params, batch["rollout"], s)
@@ -174,6 +195,11 @@ class FlowGRPORunner:
             layout = config.mesh.get("layout", "fsdp")
         self.mesh, self.layout = mesh, layout
         parallel.check_batch_divides(self.batch_size, mesh, "prompts_per_step * group_size")
+        self.minibatches, self.inner_epochs = int(g.minibatches), int(g.inner_epochs)
+        if self.minibatches < 1 or self.inner_epochs < 1 or self.batch_size % self.minibatches:
+            raise UserError(f"grpo.minibatches={g.minibatches} must divide the "
+                            f"{self.batch_size} images of a rollout (prompts_per_step x "
+                            f"group_size), and grpo.inner_epochs={g.inner_epochs} be >= 1")
         from jaxgen.train.optim import make_optimizer
         self.optimizer = make_optimizer(config, int(config.total_steps))
         j_sh = parallel.param_shardings(janus_params, janus.param_logical_axes(self.jc), mesh,
@@ -237,6 +263,30 @@ class FlowGRPORunner:
             clip=float(g.advantage_clip))
         return np.asarray(adv, np.float32), np.asarray(keep, np.float32)
 
+    def update(self, batch, iteration: int) -> dict:
+        """inner_epochs x minibatches optimizer steps on one rollout; returns the mean metrics.
+
+        Each epoch shuffles the images (from seed and iteration, so a resumed run repeats it)
+        and splits them into `minibatches` equal shares; old log-probs stay the sampler's.
+        """
+        if self.minibatches == 1 and self.inner_epochs == 1:
+            orders = [None]
+        else:
+            rng = np.random.default_rng([int(self.config.seed), iteration, 7])
+            size = self.batch_size // self.minibatches
+            orders = [np.sort(perm[k * size:(k + 1) * size]).astype(np.int32)
+                      for perm in (rng.permutation(self.batch_size)
+                                   for _ in range(self.inner_epochs))
+                      for k in range(self.minibatches)]
+        history = []
+        for rows in orders:
+            self.flow_params, self.opt_state, m = self._update(
+                self.flow_params, self.opt_state, self.janus_params, self.ref_flow_params, batch,
+                rows)
+            history.append(m)
+        history = jax.device_get(history)
+        return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+
     def iteration(self, iteration: int) -> dict:
         t0 = time.perf_counter()
         rollout, texts, metadata = self.rollout(iteration, self.prompts.batch(iteration,
@@ -250,11 +300,8 @@ class FlowGRPORunner:
         put = lambda x: jax.device_put(x, self.batch_sharding)  # noqa: E731
         batch = dict(rollout=rollout, old_logp=rollout.log_probs[first:stop], adv=put(adv),
                      keep=put(keep))
-        self.flow_params, self.opt_state, m = self._update(
-            self.flow_params, self.opt_state, self.janus_params, self.ref_flow_params, batch)
-        jax.block_until_ready(self.flow_params)
+        metrics = self.update(batch, iteration)
         t3 = time.perf_counter()
-        metrics = {k: float(v) for k, v in m.items()}
         metrics.update(reward_mean=float(np.mean(total)), reward_std=float(np.std(total)),
                        keep_frac=float(np.mean(keep)), time_rollout=t1 - t0,
                        time_reward=t2 - t1, time_update=t3 - t2, time_iteration=t3 - t0)

@@ -249,11 +249,71 @@ def test_updates_raise_the_probability_of_rewarded_transitions(flow_run):
     before = np.asarray(score(runner.janus_params, runner.flow_params, rollout, runner.settings)[0])
     for _ in range(3):
         runner.flow_params, runner.opt_state, _ = runner._update(
-            runner.flow_params, runner.opt_state, runner.janus_params, None, batch)
+            runner.flow_params, runner.opt_state, runner.janus_params, None, batch, None)
     after = np.asarray(score(runner.janus_params, runner.flow_params, rollout, runner.settings)[0])
     change = (after - before).sum(axis=0)  # per image, over its trained steps
     assert np.corrcoef(change, adv)[0, 1] > 0.5, (change, adv)
     assert change[adv > 0].mean() > change[adv < 0].mean()
+
+
+@pytest.fixture(scope="module")
+def minibatch_runner(flow_run):
+    """Flow-GRPO with 2 inner epochs x 2 minibatches, plain SGD and the KL term on."""
+    return flow_grpo.FlowGRPORunner(_grpo_config(flow_run[1]["checkpoint"], 1, **{
+        "grpo.minibatches": 2, "grpo.inner_epochs": 2, "grpo.beta": 0.04,
+        "optim.name": "sgd", "optim.learning_rate": 0.3}))
+
+
+def test_a_minibatch_step_equals_the_full_step_with_the_other_images_masked(minibatch_runner):
+    """The gather inside the jitted update selects whole images: a step on rows R gives the same
+    params as a step on the whole rollout with keep = 0 outside R (same loss denominators)."""
+    runner = minibatch_runner
+    rollout, texts, metadata = runner.rollout(0, runner.prompts.batch(0, runner.num_prompts))
+    _, streams, weights, _ = runner.rewards(rollout, texts, metadata)
+    adv, keep = runner.advantages(streams, weights)
+    first, stop = runner.window
+    rows = np.array([0, 3, 5, 6], np.int32)
+    masked_keep = np.zeros_like(keep)
+    masked_keep[rows] = keep[rows]
+    batch = dict(rollout=rollout, old_logp=rollout.log_probs[first:stop], adv=jnp.asarray(adv))
+    start = jax.device_get(runner.flow_params)
+    copy = lambda: jax.tree.map(jnp.asarray, start)  # noqa: E731 (the update donates its input)
+
+    def step(keep_b, r):
+        p, _, m = runner._update(copy(), runner.optimizer.init(start), runner.janus_params,
+                                 runner.ref_flow_params, dict(batch, keep=jnp.asarray(keep_b)), r)
+        return jax.device_get(p), m
+
+    mini, m_mini = step(keep, rows)
+    full, m_full = step(masked_keep, None)
+    moved = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(full),
+                                                          jax.tree.leaves(start)))
+    assert moved > 1e-4
+    for a, b in zip(jax.tree.leaves(mini), jax.tree.leaves(full)):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)
+    np.testing.assert_allclose(float(m_mini["loss"]), float(m_full["loss"]), rtol=1e-5)
+
+
+def test_inner_epochs_times_minibatches_steps_per_rollout(minibatch_runner, monkeypatch):
+    """Each epoch splits a fresh shuffle of the 8 images into 2 shares; one compiled update;
+    after the first step the ratio leaves 1, so the tight clip acts."""
+    runner = minibatch_runner
+    calls = []
+    update = runner._update
+
+    def recording(*args):
+        calls.append(np.asarray(args[-1]))
+        return update(*args)
+
+    monkeypatch.setattr(runner, "_update", recording)
+    compiled = update._cache_size()
+    m = runner.iteration(1)
+    assert len(calls) == 4 and all(len(r) == runner.batch_size // 2 for r in calls)
+    for epoch in (calls[:2], calls[2:]):
+        np.testing.assert_array_equal(np.sort(np.concatenate(epoch)), np.arange(runner.batch_size))
+    assert not all(np.array_equal(a, b) for a, b in zip(calls[:2], calls[2:]))
+    assert update._cache_size() - compiled <= 1  # four steps, at most one new compile
+    assert m["clip_frac"] > 0 and "kl" in m
 
 
 def test_flow_grpo_trains_checkpoints_and_resumes(flow_run, tmp_path):
@@ -280,6 +340,8 @@ def test_flow_grpo_config_errors(flow_run, tmp_path):
                                               **{"sampling.noise_level": 0.0}))
     with pytest.raises(UserError, match="sde_window"):
         flow_grpo.FlowGRPORunner(_grpo_config(out["checkpoint"], 1, **{"grpo.sde_window": (2, 9)}))
+    with pytest.raises(UserError, match="minibatches=3 must divide"):
+        flow_grpo.FlowGRPORunner(_grpo_config(out["checkpoint"], 1, **{"grpo.minibatches": 3}))
     with pytest.raises(UserError, match="config.policy is empty"):
         flow_grpo.FlowGRPORunner(load_config("flow_grpo:tiny"))
 
