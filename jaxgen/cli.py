@@ -33,6 +33,8 @@ COMMANDS = [
      "jaxgen.train.cli:flow"),
     (("train", "flow_grpo"), "Flow-GRPO reinforcement learning of the diffusion decoder",
      "jaxgen.train.cli:flow_grpo"),
+    (("aot", "sft"), "compile the SFT step for a target mesh from shapes: memory per device",
+     "jaxgen.train.aot:sft"),
     (("bench", "sample"), "image-token sampling throughput vs transformers",
      "jaxgen.bench.sample:sample"),
     (("bench", "sft"), "SFT step throughput vs a PyTorch eager step", "jaxgen.bench.sft:sft"),
