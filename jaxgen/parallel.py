@@ -295,3 +295,37 @@ def tree_bytes(tree) -> int:
     """Logical (unsharded) bytes of a tree."""
     return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
                for x in jax.tree.leaves(tree))
+
+
+# ------------------------------------------------------------------------- multi-host io
+
+
+def to_host(tree):
+    """NumPy copies of a tree of arrays, whole on every process.
+
+    One process: `jax.device_get`. Several (multi-host): an array whose shards live on other
+    hosts' devices is all-gathered first, so every process must call this at the same point
+    (it is a collective); replicated arrays are read from a local replica.
+    """
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree)
+
+
+def primary_writes(write, name: str):
+    """Run `write()` on process 0 only, then hold every process until it is done.
+
+    Hosts share the work directory, so one writer avoids clobbered files, and the barrier keeps
+    the others from reading what is not yet written. Returns write()'s result on process 0 and
+    None elsewhere.
+    """
+    result = write() if jax.process_index() == 0 else None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+    return result

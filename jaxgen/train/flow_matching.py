@@ -248,7 +248,7 @@ def train(config, workdir) -> dict:
         if int(ec.num_prompts) <= 0:
             return {}
         from jaxgen.train.metrics import save_image_grid
-        jp, fp = split(jax.device_get(st.params))
+        jp, fp = split(parallel.to_host(st.params))
         res = flow_accuracy(jp, jc, fp, fc, tokenizer, int(ec.num_prompts), int(ec.seed),
                             sample_options(config), int(ec.batch_size))
         save_image_grid(workdir / "samples" / f"flow_step{step:06d}.png",
@@ -260,8 +260,11 @@ def train(config, workdir) -> dict:
                           data=loader, mesh=mesh, loop=loop_cfg, config=config, eval_fn=eval_fn)
     out = {"metrics": result["metrics"], "step": result["step"], "status": result["status"]}
     if result["status"] == "done":
-        jp, fp = split(jax.device_get(result["state"].params))
-        out["checkpoint"] = str(save_flow_checkpoint(workdir / "final", jp, jc, tokenizer, fp, fc))
+        jp, fp = split(parallel.to_host(result["state"].params))
+        final = workdir / "final"
+        parallel.primary_writes(lambda: save_flow_checkpoint(final, jp, jc, tokenizer, fp, fc),
+                                "flow-export")
+        out["checkpoint"] = str(final)
     if "eval_accuracy" in result["metrics"]:
         out["accuracy"] = result["metrics"]["eval_accuracy"]
     return out

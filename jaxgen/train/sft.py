@@ -89,7 +89,7 @@ def model_config_for(config, tokenizer=None):
 def procedural_records(n: int, seed: int, split: str, image_size: int) -> list[dict]:
     """SFT records rendered on the fly from ShapesWorld (used when no built dataset is given);
     same fields and reasoning texts as `jaxgen.data.build.sft_records`."""
-    from jaxgen.data import prompts, shapes_world
+    from jaxgen.data import prompts
     from jaxgen.data.build import sft_records
     cats = prompts.CATEGORIES
     rng = np.random.default_rng(seed)
@@ -401,23 +401,24 @@ class _RowSource:
 
 class MixedBatcher:
     """Fixed rows per task per batch, each task from its own Grain loader
-    (`jaxgen.data.pipeline.make_loader`: seeded shuffles, per-host shard, checkpointable)."""
+    (`jaxgen.data.pipeline.make_loader`: seeded shuffles, checkpointable).
+
+    Every host draws the same global batch (the rows are in memory on every host) and keeps
+    its own slice of it, so the batches, and hence a run, are the same on any number of hosts."""
 
     def __init__(self, data: dict, batch_size: int, mix, seed: int, image_size: int):
-        from jaxgen.data.pipeline import host_shard, make_loader
+        from jaxgen.data.pipeline import make_loader
+        from jaxgen.train.batching import _process_slice
         und_rows = 0
         if data.get("understanding") is not None:
             total = float(mix.generation) + float(mix.understanding)
             und_rows = int(round(batch_size * float(mix.understanding) / total))
         gen_rows = batch_size - und_rows
-        _, hosts = host_shard()
-        for rows, what in ((gen_rows, "generation"), (und_rows, "understanding")):
-            if rows % hosts:
-                raise UserError(f"{rows} {what} rows per batch do not divide over {hosts} hosts; "
-                                "adjust batch_size or data.task_mix")
+        self.rows = _process_slice(batch_size, None, None)
 
         def loader(arrays, rows, s):
-            return iter(make_loader(_RowSource(arrays), batch_size=rows // hosts, seed=s))
+            return iter(make_loader(_RowSource(arrays), batch_size=rows, seed=s, shard_index=0,
+                                    shard_count=1))
 
         self.gen = loader(data["generation"], gen_rows, seed) if gen_rows else None
         self.und = loader(data["understanding"], und_rows, seed + 1) if und_rows else None
@@ -445,7 +446,7 @@ class MixedBatcher:
         if any("segment" in p for p in parts):  # packed generation rows beside unpacked ones
             for p in parts:
                 p.setdefault("segment", p["valid"].astype(np.int16))
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return {k: np.concatenate([p[k] for p in parts])[self.rows] for k in parts[0]}
 
     def get_state(self) -> dict:
         return {"gen": self.gen.get_state() if self.gen else None,
@@ -626,20 +627,14 @@ def generation_accuracy(params, mc, tokenizer, num_prompts: int, seed: int, opti
     from jaxgen.eval import geneval
     from jaxgen.sampling.sampler import sample
 
+    from jaxgen.train.grpo import tokenize_prompts
+
     metas = heldout_metadata(num_prompts, seed, "test", mc.vq.image_size)
-    bos = tokenizer.bos_token
     correct, scores, images = [], [], []
     key = jax.random.PRNGKey(seed)
     for i in range(0, num_prompts, batch_size):
         chunk = metas[i:i + batch_size]
-        texts = [templates.generation_prompt(m["prompt"], bos) for m in chunk]
-        enc = [_encode(tokenizer, t) for t in texts]
-        length = max(len(e) for e in enc)
-        ids = np.full((len(enc), length), mc.pad_token_id, np.int32)
-        mask = np.zeros((len(enc), length), bool)
-        for r, e in enumerate(enc):  # left padding
-            ids[r, length - len(e):] = e
-            mask[r, length - len(e):] = True
+        ids, mask = tokenize_prompts(tokenizer, mc, [m["prompt"] for m in chunk], bucket=1)
         key, sub = jax.random.split(key)
         rollout = sample(params, mc, jnp.asarray(ids), jnp.asarray(mask), sub, options)
         pixels = np.asarray(janus.vq_decode(params, mc, rollout.image_ids_bn))
@@ -804,7 +799,7 @@ def train(config, workdir) -> dict:
         if int(ec.num_prompts) <= 0:
             return {}
         from jaxgen.train.metrics import save_image_grid
-        res = generation_accuracy(jax.device_get(st.params), mc, tokenizer,
+        res = generation_accuracy(parallel.to_host(st.params), mc, tokenizer,
                                   int(ec.num_prompts), int(ec.seed), sample_options(config),
                                   int(ec.batch_size))
         save_image_grid(workdir / "samples" / f"sft_step{step:06d}.png",
@@ -826,7 +821,10 @@ def train(config, workdir) -> dict:
 
 
 def export_checkpoint(path, params, mc, tokenizer):
-    """A jaxgen checkpoint dir (config.json + params.safetensors + tokenizer) for sampling."""
+    """A jaxgen checkpoint dir (config.json + params.safetensors + tokenizer) for sampling.
+
+    Every process calls it (the sharded params are gathered); process 0 writes."""
     from jaxgen.api import save_checkpoint
-    save_checkpoint(path, jax.device_get(params), mc, tokenizer)
-    return path
+    params = parallel.to_host(params)
+    parallel.primary_writes(lambda: save_checkpoint(path, params, mc, tokenizer), "sft-export")
+    return pathlib.Path(path)

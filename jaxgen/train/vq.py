@@ -273,15 +273,13 @@ def export_params(vq_params, path):
     from safetensors.numpy import save_file
     from flax.traverse_util import flatten_dict
     from jaxgen.models.vq import l2_normalize
-    p = jax.device_get(vq_params)
-    p = dict(p)
+    p = dict(parallel.to_host(vq_params))
     p["codebook"] = np.asarray(l2_normalize(jnp.asarray(p["codebook"])))
     flat = {"/".join(k): np.ascontiguousarray(np.asarray(v, np.float32))
             for k, v in flatten_dict(p).items()}
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        save_file(flat, str(path))
+    parallel.primary_writes(lambda: save_file(flat, str(path)), "vq-export")
     return path
 
 
@@ -393,7 +391,7 @@ def train(config, workdir) -> dict:
     n_grid = int(config.sample_grid)
 
     def eval_fn(st, step):
-        vq_params = jax.device_get(st.params["vq"])
+        vq_params = parallel.to_host(st.params["vq"])
         out = evaluate(config, vq_params, held, reconstruct)
         pair = np.concatenate([to_uint8(held[:n_grid]), to_uint8(out.pop("_recon")[:n_grid])])
         save_image_grid(workdir / "samples" / f"vq_step{step:06d}.png", pair, columns=n_grid)
@@ -405,7 +403,7 @@ def train(config, workdir) -> dict:
                           eval_fn=eval_fn)
     final_state = result["state"]
     params_path = export_params(final_state.params["vq"], workdir / VQ_PARAMS_FILE)
-    ev = {k: v for k, v in evaluate(config, jax.device_get(final_state.params["vq"]), held,
+    ev = {k: v for k, v in evaluate(config, parallel.to_host(final_state.params["vq"]), held,
                                     reconstruct).items() if not k.startswith("_")}
     return {"metrics": {**result["metrics"], **{f"eval_{k}": v for k, v in ev.items()}},
             "params_path": str(params_path), "psnr": ev["psnr"],

@@ -491,3 +491,23 @@ def test_janus_pro_sft_variants():
         assert (c.loss.text_weight, c.loss.image_weight, c.loss.boi_weight) == (2.0, 1.0, 0.0)
         assert c.optim.learning_rate == 2e-5 and c.data.reasoning == "caption"
         assert c.data.seq_len >= 576 + 64  # 24 x 24 image codes plus prompt and caption
+
+
+def test_generation_accuracy_scores_its_own_samples(tokenizer, tiny):
+    """The held-out evaluation samples one image per prompt (left-padded prompts in batches) and
+    its accuracy is the evaluator's verdict on exactly those images; reruns are identical."""
+    from jaxgen.eval import geneval
+    tok, _ = tokenizer
+    config, mc = tiny
+    params = janus.init_params(mc, jax.random.PRNGKey(3))
+    options = sft.sample_options(config)
+    out = sft.generation_accuracy(params, mc, tok, 5, 7, options, batch_size=2)
+    assert out["images"].shape == (5, mc.vq.image_size, mc.vq.image_size, 3)
+    metas = sft.heldout_metadata(5, 7, "test", mc.vq.image_size)
+    verdicts = [bool(geneval.score(img, m)["correct"]) for img, m in zip(out["images"], metas)]
+    assert out["accuracy"] == float(np.mean(verdicts))
+    again = sft.generation_accuracy(params, mc, tok, 5, 7, options, batch_size=2)
+    np.testing.assert_array_equal(again["images"], out["images"])
+    # a batch of one prompt (no padding) draws the same image as inside a padded batch
+    alone = sft.generation_accuracy(params, mc, tok, 1, 7, options, batch_size=1)
+    np.testing.assert_array_equal(alone["images"][0], out["images"][0])
