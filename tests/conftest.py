@@ -33,6 +33,18 @@ def pytest_configure(config):
         pass
 
 
+# The slowest modules (each over a minute, mostly subprocesses with fake devices or several
+# processes) run first, so with `-n 2 --dist loadfile` (the README's command) neither worker is
+# left running one of them alone at the end.
+SLOW_FIRST = ("test_multihost.py", "test_grpo_mesh.py", "test_flow_mesh.py", "test_parallel.py",
+              "test_flow_training.py", "test_sft.py", "test_grpo.py", "test_bench.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable sort
+
+
 @pytest.fixture(scope="session")
 def hf_tiny_dir(tmp_path_factory):
     """Path of a saved tiny random HF Janus model (see module docstring)."""

@@ -105,3 +105,13 @@ def test_two_hosts_train_like_one_and_resume_on_one(inputs, tmp_path):
     assert moved > 1e-4  # steps 5-6 changed the params ...
     for k in b:  # ... exactly as in the uninterrupted 1-host run (Adam, float32 reductions)
         np.testing.assert_allclose(a[k], b[k], atol=2e-6, err_msg=k)
+
+
+def test_rl_loops_refuse_several_hosts_with_a_clear_error(monkeypatch):
+    from jaxgen.errors import UserError
+    from jaxgen.train import flow_grpo, grpo
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(UserError, match="GRPO runs on the devices of one host"):
+        grpo.GRPORunner(load_config("grpo:tiny"))
+    with pytest.raises(UserError, match="Flow-GRPO runs on the devices of one host"):
+        flow_grpo.FlowGRPORunner(load_config("flow_grpo:tiny"))

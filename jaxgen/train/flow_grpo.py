@@ -160,6 +160,7 @@ class FlowGRPORunner:
     """Mesh, frozen unified model, flow params / reference / optimizer, rewards of one run."""
 
     def __init__(self, config, mesh=None):
+        parallel.check_single_host("Flow-GRPO")
         self.config = config
         g, s = config.grpo, config.sampling
         self.group_size = int(g.group_size)

@@ -250,6 +250,7 @@ class GRPORunner:
     """Everything one GRPO run holds: mesh, policy / reference params, optimizer, rewards."""
 
     def __init__(self, config, policy=None, mesh=None):
+        parallel.check_single_host("GRPO")
         self.config = config
         g = config.grpo
         self.group_size = int(g.group_size)
