@@ -187,3 +187,41 @@ def test_batch_must_divide_data_parallel_devices():
     mesh = _FakeMesh(data=2, fsdp=4, tensor=1)
     with pytest.raises(UserError, match="batch_size=12 does not divide over the 8"):
         parallel.check_batch_divides(12, mesh)
+
+
+# The models' activation constraints (`nn.with_logical_constraint`) are live only inside
+# parallel.activation_sharding; prints the output specs of one jitted function with and without.
+CONSTRAINT_SCRIPT = textwrap.dedent("""
+    import os, json
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    import jax, jax.numpy as jnp
+    import flax.linen as nn
+    from jaxgen import parallel
+
+    mesh = parallel.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    x = jax.device_put(jnp.ones((8, 16, 32)), parallel.replicated(mesh))
+    axes = ("activation_batch", "activation_length", "activation_embed")
+
+    def f(x, live):
+        if live:
+            with parallel.activation_sharding(mesh, "fsdp"):
+                return nn.with_logical_constraint(x * 2.0, axes)
+        return nn.with_logical_constraint(x * 2.0, axes)
+
+    out = {}
+    for live in (True, False):
+        y = jax.jit(f, static_argnums=1)(x, live)
+        out[str(live)] = [str(y.sharding.spec), len(y.addressable_shards[0].data)]
+    print(json.dumps(out))
+""")
+
+
+def test_activation_constraints_split_the_batch_only_inside_the_context():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", CONSTRAINT_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=300,
+                          cwd=pathlib.Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["True"] == ["P(('data', 'fsdp'),)", 1]  # 8 rows over 8 devices
+    assert out["False"][1] == 8  # Flax drops the constraint: every device holds all 8 rows

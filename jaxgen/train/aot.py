@@ -148,11 +148,13 @@ def plan_sft(config, devices, text_targets: int | None = None) -> dict:
     capacities = worst_case_capacities(config, mc, text_targets)
     step = state_lib.make_train_step(sft.make_loss_fn(mc, config, capacities), opt, shardings,
                                      mesh, accum_steps=accum,
-                                     compute_dtype_name=config.compute_dtype)
+                                     compute_dtype_name=config.compute_dtype, layout=layout)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     out = {
         "devices": len(devices), "platform": devices[0].platform,
         "device_kind": devices[0].device_kind,
@@ -166,6 +168,8 @@ def plan_sft(config, devices, text_targets: int | None = None) -> dict:
                   "step_and_rng": bytes_per_device((state.step, state.rng)),
                   "batch": bytes_per_device(batch)},
         "compile_seconds": seconds,
+        # XLA's count for one device's program (cuBLAS / cuDNN calls are not counted on GPU)
+        "flops_per_device": float((cost or {}).get("flops", 0.0)),
     }
     if mem is not None:
         m = {"arguments": int(mem.argument_size_in_bytes),
@@ -199,7 +203,8 @@ def report_lines(plan: dict, device_memory_gib: float | None = None) -> tuple[li
     if c:
         lines += [f"  temporaries (XLA)        {g(c['temporaries'])}",
                   f"  peak (args + outputs - aliased + temporaries) {c['peak'] / GIB:.3f}",
-                  f"compiled in {plan['compile_seconds']:.1f} s"]
+                  f"compiled in {plan['compile_seconds']:.1f} s; XLA counts "
+                  f"{plan['flops_per_device'] / 1e9:.2f} GFLOP per device per step"]
         if plan["platform"] == "cpu":
             lines.append("(CPU devices stand in for the target: state and batch are exact, "
                          "temporaries are the CPU compiler's)")

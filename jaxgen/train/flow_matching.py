@@ -234,7 +234,8 @@ def train(config, workdir) -> dict:
         make_loss_fn(jc, fc, config, frozen), opt, shardings, mesh,
         accum_steps=int(config.get("grad_accum_steps", 1)),
         compute_dtype_name=config.get("compute_dtype", "float32"),
-        learning_rate_fn=optim.make_schedule(config.optim, int(config.total_steps)))
+        learning_rate_fn=optim.make_schedule(config.optim, int(config.total_steps)),
+        layout=layout)
     from jaxgen.data.pipeline import make_loader
     from jaxgen.train.sft import _RowSource
     loader = iter(make_loader(_RowSource(data), batch_size=int(config.batch_size),

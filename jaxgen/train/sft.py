@@ -789,7 +789,8 @@ def train(config, workdir) -> dict:
     step_fn = state_lib.make_train_step(
         make_loss_fn(mc, config, capacities), opt, shardings, mesh,
         accum_steps=int(config.grad_accum_steps), compute_dtype_name=config.compute_dtype,
-        learning_rate_fn=optim.make_schedule(config.optim, int(config.total_steps)))
+        learning_rate_fn=optim.make_schedule(config.optim, int(config.total_steps)),
+        layout=layout)
     batcher = MixedBatcher(data, int(config.batch_size), dc.task_mix, int(dc.seed),
                            mc.vision.image_size)
     tokens_per_batch = int(config.batch_size) * int(dc.seq_len)

@@ -138,17 +138,20 @@ def _accumulate(loss_fn, params, batch, rng, accum_steps: int, mesh: Mesh | None
 
 def make_train_step(loss_fn, optimizer: optax.GradientTransformation, shardings: TrainState,
                     mesh: Mesh, *, accum_steps: int = 1, compute_dtype_name: str | None = None,
-                    learning_rate_fn: Callable | None = None, donate: bool = True):
+                    learning_rate_fn: Callable | None = None, donate: bool = True,
+                    layout: str = "fsdp"):
     """jit(step)(state, batch) -> (state, metrics) with explicit in/out shardings.
 
     The state is donated (updated in place). `batch` leaves are batch-leading arrays sharded
-    over ('data', 'fsdp'). Gradients are float32 (params are cast to `compute_dtype_name` only
-    inside the loss).
+    over ('data', 'fsdp'), and so are the model's activations (`layout`'s activation rules,
+    parallel.activation_sharding). Gradients are float32 (params are cast to
+    `compute_dtype_name` only inside the loss).
     """
     dtype = compute_dtype(compute_dtype_name)
 
     def wrapped_loss(params, batch, rng):
-        num, aux = loss_fn(cast_floating(params, dtype), batch, rng)
+        with parallel.activation_sharding(mesh, layout):
+            num, aux = loss_fn(cast_floating(params, dtype), batch, rng)
         aux = dict(aux)
         aux.setdefault("denominator", jnp.float32(1.0))
         aux.setdefault("metrics", {})

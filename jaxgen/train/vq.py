@@ -348,7 +348,8 @@ def train(config, workdir) -> dict:
     step_fn = state_lib.make_train_step(
         make_loss_fn(config, perceptual), opt, shardings, mesh,
         accum_steps=int(config.grad_accum_steps), compute_dtype_name=config.compute_dtype,
-        learning_rate_fn=optim.make_schedule(config.optim, int(config.total_steps)))
+        learning_rate_fn=optim.make_schedule(config.optim, int(config.total_steps)),
+        layout=layout)
 
     dc = config.data
     data = batching.IndexedBatcher(

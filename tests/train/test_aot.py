@@ -53,17 +53,23 @@ def test_report_says_whether_the_step_fits(eight_device_plan):
     assert not fits and "does NOT fit" in lines[-1] and "grad_accum_steps" in lines[-1]
 
 
-def test_micro_batches_and_remat_lower_the_temporaries():
-    """One CPU device (this process's): the report follows the config's execution options."""
+def test_micro_batches_and_remat_lower_the_temporaries(eight_device_plan):
+    """One CPU device (this process's): the report follows the config's execution options; and
+    each of 8 devices computes an eighth of the step (the activations are split over the batch,
+    not gathered onto every device)."""
     devices = aot.target_devices("1")
 
-    def temporaries(*overrides):
-        config = load_config("sft:tiny", ["--config.batch_size=8", *overrides])
-        return aot.plan_sft(config, devices)["compiled"]["temporaries"]
+    def plan(*overrides):
+        return aot.plan_sft(load_config("sft:tiny", ["--config.batch_size=8", *overrides]),
+                            devices)
 
-    plain = temporaries()
-    assert temporaries("--config.grad_accum_steps=4") < plain
-    assert temporaries("--config.model_options.remat_policy=full") < plain
+    plain = plan()
+    temporaries = plain["compiled"]["temporaries"]
+    assert plan("--config.grad_accum_steps=4")["compiled"]["temporaries"] < temporaries
+    assert plan("--config.model_options.remat_policy=full")["compiled"]["temporaries"] < temporaries
+    # the same step's XLA FLOPs: about 1/8 per device on 8 devices (collectives add a little)
+    ratio = eight_device_plan["flops_per_device"] / plain["flops_per_device"]
+    assert 0.1 < ratio < 0.2, ratio
 
 
 @pytest.mark.parametrize("overrides", [
