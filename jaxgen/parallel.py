@@ -19,6 +19,7 @@ axis size, so each device holds ~1/(fsdp*tensor) of every large array (ZeRO-3 st
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from typing import Any, Mapping, Sequence
 
@@ -301,23 +302,42 @@ def tree_bytes(tree) -> int:
 # ------------------------------------------------------------------------ activations
 
 
+_ACTIVATION_CONTEXT: contextvars.ContextVar = contextvars.ContextVar("activation_sharding",
+                                                                     default=None)
+
+
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh, layout: str):
-    """While tracing a step: make the models' `nn.with_logical_constraint` calls real.
+    """While tracing a step: make the models' activation constraints (`constrain`) real.
 
-    Flax drops those constraints unless logical-axis rules and a mesh are in context, and XLA
-    is then free to split the activations like the FSDP-split weights (over the model
-    dimensions) and gather the batch onto every device: the SFT step's temporaries then grow
-    with the global batch (Janus-Pro-1B, one row per device: 7.7 -> 16.0 GiB from 4 to 32
-    devices; 8.2 -> 6.0 with the constraints live; `jaxgen aot sft`). The activation rules of
-    `layout` keep 'activation_batch' split over ('data', 'fsdp'). Used inside jit (an
-    abstract mesh), where the step traces its loss.
+    Without them XLA is free to split the activations like the FSDP-split weights (over the
+    model dimensions) and gather the batch onto every device: the SFT step's temporaries then
+    grow with the global batch (Janus-Pro-1B, one row per device: 7.7 -> 16.0 GiB from 4 to 32
+    devices; 8.2 -> 6.0 with the constraints; `jaxgen aot sft`). The rules of `layout` keep
+    'activation_batch' split over ('data', 'fsdp'). Usable inside jit.
     """
-    import flax.linen as nn
-    rules = [(name, axes) for name, axes in _check_layout(layout).items()
-             if name.startswith("activation_")]
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+    token = _ACTIVATION_CONTEXT.set((mesh, _check_layout(layout)))
+    try:
         yield
+    finally:
+        _ACTIVATION_CONTEXT.reset(token)
+
+
+def constrain(x, logical_axes: Sequence[str | None]):
+    """Sharding constraint on an activation by logical axis names, inside activation_sharding
+    (elsewhere x unchanged). A dimension that does not divide by its mesh axes stays whole."""
+    ctx = _ACTIVATION_CONTEXT.get()
+    if ctx is None:
+        return x
+    mesh, rules = ctx
+    spec = []
+    for dim, name in zip(x.shape, logical_axes):
+        axes = rules.get(name) if name is not None else None
+        if axes and dim % _axis_size(mesh, axes) == 0:
+            spec.append(tuple(axes))
+        else:
+            spec.append(None)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
 
 
 # ------------------------------------------------------------------------- multi-host io

@@ -189,13 +189,12 @@ def test_batch_must_divide_data_parallel_devices():
         parallel.check_batch_divides(12, mesh)
 
 
-# The models' activation constraints (`nn.with_logical_constraint`) are live only inside
+# The models' activation constraints (`parallel.constrain`) are live only inside
 # parallel.activation_sharding; prints the output specs of one jitted function with and without.
 CONSTRAINT_SCRIPT = textwrap.dedent("""
     import os, json
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp
-    import flax.linen as nn
     from jaxgen import parallel
 
     mesh = parallel.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
@@ -205,8 +204,8 @@ CONSTRAINT_SCRIPT = textwrap.dedent("""
     def f(x, live):
         if live:
             with parallel.activation_sharding(mesh, "fsdp"):
-                return nn.with_logical_constraint(x * 2.0, axes)
-        return nn.with_logical_constraint(x * 2.0, axes)
+                return parallel.constrain(x * 2.0, axes)
+        return parallel.constrain(x * 2.0, axes)
 
     out = {}
     for live in (True, False):
@@ -224,4 +223,4 @@ def test_activation_constraints_split_the_batch_only_inside_the_context():
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["True"] == ["P(('data', 'fsdp'),)", 1]  # 8 rows over 8 devices
-    assert out["False"][1] == 8  # Flax drops the constraint: every device holds all 8 rows
+    assert out["False"][1] == 8  # no constraint outside: every device holds all 8 rows

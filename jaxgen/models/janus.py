@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen import parallel
 from jaxgen.errors import PromptTooLongError, UserError
 from jaxgen.models import llama
 from jaxgen.models import vq as vq_lib
@@ -388,13 +389,13 @@ def _check_decode_shapes(config, emb_bld, positions_bl, kv_mask_bs, cache, cache
 def text_logits(params, config: JanusConfig, hidden_bld):
     """lm_head: [B, L, vocab]."""
     logits = _lm_head(config).apply({"params": params["lm_head"]}, hidden_bld)
-    return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return parallel.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
 
 def image_logits(params, config: JanusConfig, hidden_bld):
     """generation_head: [B, L, num_embeddings]."""
     logits = _generation_head(config).apply({"params": params["generation_head"]}, hidden_bld)
-    return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    return parallel.constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
 
 
 def vq_encode(params, config: JanusConfig, pixels_bhwc):

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen import parallel
 from jaxgen.models.config import ConfigError, LlamaConfig
 
 def _dots_and_attention_saveable(prim, *args, **params) -> bool:
@@ -207,13 +208,13 @@ class DecoderLayer(nn.Module):
         cfg = self.config
         dtype, pdtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name=name)
-        x_bld = nn.with_logical_constraint(x_bld, ACT_BLD)
+        x_bld = parallel.constrain(x_bld, ACT_BLD)
         attn_out, k_cache, v_cache = Attention(cfg, name="self_attn")(
             norm("input_layernorm")(x_bld), cos, sin, mask_bls, k_cache, v_cache, cache_index,
             layer)
         x_bld = x_bld + attn_out
         x_bld = x_bld + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_bld))
-        x_bld = nn.with_logical_constraint(x_bld, ACT_BLD)
+        x_bld = parallel.constrain(x_bld, ACT_BLD)
         return (x_bld, k_cache, v_cache), None
 
 
