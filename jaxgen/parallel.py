@@ -327,7 +327,7 @@ def constrain(x, logical_axes: Sequence[str | None]):
     """Sharding constraint on an activation by logical axis names, inside activation_sharding
     (elsewhere x unchanged). A dimension that does not divide by its mesh axes stays whole."""
     ctx = _ACTIVATION_CONTEXT.get()
-    if ctx is None:
+    if ctx is None or ctx[0].size == 1:  # one device: keep the program exactly as without
         return x
     mesh, rules = ctx
     spec = []
