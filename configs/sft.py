@@ -126,8 +126,10 @@ def _janus_pro(size: str):
     """Reasoning-then-image SFT of a Janus-Pro checkpoint on your own ReasonGen-R1 style data."""
     c = get_config("shapes")
     c.model = load_config(f"janus:{size}").model
-    # run the converted (unrolled, float32) checkpoint scanned with remat; bf16 compute
-    c.model_options = dict(scan_layers=True, remat_policy="dots_attention_saveable")
+    # the converted (unrolled, float32) checkpoint runs with the size's layer layout (1b
+    # unrolled, 7b scanned: configs/janus.py) and remat; bf16 compute
+    c.model_options = dict(scan_layers=c.model.text.scan_layers,
+                           remat_policy="dots_attention_saveable")
     c.compute_dtype = "bfloat16"
     c.init_generation_embeddings = "random"  # unused: the weights come from init_checkpoint
     c.total_steps = 2000
