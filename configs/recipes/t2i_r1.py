@@ -35,8 +35,8 @@ def get_config(arg=None):
     c.total_steps = 1600
     if arg in ("7b", "1b"):
         c.model = load_config(f"janus:{arg}").model
-        # run the loaded policy scanned, rematerialised, in bfloat16 (a converted checkpoint is
-        # stored unrolled in float32)
+        # run the loaded policy with the size's execution options (configs/janus.py: 7b scanned,
+        # 1b unrolled; rematerialised; bfloat16), whatever layout the checkpoint was stored in
         c.model_options = {k: c.model.text[k] for k in EXECUTION_OPTIONS}
         c.data.update(dict(source="jsonl", path="", max_prompt_tokens=128))
         return c
