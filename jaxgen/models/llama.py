@@ -279,11 +279,14 @@ class LlamaModel(nn.Module):
         return x, new_cache
 
 
-def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=jnp.float32):
-    shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-
-
 def cache_logical_axes():
     axes = ("layers", "activation_batch", "activation_length", "kv_heads", None)
     return {"k": axes, "v": axes}
+
+
+def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=jnp.float32):
+    """Zero KV cache, split over the batch like the activations (inside
+    parallel.activation_sharding; the in-place updates keep that layout)."""
+    shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
+    return {k: parallel.constrain(jnp.zeros(shape, dtype), axes)
+            for k, axes in cache_logical_axes().items()}

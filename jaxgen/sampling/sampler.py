@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.errors import PromptTooLongError, UserError
+from jaxgen import parallel
 from jaxgen.models import janus
 
 UNCOND_HIDES = ("prompt", "prompt_and_reasoning")
@@ -263,7 +264,12 @@ def _image_phase(params, config, prefix_ids_bp, prefix_mask_bp, prompt_len, rng,
     return ids_bn, lp_bn
 
 
-def _sample_impl(params, input_ids_bl, attention_mask_bl, rng, config, options):
+def _sample_impl(params, input_ids_bl, attention_mask_bl, rng, config, options, activations):
+    with parallel.activation_sharding(*(activations or (None,))):
+        return _sample_rows(params, input_ids_bl, attention_mask_bl, rng, config, options)
+
+
+def _sample_rows(params, input_ids_bl, attention_mask_bl, rng, config, options):
     b, l = input_ids_bl.shape
     ids_bl = input_ids_bl.astype(jnp.int32)
     mask_bl = attention_mask_bl.astype(bool)
@@ -283,17 +289,20 @@ def _sample_impl(params, input_ids_bl, attention_mask_bl, rng, config, options):
                    image_logprobs_bn=image_lp)
 
 
-# One compiled executable per (config, options, shapes); `_sample_jit._cache_size()` counts them.
-_sample_jit = jax.jit(_sample_impl, static_argnames=("config", "options"))
+# One compiled executable per (config, options, activations, shapes); `_sample_jit._cache_size()`
+# counts them.
+_sample_jit = jax.jit(_sample_impl, static_argnames=("config", "options", "activations"))
 
 
-def sample(params, config, input_ids_bl, attention_mask_bl, rng, options: SampleOptions = SampleOptions()
-           ) -> Rollout:
+def sample(params, config, input_ids_bl, attention_mask_bl, rng, options: SampleOptions = SampleOptions(),
+           activations: tuple | None = None) -> Rollout:
     """Sample reasoning (optional) and image tokens for left-padded prompts.
 
     input_ids_bl / attention_mask_bl: [B, L], prompts ending with '<|Assistant|>:' (before
     <begin_of_image>); every row's last slot must be a real token (left padding).
     rng: a PRNG key; the same key, inputs and options give the same rollout.
+    activations: (mesh, layout) to keep the activations split over the batch like the prompts
+    (parallel.activation_sharding; a trainer's rollout on several devices), or None.
     """
     if not isinstance(options, SampleOptions):
         raise UserError(f"options must be a SampleOptions, got {type(options).__name__}")
@@ -307,7 +316,7 @@ def sample(params, config, input_ids_bl, attention_mask_bl, rng, options: Sample
         raise UserError("config.num_image_tokens is 0; the VQ grid must have at least one token")
     check_context(config, shape[1], options.max_think_tokens)
     return _sample_jit(params, jnp.asarray(input_ids_bl), jnp.asarray(attention_mask_bl), rng,
-                       config=config, options=options)
+                       config=config, options=options, activations=activations)
 
 
 def compiled_count() -> int:

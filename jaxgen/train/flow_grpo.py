@@ -217,10 +217,13 @@ class FlowGRPORunner:
         self.opt_state = jax.jit(self.optimizer.init,
                                  out_shardings=self.opt_shardings)(self.flow_params)
         self.batch_sharding = parallel.batch_sharding(mesh)
+        # rollout and update trace with the activations split over the batch (like SFT's step)
         self._update = jax.jit(
-            functools.partial(update_step, settings=self.settings, optimizer=self.optimizer),
+            parallel.with_activation_sharding(
+                functools.partial(update_step, settings=self.settings, optimizer=self.optimizer),
+                mesh, layout),
             out_shardings=(self.flow_shardings, self.opt_shardings, None), donate_argnums=(0, 1))
-        self._rollout = jax.jit(self._rollout_impl)
+        self._rollout = jax.jit(parallel.with_activation_sharding(self._rollout_impl, mesh, layout))
         # uint8 in the graph, rounded like the token path's rewards (grpo.decode_images_uint8)
         self._pixels = jax.jit(lambda jp, x: jnp.clip(jnp.round(
             (flow.latents_to_pixels(jp, self.jc, x) + 1.0) * 127.5), 0, 255).astype(jnp.uint8))

@@ -343,11 +343,15 @@ class GRPORunner:
         self.psi = np.zeros(2, np.float64)  # adaptive entropy state (text, image)
 
         config_static = self.model_config
+        # Update and scoring trace with the activations split over the batch (like SFT's step).
         self._update = jax.jit(
-            functools.partial(update_step, config=config_static, settings=self.update_settings,
-                              optimizer=self.optimizer),
+            parallel.with_activation_sharding(
+                functools.partial(update_step, config=config_static,
+                                  settings=self.update_settings, optimizer=self.optimizer),
+                mesh, layout),
             out_shardings=(self.param_shardings, self.opt_shardings, None), donate_argnums=(0, 1))
-        self._score = jax.jit(score_rollout, static_argnums=(1, 3))
+        self._score = jax.jit(parallel.with_activation_sharding(score_rollout, mesh, layout),
+                              static_argnums=(1, 3))
         self._decode = jax.jit(decode_images_uint8, static_argnums=1)
 
         judge_path = config.get("judge_checkpoint", "")
@@ -382,11 +386,13 @@ class GRPORunner:
                 self.params, self.model_config, self.self_judge, self._put_batch(ids),
                 self._put_batch(mask), texts, rng, self.options, self.max_images,
                 float(rc.yes_threshold), rc.question,
-                answer_rng=np.random.default_rng([int(self.config.seed), iteration, 13]))
+                answer_rng=np.random.default_rng([int(self.config.seed), iteration, 13]),
+                activations=(self.mesh, self.layout))
             t = self.max_images  # rows are round-major: row i * B + b is image i of row b
             return self.last_reflection.rollout, texts * t, metadata * t
         rollout = sampler_lib.sample(self.params, self.model_config, self._put_batch(ids),
-                                     self._put_batch(mask), rng, self.options)
+                                     self._put_batch(mask), rng, self.options,
+                                     activations=(self.mesh, self.layout))
         return rollout, texts, metadata
 
     def rewards(self, rollout, texts, metadata):

@@ -113,19 +113,21 @@ def self_eval_judge(params_fn, config, tokenizer, mesh=None, layout: str = "fsdp
 
 def reflect(params, config, judge: VLMJudge, input_ids_bl, attention_mask_bl, prompts, rng,
             options: sampler_lib.SampleOptions, max_images: int = 3, threshold: float = 0.5,
-            question_template: str = DEFAULT_QUESTION, answer_rng=None) -> Reflection:
+            question_template: str = DEFAULT_QUESTION, answer_rng=None,
+            activations: tuple | None = None) -> Reflection:
     """Run the loop for B left-padded prompts: T sampler calls in lockstep (fixed shapes, nothing
     recompiles), each image judged by the policy through its understanding path (image tokens
     VQ-decoded in-graph).
 
     answer_rng: a numpy Generator to sample each answer (yes with probability SE, as a model that
     writes its verdict would; GRPO trains on these); None answers yes iff SE >= threshold.
+    activations: the sampler's (mesh, layout) activation sharding (sampler.sample).
     """
     questions = [question_template.format(prompt=p, reasoning="") for p in prompts]
     rounds, logits = [], []
     for i in range(max_images):
         rollout = sampler_lib.sample(params, config, input_ids_bl, attention_mask_bl,
-                                     jax.random.fold_in(rng, i), options)
+                                     jax.random.fold_in(rng, i), options, activations)
         logits.append(np.asarray(judge.yes_no_logit(questions, codes=rollout.image_ids_bn,
                                                     decoder=(params, config))))
         rounds.append(rollout)
