@@ -26,8 +26,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxgen import parallel
 from jaxgen.models import janus
 from jaxgen.models.config import ConfigError, JanusConfig, _from_dict
+from jaxgen.models.llama import ACT_BLD
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +95,7 @@ class Connector(nn.Module):
         x = _dense(fc.hidden_size, ("embed", "mlp"), fc, "fc_0")(h_bnd)
         for i in range(1, fc.connector_depth):
             x = _dense(fc.hidden_size, ("mlp", "mlp"), fc, f"fc_{i}")(nn.gelu(x))
-        return x
+        return parallel.constrain(x, ACT_BLD)
 
 
 def _modulate(x_bld, shift_bd, scale_bd):
@@ -150,12 +152,15 @@ class FlowDecoder(nn.Module):
         pos = self.param("position_embedding", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), (None, "embed")), (self.grid * self.grid, d),
             jnp.dtype(fc.param_dtype))
-        x = x + pos[None].astype(x.dtype)
+        # activations stay split over the batch (inside parallel.activation_sharding)
+        x = parallel.constrain(x + pos[None].astype(x.dtype), ACT_BLD)
+        ctx_bnd = parallel.constrain(ctx_bnd, ACT_BLD)
         c = timestep_features(t_b, fc.frequency_dim)
         c = _dense(d, (None, "embed"), fc, "time_in")(c)
         c = _dense(d, ("embed", "embed"), fc, "time_out")(nn.silu(c))
         for i in range(fc.num_layers):
-            x = DiTBlock(fc, name=f"block_{i}")(x, c, ctx_bnd, ctx_mask_bn)
+            x = parallel.constrain(DiTBlock(fc, name=f"block_{i}")(x, c, ctx_bnd, ctx_mask_bn),
+                                   ACT_BLD)
         shift, scale = jnp.split(
             _dense(2 * d, ("mlp", "embed"), fc, "final_adaln", init=nn.initializers.zeros)(
                 nn.silu(c)), 2, axis=-1)
