@@ -331,6 +331,13 @@ def activation_sharding(mesh: Mesh | None, layout: str = "fsdp"):
         _ACTIVATION_CONTEXT.reset(token)
 
 
+def activations_context(activations: tuple | None):
+    """activation_sharding for an optional (mesh, layout) pair: how a module-level jit (the
+    sampler, the judge's passes) takes the context as a static argument, so its cache is keyed
+    on it."""
+    return activation_sharding(*activations) if activations else contextlib.nullcontext()
+
+
 def with_activation_sharding(fn: Callable, mesh: Mesh | None, layout: str = "fsdp") -> Callable:
     """fn traced inside activation_sharding(mesh, layout): wrap it before jax.jit (a runner's
     own jitted update or scoring pass; static_argnums still refer to fn's arguments)."""

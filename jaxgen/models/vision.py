@@ -28,8 +28,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxgen import parallel
 from jaxgen.errors import UserError
 from jaxgen.models.config import VisionConfig
+from jaxgen.models.llama import ACT_BLD
 
 # torch.nn.LayerNorm's default epsilon, used by HF for the optional q/k norms.
 QK_NORM_EPS = 1e-5
@@ -153,6 +155,8 @@ class VisionEncoder(nn.Module):
     def __call__(self, x_bld):
         for i in range(self.config.num_hidden_layers):
             x_bld = VisionEncoderLayer(self.config, self.dtype, name=f"layers_{i}")(x_bld)
+            # split over the batch like the LLM's activations (inside parallel.activation_sharding)
+            x_bld = parallel.constrain(x_bld, ACT_BLD)
         return x_bld
 
 

@@ -34,12 +34,15 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
+from jaxgen import parallel
 from jaxgen.errors import UserError
 from jaxgen.models.config import VQConfig
 
 # Fixed by the architecture (HF hard-codes them in every GroupNorm of the VQ model).
 NORM_GROUPS = 32
 NORM_EPS = 1e-6
+# feature maps stay split over the batch (inside parallel.activation_sharding)
+ACT_BHWC = ("activation_batch", None, None, None)
 # torch.nn.functional.normalize's default epsilon (guards zero vectors).
 L2_NORMALIZE_EPS = 1e-12
 
@@ -156,9 +159,11 @@ class Encoder(nn.Module):
                 h = ResnetBlock(out_ch, self.dtype, name=f"down_{i}_block_{j}")(h)
                 if i == levels - 1 and cfg.encoder_attention:
                     h = AttnBlock(self.dtype, name=f"down_{i}_attn_{j}")(h)
+                h = parallel.constrain(h, ACT_BHWC)
             if i != levels - 1:
                 h = Downsample(self.dtype, name=f"down_{i}_downsample")(h)
-        h = MidBlock(h.shape[-1], self.dtype, cfg.encoder_attention, name="mid")(h)
+        h = parallel.constrain(MidBlock(h.shape[-1], self.dtype, cfg.encoder_attention,
+                                        name="mid")(h), ACT_BHWC)
         h = _swish(_group_norm(self.dtype, "norm_out")(h))
         return _conv(cfg.latent_channels, 3, self.dtype, "conv_out")(h)
 
@@ -173,18 +178,20 @@ class Decoder(nn.Module):
     def __call__(self, z_bhwc):
         cfg = self.config
         levels = len(cfg.channel_multiplier)
-        h = _conv(cfg.base_channels * cfg.channel_multiplier[-1], 3, self.dtype, "conv_in")(z_bhwc)
-        h = MidBlock(h.shape[-1], self.dtype, name="mid")(h)
+        h = _conv(cfg.base_channels * cfg.channel_multiplier[-1], 3, self.dtype, "conv_in")(
+            parallel.constrain(z_bhwc, ACT_BHWC))
+        h = parallel.constrain(MidBlock(h.shape[-1], self.dtype, name="mid")(h), ACT_BHWC)
         for k, level in enumerate(reversed(range(levels))):
             out_ch = cfg.base_channels * cfg.channel_multiplier[level]
             for j in range(cfg.num_res_blocks + 1):
                 h = ResnetBlock(out_ch, self.dtype, name=f"up_{k}_block_{j}")(h)
                 if level == levels - 1:
                     h = AttnBlock(self.dtype, name=f"up_{k}_attn_{j}")(h)
+                h = parallel.constrain(h, ACT_BHWC)
             if level != 0:
-                h = Upsample(self.dtype, name=f"up_{k}_upsample")(h)
+                h = parallel.constrain(Upsample(self.dtype, name=f"up_{k}_upsample")(h), ACT_BHWC)
         h = _swish(_group_norm(self.dtype, "norm_out")(h))
-        return _conv(cfg.out_channels, 3, self.dtype, "conv_out")(h)
+        return parallel.constrain(_conv(cfg.out_channels, 3, self.dtype, "conv_out")(h), ACT_BHWC)
 
 
 def _unit_rows_init(rng, shape, dtype=jnp.float32):

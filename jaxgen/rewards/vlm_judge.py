@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import parallel
 from jaxgen.data import judge as judge_data
 from jaxgen.data import templates
 from jaxgen.errors import PromptTooLongError, UserError
@@ -95,19 +96,27 @@ def yes_no_logit(params, config, ids_bl, mask_bl, pixels_bhwc, yes_ids, no_ids):
     return log_yes - log_no
 
 
-@functools.partial(jax.jit, static_argnames=("config", "yes_ids", "no_ids"))
-def yes_probability(params, config, ids_bl, mask_bl, pixels_bhwc, yes_ids, no_ids):
+# The jitted passes below take `activations`, a static (mesh, layout) or None: on a mesh the
+# judge's activations stay split over the batch (parallel.activations_context).
+
+
+@functools.partial(jax.jit, static_argnames=("config", "yes_ids", "no_ids", "activations"))
+def yes_probability(params, config, ids_bl, mask_bl, pixels_bhwc, yes_ids, no_ids,
+                    activations=None):
     """float32[B]: P(yes) / (P(yes) + P(no)) of the first answer token (pixels may be None)."""
-    return jax.nn.sigmoid(yes_no_logit(params, config, ids_bl, mask_bl, pixels_bhwc, yes_ids,
-                                       no_ids))  # = p_yes / (p_yes + p_no), stable
+    with parallel.activations_context(activations):
+        return jax.nn.sigmoid(yes_no_logit(params, config, ids_bl, mask_bl, pixels_bhwc, yes_ids,
+                                           no_ids))  # = p_yes / (p_yes + p_no), stable
 
 
-@functools.partial(jax.jit, static_argnames=("config", "policy_config", "yes_ids", "no_ids"))
+@functools.partial(jax.jit, static_argnames=("config", "policy_config", "yes_ids", "no_ids",
+                                             "activations"))
 def yes_no_logit_from_codes(params, config, policy_params, policy_config, ids_bl, mask_bl,
-                            codes_bn, yes_ids, no_ids):
+                            codes_bn, yes_ids, no_ids, activations=None):
     """Judge policy image tokens: VQ-decode with the policy in-graph, then `yes_no_logit`."""
-    pixels = decoded_pixels(policy_params, policy_config, codes_bn)
-    return yes_no_logit(params, config, ids_bl, mask_bl, pixels, yes_ids, no_ids)
+    with parallel.activations_context(activations):
+        pixels = decoded_pixels(policy_params, policy_config, codes_bn)
+        return yes_no_logit(params, config, ids_bl, mask_bl, pixels, yes_ids, no_ids)
 
 
 def yes_probability_from_codes(params, config, policy_params, policy_config, ids_bl, mask_bl,
@@ -139,26 +148,41 @@ def summed_answer_logp(logp_btv, answer_bt, answer_mask_bt):
     return jnp.sum(logp * answer_mask_bt, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
-def answer_log_likelihood(params, config, ids_bl, mask_bl, pixels_bhwc, answer_bt, answer_mask_bt):
-    """float32[B]: sum over answer tokens of log p(answer_t | image, question, answer_<t)."""
+def _answer_log_likelihood(params, config, ids_bl, mask_bl, pixels_bhwc, answer_bt,
+                           answer_mask_bt):
     logp = answer_log_softmax(params, config, ids_bl, mask_bl, pixels_bhwc, answer_bt,
                               answer_mask_bt)
     return summed_answer_logp(logp, answer_bt, answer_mask_bt)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "policy_config"))
+@functools.partial(jax.jit, static_argnames=("config", "activations"))
+def answer_log_likelihood(params, config, ids_bl, mask_bl, pixels_bhwc, answer_bt, answer_mask_bt,
+                          activations=None):
+    """float32[B]: sum over answer tokens of log p(answer_t | image, question, answer_<t)."""
+    with parallel.activations_context(activations):
+        return _answer_log_likelihood(params, config, ids_bl, mask_bl, pixels_bhwc, answer_bt,
+                                      answer_mask_bt)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "policy_config", "activations"))
 def answer_log_likelihood_from_codes(params, config, policy_params, policy_config, ids_bl, mask_bl,
-                                     codes_bn, answer_bt, answer_mask_bt):
+                                     codes_bn, answer_bt, answer_mask_bt, activations=None):
     """`answer_log_likelihood` of policy image tokens, VQ-decoded with the policy in-graph."""
-    pixels = decoded_pixels(policy_params, policy_config, codes_bn)
-    return answer_log_likelihood(params, config, ids_bl, mask_bl, pixels, answer_bt,
-                                 answer_mask_bt)
+    with parallel.activations_context(activations):
+        pixels = decoded_pixels(policy_params, policy_config, codes_bn)
+        return _answer_log_likelihood(params, config, ids_bl, mask_bl, pixels, answer_bt,
+                                      answer_mask_bt)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
-def greedy_answer(params, config, ids_bl, mask_bl, pixels_bhwc, max_new_tokens: int):
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "activations"))
+def greedy_answer(params, config, ids_bl, mask_bl, pixels_bhwc, max_new_tokens: int,
+                  activations=None):
     """int32[B, max_new_tokens]: greedy continuation with a KV cache (decode loop in fori_loop)."""
+    with parallel.activations_context(activations):
+        return _greedy_answer(params, config, ids_bl, mask_bl, pixels_bhwc, max_new_tokens)
+
+
+def _greedy_answer(params, config, ids_bl, mask_bl, pixels_bhwc, max_new_tokens: int):
     b, l = ids_bl.shape
     emb, positions = _prompt_state(params, config, ids_bl, mask_bl, pixels_bhwc)
     total = l + max_new_tokens
@@ -231,12 +255,13 @@ class VLMJudge:
         self.config = config
         self.tokenizer = tokenizer
         self.mesh = mesh
+        # the jitted passes' static activation sharding: split over the batch on a mesh
+        self.activations = None if mesh is None else (mesh, layout)
         self.max_text_tokens = int(max_text_tokens)
         if callable(params):
             self._params_fn = params
         else:
             if mesh is not None:
-                from jaxgen import parallel
                 shardings = parallel.param_shardings(params, janus.param_logical_axes(config),
                                                      mesh, layout)
                 params = parallel.shard_tree(params, shardings)
@@ -281,7 +306,6 @@ class VLMJudge:
     def _put(self, x):
         if self.mesh is None:
             return jnp.asarray(x)
-        from jaxgen import parallel
         if x.shape[0] % parallel.data_parallel_size(self.mesh) == 0:
             return jax.device_put(x, parallel.batch_sharding(self.mesh))
         return jax.device_put(x, parallel.replicated(self.mesh))
@@ -292,7 +316,8 @@ class VLMJudge:
         ids, mask = self.tokenize(questions, with_image=True)
         policy_params, policy_config = decoder
         return yes_no_logit_from_codes(self.params, self.config, policy_params, policy_config,
-                                       ids, mask, codes, self.yes_ids, self.no_ids)
+                                       ids, mask, codes, self.yes_ids, self.no_ids,
+                                       activations=self.activations)
 
     def prob_yes(self, questions, images=None, codes=None, decoder=None):
         """float32[B] P(yes)/(P(yes)+P(no)).
@@ -309,7 +334,7 @@ class VLMJudge:
             images = images if isinstance(images, jax.Array) else np.asarray(images)
             pixels = uint8_to_unit(images) if images.dtype == np.uint8 else images
         return yes_probability(self.params, self.config, ids, mask, pixels, self.yes_ids,
-                               self.no_ids)
+                               self.no_ids, activations=self.activations)
 
     def tokenize_answers(self, answers, max_answer_tokens: int):
         """Right-padded (ids int32[B, T], mask int32[B, T]) of answers as the SFT understanding
@@ -335,14 +360,15 @@ class VLMJudge:
         if codes is not None:
             policy_params, policy_config = decoder
             total = answer_log_likelihood_from_codes(self.params, self.config, policy_params,
-                                                     policy_config, ids, mask, codes, ans, ans_mask)
+                                                     policy_config, ids, mask, codes, ans, ans_mask,
+                                                     activations=self.activations)
         else:
             if images is None:
                 raise UserError("answer_logprob needs images or image tokens")
             images = images if isinstance(images, jax.Array) else np.asarray(images)
             pixels = uint8_to_unit(images) if images.dtype == np.uint8 else images
             total = answer_log_likelihood(self.params, self.config, ids, mask, pixels, ans,
-                                          ans_mask)
+                                          ans_mask, activations=self.activations)
         return total, jnp.sum(ans_mask, axis=-1)
 
     def answer(self, questions, images=None, max_new_tokens: int = 32) -> list[str]:
@@ -350,7 +376,7 @@ class VLMJudge:
         ids, mask = self.tokenize(questions, with_image=images is not None)
         pixels = None if images is None else uint8_to_unit(np.asarray(images))
         out = np.asarray(greedy_answer(self.params, self.config, ids, mask, pixels,
-                                       int(max_new_tokens)))
+                                       int(max_new_tokens), activations=self.activations))
         texts = []
         for row in out:
             row = list(row)

@@ -265,7 +265,7 @@ def _image_phase(params, config, prefix_ids_bp, prefix_mask_bp, prompt_len, rng,
 
 
 def _sample_impl(params, input_ids_bl, attention_mask_bl, rng, config, options, activations):
-    with parallel.activation_sharding(*(activations or (None,))):
+    with parallel.activations_context(activations):
         return _sample_rows(params, input_ids_bl, attention_mask_bl, rng, config, options)
 
 
