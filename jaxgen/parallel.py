@@ -386,15 +386,14 @@ def to_host(tree):
 
 
 def check_single_host(what: str):
-    """The RL loops are single-process for now: their host-side stages (rewards on decoded
-    images, advantages, the checkpointed adaptive-entropy state, the final export) are not
-    written or tested for several processes (a 2-process GRPO iteration ran, then its
-    checkpoint failed on a host-local array)."""
+    """For the loops whose host-side stages are still single-process (Flow-GRPO; GRPO's
+    self-reflection loop, which reads each round's answers on the host): a clear error when
+    started on several processes."""
     if jax.process_count() > 1:
         raise UserError(f"{what} runs on the devices of one host for now, but this run has "
                         f"{jax.process_count()} processes; start it without "
                         "JAXGEN_DISTRIBUTED=1 on one host, e.g. one TPU VM or one GPU node "
-                        "(SFT, VQ and flow training run multi-host)")
+                        "(SFT, VQ, flow training and GRPO without reflection run multi-host)")
 
 
 def primary_writes(write, name: str):

@@ -1,7 +1,7 @@
 """Multi-host training: two local processes (4 CPU devices each, `jax.distributed` over a local
 coordinator, Gloo collectives) run `jaxgen train sft` as two TPU hosts would, and give the run a
 single process with 8 devices gives; a run started on 2 hosts resumes on 1 and continues
-exactly. This is the path launch/ scripts take (JAXGEN_DISTRIBUTED=1)."""
+exactly. This is the path launch/ scripts take (JAXGEN_DISTRIBUTED=1). GRPO likewise."""
 
 import json
 import os
@@ -107,11 +107,46 @@ def test_two_hosts_train_like_one_and_resume_on_one(inputs, tmp_path):
         np.testing.assert_allclose(a[k], b[k], atol=2e-6, err_msg=k)
 
 
-def test_rl_loops_refuse_several_hosts_with_a_clear_error(monkeypatch):
+GRPO_SCRIPT = ROOT / "tests" / "train" / "grpo_multihost_script.py"
+
+
+def _grpo(workdir, steps, hosts, port=0):
+    """Run the GRPO script as `hosts` processes sharing 8 devices; returns the metrics rows."""
+    procs = [subprocess.Popen([sys.executable, str(GRPO_SCRIPT), str(i), str(hosts), str(port),
+                               str(workdir), str(steps)], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env(8 // hosts))
+             for i in range(hosts)]
+    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_grpo_on_two_hosts_matches_one_and_resumes_on_one(tmp_path):
+    """GRPO (NumPy reward read on every host, KL to the reference, two minibatches, the
+    adaptive entropy state) on 2 processes x 4 devices, stopped after 2 iterations and resumed
+    on 1 process x 8, ends where an uninterrupted 1-host run of 3 iterations does."""
+    one, two = tmp_path / "one_host", tmp_path / "two_hosts"
+    m1 = _grpo(one, 3, hosts=1)
+    m2 = _grpo(two, 2, hosts=2, port=_free_port())
+    assert [m["step"] for m in m2] == [0, 1]  # one host wrote the log
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["1", "2"]
+    m2 = _grpo(two, 3, hosts=1)
+    assert [m["step"] for m in m2] == [0, 1, 2]
+    for a, b in zip(m1, m2):  # measured: rewards equal, losses within 6e-8
+        for key in ("reward_mean", "loss", "kl", "entropy_coef_text", "entropy_coef_image"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-7, err_msg=key)
+    assert m1[-1]["entropy_coef_text"] != 0.0  # the adaptive state moved and was carried over
+    a, b = _params(one), _params(two)
+    for k in a:  # measured: 1.2e-7 at most
+        np.testing.assert_allclose(b[k], a[k], atol=1e-6, err_msg=k)
+
+
+def test_rl_loops_refuse_several_hosts_where_not_supported(monkeypatch):
     from jaxgen.errors import UserError
     from jaxgen.train import flow_grpo, grpo
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(UserError, match="GRPO runs on the devices of one host"):
-        grpo.GRPORunner(load_config("grpo:tiny"))
+    with pytest.raises(UserError, match="self-reflection loop .* runs on the devices of one host"):
+        grpo.GRPORunner(load_config("grpo:tiny", ["--config.reflection.max_images=2"]))
     with pytest.raises(UserError, match="Flow-GRPO runs on the devices of one host"):
         flow_grpo.FlowGRPORunner(load_config("flow_grpo:tiny"))

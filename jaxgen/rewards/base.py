@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from jaxgen import parallel
 from jaxgen.errors import UserError
 
 
@@ -166,7 +167,8 @@ class CompositeReward:
         key = node["_key"]
         if key not in cache:
             start = time.perf_counter()
-            value = np.asarray(self.leaves[key](batch), np.float32)
+            # whole on every host (a device reward's output may be split over several)
+            value = np.asarray(parallel.to_host(self.leaves[key](batch)), np.float32)
             self.timings[key] = time.perf_counter() - start
             if value.shape != (len(batch),):
                 raise UserError(f"reward {key!r} returned shape {value.shape}, expected "

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import parallel
 from jaxgen.data import judge as judge_data
 from jaxgen.data.crops import crop_boxes
 from jaxgen.data.reasoning import from_grid, parse_plan
@@ -94,7 +95,7 @@ def make_crop(context, judge: str = "policy", question: str = judge_data.CROP_QU
         ans, ans_mask = vlm.tokenize_answers(answers, int(max_answer_tokens))
         p = object_scores(vlm.params, vlm.config, pixels, jnp.asarray(sample), jnp.asarray(boxes),
                           ids, mask, ans, ans_mask, alt_ids, canvas)
-        p = np.asarray(p, np.float32).reshape(valid.shape)
+        p = np.asarray(parallel.to_host(p), np.float32).reshape(valid.shape)
         count = valid.sum(1)
         return np.where(count > 0, (p * valid).sum(1) / np.maximum(count, 1), 0.0).astype(np.float32)
     return fn

@@ -375,8 +375,8 @@ class VLMJudge:
         """Greedy text answers (cut at EOS) to image questions."""
         ids, mask = self.tokenize(questions, with_image=images is not None)
         pixels = None if images is None else uint8_to_unit(np.asarray(images))
-        out = np.asarray(greedy_answer(self.params, self.config, ids, mask, pixels,
-                                       int(max_new_tokens), activations=self.activations))
+        out = parallel.to_host(greedy_answer(self.params, self.config, ids, mask, pixels,
+                                             int(max_new_tokens), activations=self.activations))
         texts = []
         for row in out:
             row = list(row)

@@ -30,6 +30,7 @@ workdir/metrics.jsonl; final policy saved as a jaxgen checkpoint in workdir/fina
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -250,7 +251,6 @@ class GRPORunner:
     """Everything one GRPO run holds: mesh, policy / reference params, optimizer, rewards."""
 
     def __init__(self, config, policy=None, mesh=None):
-        parallel.check_single_host("GRPO")
         self.config = config
         g = config.grpo
         self.group_size = int(g.group_size)
@@ -258,6 +258,9 @@ class GRPORunner:
         self.batch_size = self.group_size * self.num_prompts
         rc = config.get("reflection") or {}
         self.max_images = int(rc.get("max_images", 0) or 0)
+        if self.max_images:  # the loop's per-round answers are read on the host as they come
+            parallel.check_single_host(
+                "GRPO with the self-reflection loop (reflection.max_images)")
         # rows of one update batch: every image of every trajectory (inactive ones weigh 0)
         self.rows = self.batch_size * max(1, self.max_images)
         if self.max_images and g.get("text_rewards"):
@@ -396,12 +399,19 @@ class GRPORunner:
         return rollout, texts, metadata
 
     def rewards(self, rollout, texts, metadata):
-        reasoning = detokenize_reasoning(self.tokenizer, rollout.think_ids_bt, rollout.think_mask_bt)
+        # host copies are whole on every process (parallel.to_host), so each host computes the
+        # same rewards and advantages
+        reasoning = detokenize_reasoning(self.tokenizer, *parallel.to_host(
+            (rollout.think_ids_bt, rollout.think_mask_bt)))
         images = None
         if self.needs_host_images:
-            images = np.asarray(self._decode(self.params, self.model_config, rollout.image_ids_bn))
+            images = parallel.to_host(self._decode(self.params, self.model_config,
+                                                   rollout.image_ids_bn))
+        tokens = rollout.image_ids_bn
+        if jax.process_count() > 1:  # NumPy rewards read them: a replica on every host
+            tokens = jax.device_put(tokens, parallel.replicated(self.mesh))
         batch = RewardBatch(prompts=texts, reasoning=reasoning, metadata=metadata, images=images,
-                            image_tokens=rollout.image_ids_bn)
+                            image_tokens=tokens)
         total, streams, weights = self.reward(batch)
         text = None if self.text_reward is None else self.text_reward(batch)
         return total, streams, weights, reasoning, images, text
@@ -503,7 +513,7 @@ class GRPORunner:
         metrics.update(
             reward_mean=float(total.mean()), reward_std=float(total.std()),
             keep_frac=float(np.mean(image_keep)),
-            think_len=float(np.asarray(rollout.think_mask_bt).sum(1).mean()),
+            think_len=float(parallel.to_host(rollout.think_mask_bt).sum(1).mean()),
             time_rollout=t1 - t0, time_reward=t2 - t1, time_reference=t3 - t2,
             time_update=t4 - t3, time_iteration=t4 - t0)
         for name, col in zip(self.reward.stream_names, streams.T):
@@ -549,8 +559,10 @@ class GRPORunner:
     # ------------------------------------------------------------------------- state io
 
     def state(self):
+        # psi is replicated on the mesh like the rest of the state (every host saves it)
         return {"params": self.params, "opt_state": self.opt_state,
-                "psi": jnp.asarray(self.psi, jnp.float32)}
+                "psi": jax.device_put(np.asarray(self.psi, np.float32),
+                                      parallel.replicated(self.mesh))}
 
     def load_state(self, state):
         self.params, self.opt_state = state["params"], state["opt_state"]
@@ -625,15 +637,18 @@ def run_iterations(runner, config, workdir: pathlib.Path, desc: str, postfix) ->
     if metrics_path.exists():  # keep the log of the iterations before the restored step
         history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
         history = [h for h in history if h["step"] < start]
-        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    bar = tqdm(range(start, total), desc=desc, initial=start, total=total)
-    with metrics_path.open("a") as log:
+        parallel.primary_writes(lambda: metrics_path.write_text(
+            "".join(json.dumps(h) + "\n" for h in history)), "rl_metrics_trimmed")
+    primary = jax.process_index() == 0  # hosts share the work directory: one writes the log
+    bar = tqdm(range(start, total), desc=desc, initial=start, total=total, disable=not primary)
+    with (metrics_path.open("a") if primary else contextlib.nullcontext()) as log:
         for it in bar:
             m = runner.iteration(it)
             m["step"] = it
             history.append(m)
-            log.write(json.dumps(m) + "\n")
-            log.flush()
+            if primary:
+                log.write(json.dumps(m) + "\n")
+                log.flush()
             bar.set_postfix(**postfix(m))
             if (it + 1) % int(config.checkpoint_every) == 0 or it + 1 == total:
                 ckpt.save(it + 1, runner.state(), meta={"step": it + 1})
@@ -663,7 +678,8 @@ def train(config, workdir, policy=None) -> dict:
         runner, config, workdir, "grpo",
         lambda m: {"reward": f"{m['reward_mean']:.3f}", "kl": f"{m.get('kl', 0.0):.4f}"})
     policy_dir = workdir / "final"  # same layout as SFT's final checkpoint
-    api.save_checkpoint(policy_dir, jax.device_get(runner.params), runner.model_config,
-                        runner.tokenizer)
+    params = parallel.to_host(runner.params)  # a collective: every host takes part
+    parallel.primary_writes(lambda: api.save_checkpoint(policy_dir, params, runner.model_config,
+                                                        runner.tokenizer), "grpo_final")
     return {"workdir": str(workdir), "policy_checkpoint": str(policy_dir),
             **reward_summary(history, start, int(config.total_steps))}
