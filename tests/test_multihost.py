@@ -124,15 +124,15 @@ def _grpo(workdir, steps, hosts, port=0):
 
 def test_grpo_on_two_hosts_matches_one_and_resumes_on_one(tmp_path):
     """GRPO (NumPy reward read on every host, KL to the reference, two minibatches, the
-    adaptive entropy state) on 2 processes x 4 devices, stopped after 2 iterations and resumed
-    on 1 process x 8, ends where an uninterrupted 1-host run of 3 iterations does."""
+    adaptive entropy state) on 2 processes x 4 devices, stopped after 1 iteration and resumed
+    on 1 process x 8, ends where an uninterrupted 1-host run of 2 iterations does."""
     one, two = tmp_path / "one_host", tmp_path / "two_hosts"
-    m1 = _grpo(one, 3, hosts=1)
-    m2 = _grpo(two, 2, hosts=2, port=_free_port())
-    assert [m["step"] for m in m2] == [0, 1]  # one host wrote the log
-    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["1", "2"]
-    m2 = _grpo(two, 3, hosts=1)
-    assert [m["step"] for m in m2] == [0, 1, 2]
+    m1 = _grpo(one, 2, hosts=1)
+    m2 = _grpo(two, 1, hosts=2, port=_free_port())
+    assert [m["step"] for m in m2] == [0]  # one host wrote the log
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["1"]
+    m2 = _grpo(two, 2, hosts=1)
+    assert [m["step"] for m in m2] == [0, 1]
     for a, b in zip(m1, m2):  # measured: rewards equal, losses within 6e-8
         for key in ("reward_mean", "loss", "kl", "entropy_coef_text", "entropy_coef_image"):
             np.testing.assert_allclose(b[key], a[key], rtol=1e-4, atol=1e-7, err_msg=key)

@@ -25,45 +25,12 @@ from jaxgen.models import flow, janus  # noqa: E402
 from jaxgen.rewards import register_reward, vlm_judge  # noqa: E402
 from jaxgen.sampling import sampler  # noqa: E402
 from jaxgen.train import flow_grpo, flow_matching, grpo  # noqa: E402
+from xla_memory import temporaries_mib  # noqa: E402
 
 
 @register_reward("dark_image")
 def _dark_image(context):
     return lambda b: 1.0 - np.asarray(b.images, np.float32).mean(axis=(1, 2, 3)) / 255.0
-
-
-def _abstract(tree):
-    """Shapes, dtypes and (committed) shardings of a call's arguments, to compile it again."""
-    def one(x):
-        if not hasattr(x, "sharding"):
-            return x
-        return jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                    sharding=x.sharding if x.committed else None)
-    return jax.tree.map(one, tree)
-
-
-def temporaries_mib(owner, names, run_once):
-    """Run one iteration with each jitted attribute (owner, name) recorded, then compile each
-    recorded call again and read XLA's temporary bytes per device."""
-    calls, jitted = {}, {}
-    for obj, name in names:
-        fn = jitted[name] = getattr(obj, name)
-
-        def spy(*a, _fn=fn, _name=name, **k):
-            calls[_name] = (_abstract(a), k)
-            return _fn(*a, **k)
-        setattr(obj, name, spy)
-    try:
-        run_once()
-    finally:
-        for obj, name in names:
-            setattr(obj, name, jitted[name])
-    out = {}
-    for name, fn in jitted.items():
-        a, k = calls[name]
-        mem = fn.lower(*a, **k).compile().memory_analysis()
-        out[name] = mem.temp_size_in_bytes / 2 ** 20
-    return out
 
 
 def main():
@@ -87,11 +54,11 @@ def main():
     for devices in (1, n):
         mesh = parallel.make_mesh({"fsdp": devices}, devices=jax.devices()[:devices])
         r = grpo.GRPORunner(grpo_config, policy=(params, jc, make_tokenizer()), mesh=mesh)
-        g = temporaries_mib(r, [(r, "_update"), (r, "_score"), (sampler, "_sample_jit"),
+        g = temporaries_mib([(r, "_update"), (r, "_score"), (sampler, "_sample_jit"),
                                 (vlm_judge, "yes_no_logit_from_codes")],
                             lambda: r.iteration(0))
         f = flow_grpo.FlowGRPORunner(flow_config, mesh=mesh)
-        fl = temporaries_mib(f, [(f, "_update"), (f, "_rollout")], lambda: f.iteration(0))
+        fl = temporaries_mib([(f, "_update"), (f, "_rollout")], lambda: f.iteration(0))
         out[str(devices)] = {"rows": r.rows, "grpo": g, "flow_grpo": fl}
     print(json.dumps(out))
 
