@@ -308,22 +308,19 @@ _ACTIVATION_CONTEXT: contextvars.ContextVar = contextvars.ContextVar("activation
 
 
 @contextlib.contextmanager
-def activation_sharding(mesh: Mesh | None, layout: str = "fsdp"):
+def activation_sharding(mesh: Mesh, layout: str = "fsdp"):
     """While tracing a step: make the models' activation constraints (`constrain`) real.
 
     Without them XLA is free to split the activations like the FSDP-split weights (over the
     model dimensions) and gather the batch onto every device: the SFT step's temporaries then
     grow with the global batch (Janus-Pro-1B, one row per device: 7.7 -> 16.0 GiB from 4 to 32
     devices; 8.2 -> 6.0 with the constraints; `jaxgen aot sft`). The rules of `layout` keep
-    'activation_batch' split over ('data', 'fsdp'). Usable inside jit; mesh None: no-op.
+    'activation_batch' split over ('data', 'fsdp'). Usable inside jit.
 
     The context is read while tracing, and jit does not key its cache on it: trace a given
     function object either always inside it or never (`with_activation_sharding` makes such a
     function; module-level jits take (mesh, layout) as a static argument instead).
     """
-    if mesh is None:
-        yield
-        return
     token = _ACTIVATION_CONTEXT.set((mesh, _check_layout(layout)))
     try:
         yield
@@ -338,7 +335,7 @@ def activations_context(activations: tuple | None):
     return activation_sharding(*activations) if activations else contextlib.nullcontext()
 
 
-def with_activation_sharding(fn: Callable, mesh: Mesh | None, layout: str = "fsdp") -> Callable:
+def with_activation_sharding(fn: Callable, mesh: Mesh, layout: str = "fsdp") -> Callable:
     """fn traced inside activation_sharding(mesh, layout): wrap it before jax.jit (a runner's
     own jitted update or scoring pass; static_argnums still refer to fn's arguments)."""
     @functools.wraps(fn)
