@@ -382,17 +382,6 @@ def to_host(tree):
     return jax.tree.map(one, tree)
 
 
-def check_single_host(what: str):
-    """For the loops whose host-side stages are still single-process (Flow-GRPO; GRPO's
-    self-reflection loop, which reads each round's answers on the host): a clear error when
-    started on several processes."""
-    if jax.process_count() > 1:
-        raise UserError(f"{what} runs on the devices of one host for now, but this run has "
-                        f"{jax.process_count()} processes; start it without "
-                        "JAXGEN_DISTRIBUTED=1 on one host, e.g. one TPU VM or one GPU node "
-                        "(SFT, VQ, flow training and GRPO without reflection run multi-host)")
-
-
 def primary_writes(write, name: str):
     """Run `write()` on process 0 only, then hold every process until it is done.
 

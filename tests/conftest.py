@@ -8,8 +8,12 @@ that config. `hf_tiny_model`: the same model loaded in PyTorch (eval mode, float
 
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
 import sys
+import tempfile
+import uuid
 
 import pytest
 
@@ -18,6 +22,17 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from third_party.hf_janus import save_random_hf_janus, tiny_janus_config  # noqa: E402
+
+# One XLA compilation cache per test run, shared by the xdist workers and by the subprocesses the
+# tests start (all inherit this environment): the suite compiles the same tiny programs many
+# times over (a warm cache cuts a 2-iteration GRPO script from 44 s to 14 s). The cache is keyed
+# on the program, its devices and the compiler flags, so no result changes. A run that sets
+# JAX_COMPILATION_CACHE_DIR itself keeps its own.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = os.path.join(tempfile.gettempdir(), f"jaxgen-tests-xla-{uuid.uuid4().hex[:12]}")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
 def pytest_configure(config):
@@ -38,6 +53,11 @@ def pytest_configure(config):
 # left running one of them alone at the end.
 SLOW_FIRST = ("test_multihost.py", "test_grpo_mesh.py", "test_flow_mesh.py", "test_parallel.py",
               "test_flow_training.py", "test_sft.py", "test_grpo.py", "test_bench.py")
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:  # the process that made the cache (the xdist controller) removes it
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(session, config, items):

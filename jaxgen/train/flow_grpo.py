@@ -160,7 +160,6 @@ class FlowGRPORunner:
     """Mesh, frozen unified model, flow params / reference / optimizer, rewards of one run."""
 
     def __init__(self, config, mesh=None):
-        parallel.check_single_host("Flow-GRPO")
         self.config = config
         g, s = config.grpo, config.sampling
         self.group_size = int(g.group_size)
@@ -252,10 +251,16 @@ class FlowGRPORunner:
         return out, texts, metadata
 
     def rewards(self, rollout, texts, metadata):
-        reasoning = detokenize_reasoning(self.tokenizer, rollout.think_ids_bt, rollout.think_mask_bt)
-        images = np.asarray(self._pixels(self.janus_params, rollout.latents[-1]))
+        # host copies are whole on every process (parallel.to_host, a collective), so each host
+        # computes the same rewards and advantages, as in jaxgen.train.grpo
+        reasoning = detokenize_reasoning(self.tokenizer, *parallel.to_host(
+            (rollout.think_ids_bt, rollout.think_mask_bt)))
+        images = parallel.to_host(self._pixels(self.janus_params, rollout.latents[-1]))
+        tokens = rollout.codes_bn
+        if jax.process_count() > 1:  # NumPy rewards read them: a replica on every host
+            tokens = jax.device_put(tokens, parallel.replicated(self.mesh))
         batch = RewardBatch(prompts=texts, reasoning=reasoning, metadata=metadata, images=images,
-                            image_tokens=rollout.codes_bn)
+                            image_tokens=tokens)
         total, streams, weights = self.reward(batch)
         return total, streams, weights, reasoning
 
@@ -278,7 +283,8 @@ class FlowGRPORunner:
         else:
             rng = np.random.default_rng([int(self.config.seed), iteration, 7])
             size = self.batch_size // self.minibatches
-            orders = [np.sort(perm[k * size:(k + 1) * size]).astype(np.int32)
+            rows = parallel.replicated(self.mesh)  # every host passes the same indices
+            orders = [jax.device_put(np.sort(perm[k * size:(k + 1) * size]).astype(np.int32), rows)
                       for perm in (rng.permutation(self.batch_size)
                                    for _ in range(self.inner_epochs))
                       for k in range(self.minibatches)]
@@ -288,8 +294,7 @@ class FlowGRPORunner:
                 self.flow_params, self.opt_state, self.janus_params, self.ref_flow_params, batch,
                 rows)
             history.append(m)
-        history = jax.device_get(history)
-        return {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+        return {k: float(np.mean([float(h[k]) for h in history])) for k in history[0]}
 
     def iteration(self, iteration: int) -> dict:
         t0 = time.perf_counter()
@@ -336,8 +341,10 @@ def train(config, workdir) -> dict:
     history, start = run_iterations(
         runner, config, workdir, "flow_grpo",
         lambda m: {"reward": f"{m['reward_mean']:.3f}", "clip": f"{m['clip_frac']:.2f}"})
-    final = flow_matching.save_flow_checkpoint(
-        workdir / "final", jax.device_get(runner.janus_params), runner.jc, runner.tokenizer,
-        jax.device_get(runner.flow_params), runner.fc)
+    janus_params, flow_params = parallel.to_host((runner.janus_params, runner.flow_params))
+    final = workdir / "final"  # every host takes part in the gather, process 0 writes
+    parallel.primary_writes(lambda: flow_matching.save_flow_checkpoint(
+        final, janus_params, runner.jc, runner.tokenizer, flow_params, runner.fc),
+        "flow_grpo_final")
     return {"workdir": str(workdir), "checkpoint": str(final),
             **reward_summary(history, start, int(config.total_steps))}

@@ -258,9 +258,6 @@ class GRPORunner:
         self.batch_size = self.group_size * self.num_prompts
         rc = config.get("reflection") or {}
         self.max_images = int(rc.get("max_images", 0) or 0)
-        if self.max_images:  # the loop's per-round answers are read on the host as they come
-            parallel.check_single_host(
-                "GRPO with the self-reflection loop (reflection.max_images)")
         # rows of one update batch: every image of every trajectory (inactive ones weigh 0)
         self.rows = self.batch_size * max(1, self.max_images)
         if self.max_images and g.get("text_rewards"):
@@ -606,7 +603,9 @@ def export_step(config, workdir, step: int, policy=None) -> pathlib.Path:
         state, _, _ = ckpt.restore(int(step), runner.abstract_state())
     runner.load_state(state)
     out = workdir / f"step_{int(step)}"
-    api.save_checkpoint(out, jax.device_get(runner.params), runner.model_config, runner.tokenizer)
+    params = parallel.to_host(runner.params)  # a collective: every host takes part
+    parallel.primary_writes(lambda: api.save_checkpoint(out, params, runner.model_config,
+                                                        runner.tokenizer), "grpo_export_step")
     return out
 
 

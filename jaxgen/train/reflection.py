@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import parallel
 from jaxgen.rewards import vlm_judge
 from jaxgen.rewards.vlm_judge import DEFAULT_QUESTION, VLMJudge
 from jaxgen.sampling import sampler as sampler_lib
@@ -128,8 +129,9 @@ def reflect(params, config, judge: VLMJudge, input_ids_bl, attention_mask_bl, pr
     for i in range(max_images):
         rollout = sampler_lib.sample(params, config, input_ids_bl, attention_mask_bl,
                                      jax.random.fold_in(rng, i), options, activations)
-        logits.append(np.asarray(judge.yes_no_logit(questions, codes=rollout.image_ids_bn,
-                                                    decoder=(params, config))))
+        # whole on every host (a collective): each host draws the same answers from answer_rng
+        logits.append(parallel.to_host(judge.yes_no_logit(questions, codes=rollout.image_ids_bn,
+                                                          decoder=(params, config))))
         rounds.append(rollout)
     logit = np.stack(logits, axis=1).astype(np.float32)
     se = 1.0 / (1.0 + np.exp(-logit))

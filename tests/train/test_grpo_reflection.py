@@ -139,15 +139,15 @@ def test_self_eval_loss_against_numpy(policy):
     s = R.SelfEvalSettings(judge.yes_ids, judge.no_ids, weight=2.0)
     batch = dict(question_ids=ids, question_mask=mask, codes=codes, said_yes=jnp.asarray(said_yes),
                  old_logp=jnp.asarray(old, jnp.float32))
-    loss, m = R.self_eval_loss(params, mc, batch, jnp.asarray(adv, jnp.float32),
-                               jnp.asarray(keep), s, 0.2, 0.28)
+    loss_fn = jax.jit(lambda p, b, a, k: R.self_eval_loss(p, mc, b, a, k, s, 0.2, 0.28))
+    loss, m = loss_fn(params, batch, jnp.asarray(adv, jnp.float32), jnp.asarray(keep))
     assert float(m["self_eval_loss"]) == pytest.approx(want, rel=1e-4, abs=1e-6)
     assert float(loss) == pytest.approx(2.0 * want, rel=1e-4, abs=1e-6)
     # a few steps with positive advantages on 'yes' answers raise P(yes) on those images
     adv = np.where(said_yes, 1.0, 0.0)
     batch["old_logp"] = jnp.asarray(logp, jnp.float32)
-    grad_fn = jax.jit(jax.grad(lambda p: R.self_eval_loss(
-        p, mc, batch, jnp.asarray(adv, jnp.float32), jnp.ones(n), s, 0.2, 0.28)[0]))
+    grad_fn = jax.jit(jax.grad(lambda p: loss_fn(p, batch, jnp.asarray(adv, jnp.float32),
+                                                 jnp.ones(n))[0]))
     p = params
     for _ in range(5):
         p = jax.tree.map(lambda w, g: w - 0.05 * g, p, grad_fn(p))
