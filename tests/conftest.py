@@ -51,7 +51,7 @@ def pytest_configure(config):
 # The slowest modules (each over a minute, mostly subprocesses with fake devices or several
 # processes) run first, so with `-n 2 --dist loadfile` (the README's command) neither worker is
 # left running one of them alone at the end.
-SLOW_FIRST = ("test_multihost.py", "test_grpo_mesh.py", "test_flow_mesh.py", "test_parallel.py",
+SLOW_FIRST = ("test_grpo_mesh.py", "test_flow_mesh.py", "test_multihost.py", "test_parallel.py",
               "test_flow_training.py", "test_sft.py", "test_grpo.py", "test_bench.py")
 
 

@@ -1,8 +1,8 @@
 """Multi-host training: two local processes (4 CPU devices each, `jax.distributed` over a local
 coordinator, Gloo collectives) run `jaxgen train sft` as two TPU hosts would, and give the run a
 single process with 8 devices gives; a run started on 2 hosts resumes on 1 and continues
-exactly. This is the path launch/ scripts take (JAXGEN_DISTRIBUTED=1). GRPO (with and without
-the self-reflection loop) and Flow-GRPO likewise."""
+exactly. This is the path launch/ scripts take (JAXGEN_DISTRIBUTED=1). GRPO and Flow-GRPO on
+two hosts: tests/train/test_grpo_mesh.py and test_flow_mesh.py."""
 
 import json
 import os
@@ -106,84 +106,3 @@ def test_two_hosts_train_like_one_and_resume_on_one(inputs, tmp_path):
     assert moved > 1e-4  # steps 5-6 changed the params ...
     for k in b:  # ... exactly as in the uninterrupted 1-host run (Adam, float32 reductions)
         np.testing.assert_allclose(a[k], b[k], atol=2e-6, err_msg=k)
-
-
-RL_SCRIPT = ROOT / "tests" / "train" / "rl_multihost_script.py"
-
-
-def _rl(mode, workdir, steps, hosts, port=0, policy=""):
-    """Run the RL script (`mode`: grpo, flow) as `hosts` processes sharing 8 devices;
-    returns the metrics rows."""
-    procs = [subprocess.Popen([sys.executable, str(RL_SCRIPT), mode, str(i), str(hosts), str(port),
-                               str(workdir), str(steps), str(policy)], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=_env(8 // hosts))
-             for i in range(hosts)]
-    outs = [p.communicate(timeout=TIMEOUT) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _assert_same_runs(m1, m2, keys, a, b, loss_atol=1e-7):
-    """Equal metrics (losses to loss_atol) and parameters (to 1e-6) of two runs' logs and
-    exports."""
-    assert [m["step"] for m in m2] == [m["step"] for m in m1]
-    for x, y in zip(m1, m2):
-        for key in keys:
-            atol = loss_atol if key.endswith("loss") else 1e-7
-            np.testing.assert_allclose(y[key], x[key], rtol=1e-4, atol=atol, err_msg=key)
-    for k in a:
-        np.testing.assert_allclose(b[k], a[k], atol=1e-6, err_msg=k)
-
-
-def test_grpo_on_two_hosts_matches_one_and_resumes_on_one(tmp_path):
-    """GRPO with the self-reflection loop (the policy judges each of 2 images per row; every
-    host draws the same answers from the gathered judgements), a NumPy reward read on every
-    host, KL to the reference, two minibatches and the adaptive entropy state, on 2 processes x
-    4 devices, stopped after 1 iteration and resumed on 1 process x 8, ends where an
-    uninterrupted 1-host run of 2 iterations does (the loop runs the plain rollout's sampler,
-    reward and update code, and more)."""
-    one, two = tmp_path / "one_host", tmp_path / "two_hosts"
-    m1 = _rl("grpo", one, 2, hosts=1)
-    m2 = _rl("grpo", two, 1, hosts=2, port=_free_port())
-    assert [m["step"] for m in m2] == [0]  # one host wrote the log
-    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["1"]
-    m2 = _rl("grpo", two, 2, hosts=1)
-    # measured: rewards and image counts equal, params within 1.6e-7; the losses are sums of
-    # O(0.1-1) terms that nearly cancel (-0.0155 at iteration 1), equal to 2e-6 (float32)
-    _assert_same_runs(m1, m2, ("reward_mean", "reflection/num_images", "reflection/self_eval",
-                               "kl", "entropy_coef_text", "entropy_coef_image", "loss",
-                               "self_eval_loss"), _params(one), _params(two), loss_atol=1e-5)
-    assert m1[-1]["entropy_coef_text"] != 0.0  # the adaptive state moved and was carried over
-    assert max(m["reflection/num_images"] for m in m1) > 1.0  # some rows regenerated
-
-
-@pytest.fixture(scope="module")
-def flow_policy(tmp_path_factory):
-    """A random tiny flow checkpoint whose decoder already predicts something."""
-    sys.path.insert(0, str(ROOT / "tests" / "rewards"))
-    from tiny_tokenizer import make_tokenizer
-    from jaxgen.models import flow
-    from jaxgen.train import flow_matching
-    jc = janus.config_from_configdict(load_config("janus:tiny").model)
-    fc = flow.FlowConfig.from_dict(load_config("flow:tiny").flow)
-    fp = flow.init_flow_params(fc, jc, jax.random.PRNGKey(1))
-    fp["decoder"]["patch_out"]["kernel"] = 0.05 * jax.random.normal(
-        jax.random.PRNGKey(2), fp["decoder"]["patch_out"]["kernel"].shape)
-    return flow_matching.save_flow_checkpoint(
-        tmp_path_factory.mktemp("flow_policy") / "policy",
-        janus.init_params(jc, jax.random.PRNGKey(0)), jc, make_tokenizer(), fp, fc)
-
-
-def test_flow_grpo_on_two_hosts_matches_one(tmp_path, flow_policy):
-    """Flow-GRPO (NumPy rewards of the decoded images and the image tokens, KL on the step means,
-    two minibatches) on 2 hosts equals 1 host, and process 0 writes the flow checkpoint."""
-    one, two = tmp_path / "one_host", tmp_path / "two_hosts"
-    m1 = _rl("flow", one, 2, hosts=1, policy=flow_policy)
-    m2 = _rl("flow", two, 2, hosts=2, port=_free_port(), policy=flow_policy)
-    flow_params = lambda w: safetensors.numpy.load_file(  # noqa: E731
-        str(w / "final" / "flow.safetensors"))
-    _assert_same_runs(m1, m2, ("reward_mean", "loss", "kl", "ratio_mean"),
-                      flow_params(one), flow_params(two))
-    assert _params(two).keys() == _params(one).keys()

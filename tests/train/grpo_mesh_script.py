@@ -1,5 +1,7 @@
-"""Run GRPO iterations of the tiny model on a mesh of 1 and of N fake CPU devices (one process);
-save both runs' params, stats and compile counts.
+"""Run GRPO iterations of the tiny model on a mesh of 1 and of N fake CPU devices (one process),
+plain and with the self-reflection loop; save each run's params (by checkpoint name), stats,
+compile counts and XLA's temporaries per device of the first iteration's jits (sampler,
+reference scoring, update; in the reflection runs the policy judging its images, and update).
 
 Usage: python grpo_mesh_script.py N OUT.npz   (sets XLA_FLAGS before importing jax)
 """
@@ -16,32 +18,35 @@ sys.path.insert(0, os.path.join(HERE, "..", ".."))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tiny_tokenizer import make_tokenizer  # noqa: E402
-from jaxgen.config import load_config  # noqa: E402
-from jaxgen.models import janus  # noqa: E402
-from jaxgen.rewards import register_reward  # noqa: E402
+import rl_test_setup  # noqa: E402
+from jaxgen import api, parallel  # noqa: E402
+from jaxgen.rewards import vlm_judge  # noqa: E402
 from jaxgen.sampling import sampler  # noqa: E402
 from jaxgen.train import grpo  # noqa: E402
+from xla_memory import temporaries_mib  # noqa: E402
+
+STATS = ("reward_mean", "loss", "kl", "entropy_coef_text", "entropy_coef_image")
 
 
-@register_reward("low_codes")
-def _low_codes(context, threshold: int = 32):
-    """Fraction of image tokens below `threshold` (a reward the policy can learn)."""
-    return lambda b: (np.asarray(b.image_tokens) < threshold).mean(axis=1).astype(np.float32)
-
-
-def run(config, policy, devices, prefix, out):
-    from jaxgen import parallel
+def run(config, policy, devices, prefix, out, memory=()):
     mesh = parallel.make_mesh({"fsdp": len(devices)}, devices=devices)
     runner = grpo.GRPORunner(config, policy=policy, mesh=mesh)
     stats = []
     sampler_before = sampler.compiled_count()
-    for it in range(2):
-        m = runner.iteration(it)
-        stats.append([m["reward_mean"], m["loss"], m["kl"]])
-    for i, leaf in enumerate(jax.tree.leaves(jax.device_get(runner.params))):
-        out[f"{prefix}_p{i}"] = leaf
-    out[f"{prefix}_stats"] = np.array(stats)
+    first = lambda: stats.append(runner.iteration(0))  # noqa: E731
+    if memory:
+        owners = {"_update": runner, "_score": runner, "_sample_jit": sampler,
+                  "yes_no_logit_from_codes": vlm_judge}
+        mem = temporaries_mib([(owners[name], name) for name in memory], first)
+        for name, mib in mem.items():
+            out[f"{prefix}_mem_{name}"] = mib
+    else:
+        first()
+    stats.append(runner.iteration(1))
+    for name, leaf in api._flatten(jax.device_get(runner.params)).items():
+        out[f"{prefix}_p:{name}"] = leaf
+    out[f"{prefix}_stats"] = np.array([[m[k] for k in STATS] for m in stats])
+    out[f"{prefix}_rows"] = runner.rows
     out[f"{prefix}_update_compiles"] = runner._update._cache_size()
     out[f"{prefix}_sampler_compiles"] = sampler.compiled_count() - sampler_before
     out[f"{prefix}_max_devices"] = max(len(x.sharding.device_set)
@@ -49,24 +54,14 @@ def run(config, policy, devices, prefix, out):
 
 
 def main():
-    config = load_config("grpo:tiny", [
-        "--config.grpo.loss.beta=0.05", "--config.grpo.minibatches=2",
-        "--config.grpo.inner_epochs=1", "--config.grpo.prompts_per_step=4",
-        "--config.optim.name=sgd", "--config.optim.learning_rate=1.0",
-        "--config.sampling.max_think_tokens=2"])
-    config.rewards = {"name": "low_codes"}
-    model_config = janus.config_from_configdict(config.model)
-    params = jax.jit(janus.init_params, static_argnums=0)(model_config, jax.random.PRNGKey(0))
-    policy = (params, model_config, make_tokenizer())
+    plain, reflect = rl_test_setup.grpo_config(False), rl_test_setup.grpo_config(True)
+    policy = rl_test_setup.grpo_policy(plain)
     out = {}
-    run(config, policy, jax.devices()[:1], "one", out)
-    run(config, policy, jax.devices()[:n], "many", out)
-    # the Janus-Pro-R1 self-reflection loop: 2 images per row, the policy judging itself
-    reflect = config.copy_and_resolve_references()
-    reflect.reflection.max_images = 2
-    reflect.reflection.max_text_tokens = 48
-    run(reflect, policy, jax.devices()[:1], "reflect_one", out)
-    run(reflect, policy, jax.devices()[:n], "reflect_many", out)
+    for devices, suffix in ((jax.devices()[:1], "one"), (jax.devices()[:n], "many")):
+        run(plain, policy, devices, suffix, out, memory=("_update", "_score", "_sample_jit"))
+    for devices, suffix in ((jax.devices()[:1], "one"), (jax.devices()[:n], "many")):
+        run(reflect, policy, devices, f"reflect_{suffix}", out,
+            memory=("_update", "yes_no_logit_from_codes"))
     np.savez(sys.argv[2], **out)
 
 

@@ -1,61 +1,79 @@
-"""A GRPO run on 8 fake CPU devices gives the same updates as on one device (float32
-tolerance; plain SGD so the comparison is of the update itself, not of Adam's normalisation of
-near-zero gradients) and compiles its update step and sampler once across iterations; so does
-the Janus-Pro-R1 self-reflection loop (reflection.max_images=2)."""
+"""GRPO on a mesh. One process with 8 fake CPU devices gives the same updates as one device
+(float32 tolerance; plain SGD so the comparison is of the update itself, not of Adam's
+normalisation of near-zero gradients), compiles its update step and sampler once across
+iterations, and keeps every jit's activations split over the devices; so does the Janus-Pro-R1
+self-reflection loop (reflection.max_images=2). Two processes x 4 devices (two hosts) run the
+self-reflection loop as one process does, and a run stopped on 2 hosts resumes on 1."""
 
-import json
 import pathlib
 import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+import rl_hosts
 
 SCRIPT = pathlib.Path(__file__).with_name("grpo_mesh_script.py")
+STATS = ("reward_mean", "loss", "kl", "entropy_coef_text", "entropy_coef_image")
 
 
-def test_eight_devices_match_one(tmp_path):
-    out = tmp_path / "runs.npz"
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grpo_mesh") / "runs.npz"
     subprocess.run([sys.executable, str(SCRIPT), "8", str(out)], check=True, timeout=900)
-    r = np.load(out)
+    return dict(np.load(out))
+
+
+def _params(runs, prefix):
+    return {k[len(prefix) + 3:]: v for k, v in runs.items() if k.startswith(f"{prefix}_p:")}
+
+
+def test_eight_devices_match_one(runs):
+    r = runs
     for one, many in (("one", "many"), ("reflect_one", "reflect_many")):
         assert int(r[f"{many}_max_devices"]) == 8  # parameters really are spread over the mesh
         assert int(r[f"{one}_max_devices"]) == 1
         np.testing.assert_allclose(r[f"{many}_stats"], r[f"{one}_stats"], rtol=2e-4, atol=1e-5)
-        keys = sorted(k[len(one) + 1:] for k in r.files if k.startswith(f"{one}_p"))
-        assert keys
-        for k in keys:
-            np.testing.assert_allclose(r[f"{many}_{k}"], r[f"{one}_{k}"], rtol=1e-4, atol=1e-5,
-                                       err_msg=f"{one} {k}")
+        a, b = _params(r, one), _params(r, many)
+        assert a and set(a) == set(b)
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=f"{one} {k}")
         for run in (one, many):
             # 2 iterations x 2 minibatches (x 2 rounds): one executable each for the update and
             # the sampler (the reflection runs reuse the plain runs' sampler: same shapes)
             assert int(r[f"{run}_update_compiles"]) == 1
             assert int(r[f"{run}_sampler_compiles"]) == (1 if one == "one" else 0)
+    assert r["one_stats"][1, 3] != 0.0  # the adaptive entropy coefficient moved
     # the reflection run's parameters moved differently from plain GRPO's
-    assert not np.allclose(r["reflect_one_p0"], r["one_p0"]) or not np.allclose(
-        r["reflect_one_stats"], r["one_stats"])
+    a, b = _params(r, "one"), _params(r, "reflect_one")
+    assert any(not np.allclose(a[k], b[k]) for k in a)
 
 
-MEMORY_SCRIPT = pathlib.Path(__file__).with_name("rl_memory_script.py")
+def test_activations_split_over_the_devices(runs):
+    """Each jit of an iteration (sampler, reference scoring, update; the policy judging its own
+    images in the self-reflection loop) keeps its activations split over the batch on 8
+    devices: XLA's temporaries per device are under 0.2 of the one-device program's (1/8 =
+    0.125 plus the gathered FSDP weights, a large share for these tiny models). Measured, 32
+    rows: update 0.13 (16 rows per minibatch), scoring 0.09, sampler 0.16, judge 0.19. Before
+    the constraints were traced in (session 18) XLA gathered the batch: 0.24-0.37."""
+    assert int(runs["one_rows"]) == 32 and int(runs["reflect_one_rows"]) == 64
+    for run, name in (("", "_update"), ("", "_score"), ("", "_sample_jit"),
+                      ("reflect_", "yes_no_logit_from_codes")):
+        one, eight = runs[f"{run}one_mem_{name}"], runs[f"{run}many_mem_{name}"]
+        assert one > 1.0, (name, one)  # a real program, not an empty one
+        assert eight < 0.2 * one, (name, one, eight)
 
 
-def test_rl_activations_split_over_the_devices(tmp_path):
-    """Each RL jit (GRPO update, scoring, sampler, the policy judging its own images; Flow-GRPO
-    update, rollout) keeps its activations split over the batch on 8 devices: XLA's temporaries
-    per device are under 0.2 of the one-device program's (1/8 = 0.125 plus the gathered FSDP
-    weights, a large share for these tiny models). Measured, 32 rows: GRPO update 0.108, scoring
-    0.092, sampler 0.146, judge 0.187; Flow-GRPO update 0.103, rollout 0.087. Before the
-    constraints were traced in (session 18) XLA gathered the batch: 0.239, 0.373, 0.334, 0.358;
-    0.523, 0.598."""
-    proc = subprocess.run([sys.executable, str(MEMORY_SCRIPT), "8", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["1"]["rows"] == out["8"]["rows"] == 32
-    for trainer, names in (("grpo", ("_update", "_score", "_sample_jit",
-                                     "yes_no_logit_from_codes")),
-                           ("flow_grpo", ("_update", "_rollout"))):
-        for name in names:
-            one, eight = out["1"][trainer][name], out["8"][trainer][name]
-            assert one > 1.0, (trainer, name, one)  # a real program, not an empty one
-            assert eight < 0.2 * one, (trainer, name, one, eight)
+def test_two_hosts_run_the_self_reflection_loop_as_one_and_resume_on_one(runs, tmp_path):
+    """2 processes x 4 devices, stopped after 1 iteration (every host draws the same answers
+    from the gathered judgements; the NumPy reward reads a replica of the image tokens) and
+    resumed on 1 process x 8 for the next, end where the one-process 8-device run does."""
+    rows = rl_hosts.run("grpo", tmp_path, 1, hosts=2)
+    assert [m["step"] for m in rows] == [0]  # one host wrote the log
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+    rows = rl_hosts.run("grpo", tmp_path, 2, hosts=1)
+    # the losses are sums of O(0.1-1) terms that nearly cancel (-0.015 at iteration 1): float32
+    # reductions in another order move them by ~2e-6
+    rl_hosts.assert_same_run(rows, runs["reflect_many_stats"], STATS, rl_hosts.exported(tmp_path),
+                             _params(runs, "reflect_many"), loss_atol=1e-5)
