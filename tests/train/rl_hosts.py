@@ -32,7 +32,8 @@ def run(mode, workdir, steps: int, hosts: int, policy="") -> list:
     outs = [p.communicate(timeout=TIMEOUT) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    return [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    log = pathlib.Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()]
 
 
 def exported(workdir, name="params.safetensors") -> dict:

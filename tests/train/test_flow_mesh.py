@@ -55,6 +55,9 @@ def test_activations_split_over_the_devices(runs):
         assert eight < 0.2 * one, (name, one, eight)
 
 
+# ~2.5 minutes of two processes compiling on the 2 cores: out of the default run, in
+# `python -m pytest -q -m slow` (which .ci/run runs after the README's command)
+@pytest.mark.slow
 def test_two_hosts_match_one(runs, tmp_path):
     r, policy = runs
     rows = rl_hosts.run("flow", tmp_path, 2, hosts=2, policy=policy)
