@@ -56,7 +56,7 @@ def test_activations_split_over_the_devices(runs):
 
 
 # ~2.5 minutes of two processes compiling on the 2 cores: out of the default run, in
-# `python -m pytest -q -m slow` (which .ci/run runs after the README's command)
+# `python -m pytest -q -m slow` (README)
 @pytest.mark.slow
 def test_two_hosts_match_one(runs, tmp_path):
     r, policy = runs

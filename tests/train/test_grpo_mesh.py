@@ -66,7 +66,7 @@ def test_activations_split_over_the_devices(runs):
 
 
 # ~2.5 minutes of two processes compiling on the 2 cores: out of the default run, in
-# `python -m pytest -q -m slow` (which .ci/run runs after the README's command)
+# `python -m pytest -q -m slow` (README)
 @pytest.mark.slow
 def test_two_hosts_run_the_self_reflection_loop_as_one_and_resume_on_one(runs, tmp_path):
     """2 processes x 4 devices, stopped after 1 iteration (every host draws the same answers
