@@ -71,9 +71,14 @@ class AlignerMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         dt, pdt = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype)
-        x = _dense(self.features, (None, "embed"), dt, pdt, "fc1")(x)
+        # x [B, N, F]: kept split over the batch, else XLA splits it like the FSDP-split
+        # kernels and gathers the whole batch onto every device
+        x = parallel.constrain(_dense(self.features, (None, "embed"), dt, pdt, "fc1")(x),
+                               llama.ACT_BLD)
         for i in range(self.depth - 1):
-            x = _dense(self.features, (None, "embed"), dt, pdt, f"hidden_layers_{i}")(_gelu(x))
+            x = parallel.constrain(
+                _dense(self.features, (None, "embed"), dt, pdt, f"hidden_layers_{i}")(_gelu(x)),
+                llama.ACT_BLD)
         return x
 
 
@@ -286,6 +291,7 @@ def embed_image_codes(params, config: JanusConfig, codes_bl, index_bl=None):
     index_bl: each code's index in its image's raster order (default 0..L-1: a whole image, or
     its first L codes); read only with config.image_position_embeddings."""
     e = _generation_embeddings(config).apply({"params": params["generation_embeddings"]}, codes_bl)
+    e = parallel.constrain(e, llama.ACT_BLD)
     out = _generation_aligner(config).apply({"params": params["generation_aligner"]}, e)
     if config.image_position_embeddings:
         if index_bl is None:

@@ -161,15 +161,17 @@ class SelfEvalSettings:
 
 
 def self_eval_loss(params, config, batch, adv_rows, keep_rows, s: SelfEvalSettings,
-                   eps_low: float, eps_high: float):
+                   eps_low: float, eps_high: float, wait=0.0):
     """(scalar, metrics): the clipped surrogate of each answer's log-probability, mean over the
     produced images (keep_rows > 0), times s.weight.
 
     batch: dict(question_ids, question_mask [R, L], codes [R, N], said_yes [R] bool,
-    old_logp [R]); the image is decoded without gradient (the VQ stays as it is).
+    old_logp [R]); the image is decoded without gradient (the VQ stays as it is). wait: a zero
+    scalar added to the pixels, so the pass starts after whatever computed it.
     """
     from jaxgen.train.policy_loss import clipped_surrogate
     pixels = jax.lax.stop_gradient(vlm_judge.decoded_pixels(params, config, batch["codes"]))
+    pixels = pixels + wait  # orders this pass after whatever computed `wait` (a zero)
     logit = vlm_judge.yes_no_logit(params, config, batch["question_ids"], batch["question_mask"],
                                    pixels, s.yes_ids, s.no_ids)
     logp = jnp.where(batch["said_yes"], jax.nn.log_sigmoid(logit), jax.nn.log_sigmoid(-logit))

@@ -1,4 +1,5 @@
-"""Start rl_multihost_script.py as several processes sharing 8 fake CPU devices (two hosts)."""
+"""Start rl_multihost_script.py as several processes sharing 8 fake CPU devices (two hosts), and
+read what the runs and the mesh scripts saved."""
 import json
 import os
 import pathlib
@@ -34,6 +35,11 @@ def run(mode, workdir, steps: int, hosts: int, policy="") -> list:
         assert p.returncode == 0, err[-3000:]
     log = pathlib.Path(workdir) / "metrics.jsonl"
     return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def params_of(runs, prefix) -> dict:
+    """The parameters a mesh script saved for run `prefix` (keys '<prefix>_p:<name>'), by name."""
+    return {k[len(prefix) + 3:]: v for k, v in runs.items() if k.startswith(f"{prefix}_p:")}
 
 
 def exported(workdir, name="params.safetensors") -> dict:

@@ -24,17 +24,13 @@ def runs(tmp_path_factory):
     return dict(np.load(workdir / "runs.npz")), workdir / "policy"
 
 
-def _params(runs, prefix):
-    return {k[len(prefix) + 3:]: v for k, v in runs.items() if k.startswith(f"{prefix}_p:")}
-
-
 def test_eight_devices_match_one(runs):
     r, _ = runs
     assert int(r["many_max_devices"]) == 8  # the flow params really are spread over the mesh
     assert int(r["one_max_devices"]) == 1
     np.testing.assert_allclose(r["many_stats"], r["one_stats"], rtol=2e-4, atol=1e-5)
     assert np.all(np.abs(r["one_stats"][1, 2]) > 0)  # the KL term is live in iteration 2
-    a, b = _params(r, "one"), _params(r, "many")
+    a, b = rl_hosts.params_of(r, "one"), rl_hosts.params_of(r, "many")
     assert a and set(a) == set(b)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-5, err_msg=k)
@@ -62,4 +58,5 @@ def test_two_hosts_match_one(runs, tmp_path):
     r, policy = runs
     rows = rl_hosts.run("flow", tmp_path, 2, hosts=2, policy=policy)
     rl_hosts.assert_same_run(rows, r["many_stats"], STATS,
-                             rl_hosts.exported(tmp_path, "flow.safetensors"), _params(r, "many"))
+                             rl_hosts.exported(tmp_path, "flow.safetensors"),
+                             rl_hosts.params_of(r, "many"))

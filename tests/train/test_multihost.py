@@ -2,12 +2,11 @@
 coordinator, Gloo collectives) run `jaxgen train sft` as two TPU hosts would, and give the run a
 single process with 8 devices gives; a run started on 2 hosts resumes on 1 and continues
 exactly. This is the path launch/ scripts take (JAXGEN_DISTRIBUTED=1). GRPO and Flow-GRPO on
-two hosts: tests/train/test_grpo_mesh.py and test_flow_mesh.py."""
+two hosts: test_grpo_mesh.py and test_flow_mesh.py beside it."""
 
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -19,15 +18,10 @@ import safetensors.numpy
 from jaxgen.config import load_config
 from jaxgen.models import janus
 from jaxgen.train import vq as vq_lib
+from rl_hosts import free_port
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT = 600
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(devices: int, **extra) -> dict:
@@ -77,7 +71,7 @@ def test_two_hosts_train_like_one_and_resume_on_one(inputs, tmp_path):
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen(_sft_cmd(two, inputs, 4), cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=_env(
                                   4, JAXGEN_DISTRIBUTED="1",
