@@ -86,7 +86,8 @@ def base_config():
     # Janus-Pro-R1 self-reflection (jaxgen/train/reflection.py): max_images T > 0 makes each
     # rollout up to T images, the policy judging each with `question` (yes ends the loop); the
     # reward tree is R_QA of every image (keep it in [0, 1]) and a trajectory's advantage is
-    # reward_weights . (R_Gen, R_Comp). 0: plain GRPO.
+    # reward_weights . (R_Gen, R_Comp); self_eval_weight: the loss weight of the policy's yes/no
+    # answers (0: they do not train). max_images 0: plain GRPO.
     c.reflection = ml_collections.ConfigDict(dict(
         max_images=0, yes_threshold=0.5, question=QUESTION, max_text_tokens=64,
         reward_weights=(1.0, 1.0), self_eval_weight=1.0))

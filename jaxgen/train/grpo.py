@@ -329,9 +329,10 @@ class GRPORunner:
             self.self_judge = reflection_lib.self_eval_judge(
                 lambda: self.params, self.model_config, self.tokenizer, mesh, layout,
                 int(rc.get("max_text_tokens", 64)))
-            self_eval = reflection_lib.SelfEvalSettings(
-                self.self_judge.yes_ids, self.self_judge.no_ids,
-                float(rc.get("self_eval_weight", 1.0)))
+            weight = float(rc.get("self_eval_weight", 1.0))
+            if weight:  # 0: the answers do not train, and the update skips their pass
+                self_eval = reflection_lib.SelfEvalSettings(
+                    self.self_judge.yes_ids, self.self_judge.no_ids, weight)
         self.update_settings = UpdateSettings(self.score, self.loss_config,
                                               "detached" if self.old_mode == "detached" else "given",
                                               self_eval)

@@ -165,6 +165,11 @@ def test_reflection_trains_and_rejects_text_rewards(policy):
                          runner.params, before)
     assert max(jax.tree.leaves(moved["generation_head"])) > 0
     assert max(jax.tree.leaves(moved["language_model"])) > 0
+    # the image understanding tower learns only from the self-evaluation answers
+    assert max(jax.tree.leaves(moved["vision_model"])) > 0
+    c = _config(max_images=2)
+    c.reflection.self_eval_weight = 0.0  # the answers do not train: their pass is skipped
+    assert grpo.GRPORunner(c, policy=policy).update_settings.self_eval is None
     c = _config()
     c.grpo.text_rewards = {"name": "constant"}
     with pytest.raises(UserError, match="text_rewards cannot be combined"):
