@@ -20,7 +20,9 @@ import jax  # noqa: E402
 
 if nproc > 1:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(f"127.0.0.1:{port}", nproc, pid)
+    # several JAX processes compiling on 2 cores can starve one past the default 100 s
+    # heartbeat (seen once, at the shutdown barrier, with two tests' processes side by side)
+    jax.distributed.initialize(f"127.0.0.1:{port}", nproc, pid, heartbeat_timeout_seconds=600)
 
 import rl_test_setup  # noqa: E402
 from jaxgen.train import flow_grpo, grpo  # noqa: E402
