@@ -171,7 +171,7 @@ def self_eval_loss(params, config, batch, adv_rows, keep_rows, s: SelfEvalSettin
     """
     from jaxgen.train.policy_loss import clipped_surrogate
     pixels = jax.lax.stop_gradient(vlm_judge.decoded_pixels(params, config, batch["codes"]))
-    pixels = pixels + wait  # orders this pass after whatever computed `wait` (a zero)
+    pixels = pixels + wait
     logit = vlm_judge.yes_no_logit(params, config, batch["question_ids"], batch["question_mask"],
                                    pixels, s.yes_ids, s.no_ids)
     logp = jnp.where(batch["said_yes"], jax.nn.log_sigmoid(logit), jax.nn.log_sigmoid(-logit))
