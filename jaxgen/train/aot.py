@@ -148,7 +148,9 @@ def plan_sft(config, devices, text_targets: int | None = None) -> dict:
     capacities = worst_case_capacities(config, mc, text_targets)
     step = state_lib.make_train_step(sft.make_loss_fn(mc, config, capacities), opt, shardings,
                                      mesh, accum_steps=accum,
-                                     compute_dtype_name=config.compute_dtype, layout=layout)
+                                     compute_dtype_name=config.compute_dtype, layout=layout,
+                                     # the accelerator's program, even when planned on CPU
+                                     unroll_accumulation=False)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     seconds = time.perf_counter() - t0
