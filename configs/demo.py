@@ -1,17 +1,20 @@
 """`jaxgen demo`: the embedded end-to-end run on ShapesWorld.
 
 Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
-Runtime:  30-47 minutes on a 2-core CPU alone, by host (each stage resumes from its own
-          directory): data 17-30 s, VQ 9.5-18 min, SFT 9-12 min, judge 3-4 min, GRPO 6-9 min,
+Runtime:  30-60 minutes on a 2-core CPU alone, by host (each stage resumes from its own
+          directory; session 21: 36.7 min, data 34 s, VQ 608, SFT 691, judge 256, GRPO 479,
+          eval 129): data 17-30 s, VQ 9.5-18 min, SFT 9-12 min, judge 3-4 min, GRPO 6-9 min,
           eval 1.5-4 min.
 Result:   <workdir>/eval/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO, and each model's plan ceiling: its own layout plans drawn
           perfectly), reward curve (total and each term), accuracy plot and sample
-          grids with their reasoning text. Measured 2026-11-24 (six fresh runs on several
-          hosts, sessions 10-15, identical reports; held-out overall, 352 samples): VQ
-          ceiling 79.0%, untrained 0.6%, SFT 4.8% (single objects 31.2%), GRPO 6.5% (34.4%),
-          GRPO - SFT +1.7 points (95% interval -1.4 to +5.4); on 704 other held-out samples
-          SFT 8.5% -> GRPO 6.1%. Session 9's host trained other models: 6.2% -> 9.4%. The
+          grids with their reasoning text. Measured 2026-12-01 (session 21, a fresh run;
+          held-out overall, 352 samples): VQ ceiling 81.8%, untrained 0.0%, SFT 7.4% (single
+          objects 43.8%), GRPO 11.1% (68.8%), GRPO - SFT +3.7 points (95% interval +0.0 to
+          +7.4); on 704 other held-out samples SFT 6.0% -> GRPO 8.9% (+3.0, +0.4 to +5.5).
+          Session 20's code (the VQ as one batch of 8; seven fresh runs, sessions 10-20,
+          identical reports) gave SFT 4.8% -> GRPO 6.5%, +1.7 (-1.4 to +5.4), and 8.5% ->
+          6.1% on the 704; session 9's host 6.2% -> 9.4%. The
           GRPO >= +10 points goal is not met (README "Where the demo stands"): the judge's
           caption reward cannot rank the policy's samples by shape quality and the
           tokenizer-consistency term ranks them a little (within-prompt AUC 0.645 together),
