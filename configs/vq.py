@@ -3,9 +3,10 @@
 Command (ShapesWorld tokenizer, ~10 minutes on 2 CPU cores: 608 s in session 21's demo):
     jaxgen train vq --config configs/vq.py:shapes --workdir /tmp/vq
 Expected result: held-out PSNR 26.1-26.2 dB (printed at the end and in metrics.jsonl as
-'eval/psnr'; 26.14 in 4 micro-batches, 26.2 as one batch of 8), codebook usage ~100%; ground-truth renderings passed through it keep ~80% of their held-out evaluator
-accuracy (44% after 400 steps, 22.6 dB). The tokenizer is written to
-<workdir>/vq_params.safetensors for the SFT stage.
+'eval/psnr'; 26.14 in 4 micro-batches, 26.2 as one batch of 8), codebook usage ~100%;
+ground-truth renderings passed through it keep ~80% of their held-out evaluator accuracy
+(44% after 400 steps, 22.6 dB). The tokenizer is written to <workdir>/vq_params.safetensors
+for the SFT stage.
 - shapes: the VQ of configs/janus.py:shapes (64 px -> 8x8 = 64 codes from 256 entries; a
   convolution-only encoder, so a code depends on its neighbourhood only).
 - tiny: the VQ of configs/janus.py:tiny (16 px), a few steps; for tests (seconds).
