@@ -11,7 +11,8 @@ Result:   <workdir>/eval/report/ with a per-category table (report.md, report.js
           grids with their reasoning text. Measured 2026-12-01 (session 21, a fresh run;
           held-out overall, 352 samples): VQ ceiling 81.8%, untrained 0.0%, SFT 7.4% (single
           objects 43.8%), GRPO 11.1% (68.8%), GRPO - SFT +3.7 points (95% interval +0.0 to
-          +7.4); on 704 other held-out samples SFT 6.0% -> GRPO 8.9% (+3.0, +0.4 to +5.5).
+          +7.4); on 704 other held-out samples SFT 6.0% -> GRPO 8.9% (+3.0, +0.4 to +5.5;
+          a second GRPO seed +0.4, GRPO on noise -2.4).
           Session 20's code (the VQ as one batch of 8; seven fresh runs, sessions 10-20,
           identical reports) gave SFT 4.8% -> GRPO 6.5%, +1.7 (-1.4 to +5.4), and 8.5% ->
           6.1% on the 704; session 9's host 6.2% -> 9.4%. The
