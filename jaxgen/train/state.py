@@ -111,7 +111,7 @@ def _split_micro(batch, accum_steps: int):
     return jax.tree.map(split, batch)
 
 
-def unroll_accumulation_default(mesh: Mesh | None) -> bool:
+def unroll_accumulation_default(mesh: Mesh) -> bool:
     """Unroll the micro-batch loop on CPU devices, keep it a `lax.scan` elsewhere.
 
     XLA's CPU backend runs convolutions inside a while loop far slower than the same
@@ -120,7 +120,7 @@ def unroll_accumulation_default(mesh: Mesh | None) -> bool:
     session 21). On accelerators the scan bounds memory to one micro-batch's activations by
     construction, so it stays.
     """
-    return mesh is None or mesh.devices.flat[0].platform == "cpu"
+    return mesh.devices.flat[0].platform == "cpu"
 
 
 def _accumulate(loss_fn, params, batch, rng, accum_steps: int, mesh: Mesh | None,
