@@ -53,6 +53,12 @@ def get_config(arg=None):
     c.seed = 0
     c.data = load_config("data:shapes")
     c.vq = load_config("vq:shapes")
+    # On a CPU-only host the VQ stage runs in a child process that splits the CPU into this many
+    # JAX devices, its batch sharded over them: XLA runs a convolution on one core
+    # (jaxgen/cpu_devices.py). Whole batches there (on one device 4 micro-batches are faster).
+    # 1: in this process.
+    c.vq_cpu_devices = 2
+    c.vq.grad_accum_steps = 1
     c.sft = load_config("sft:shapes")
     c.sft.total_steps = 900  # image quality is still rising here (see the README)
     c.sft.batch_size = 8

@@ -77,6 +77,12 @@ def _data(config, paths):
 
 
 def _vq(config, paths):
+    from jaxgen import cpu_devices
+
+    devices = int(config.get("vq_cpu_devices", 1))
+    if cpu_devices.cpu_split_applies(devices):
+        return cpu_devices.run_with_cpu_devices("jaxgen.train.vq:train", config.vq, paths["vq"],
+                                                devices)
     from jaxgen.train import vq
     return dict(vq.train(config.vq, str(paths["vq"])))
 
