@@ -2,17 +2,18 @@
 
 Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
 Runtime:  30-60 minutes on a 2-core CPU alone, by host (each stage resumes from its own
-          directory; session 21: 36.7 min, data 34 s, VQ 608, SFT 691, judge 256, GRPO 479,
-          eval 129): data 17-30 s, VQ 9.5-18 min, SFT 9-12 min, judge 3-4 min, GRPO 6-9 min,
+          directory; session 22: 34.4 min, data 24 s, VQ 481, SFT 687, judge 228, GRPO 474,
+          eval 167): data 17-34 s, VQ 8-18 min, SFT 9-12 min, judge 3-4 min, GRPO 6-9 min,
           eval 1.5-4 min.
 Result:   <workdir>/eval/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO, and each model's plan ceiling: its own layout plans drawn
           perfectly), reward curve (total and each term), accuracy plot and sample
-          grids with their reasoning text. Measured 2026-12-01 (session 21, a fresh run;
-          held-out overall, 352 samples): VQ ceiling 81.8%, untrained 0.0%, SFT 7.4% (single
-          objects 43.8%), GRPO 11.1% (68.8%), GRPO - SFT +3.7 points (95% interval +0.0 to
-          +7.4); on 704 other held-out samples SFT 6.0% -> GRPO 8.9% (+3.0, +0.4 to +5.5;
-          a second GRPO seed +0.4, GRPO on noise -2.4).
+          grids with their reasoning text. Measured 2026-12-02 (session 22, a fresh run;
+          held-out overall, 352 samples): VQ ceiling 80.7%, untrained 0.0%, SFT 8.5% (single
+          objects 59.4%), GRPO 9.9% (65.6%), GRPO - SFT +1.4 points (95% interval -1.7 to
+          +4.3); on 704 other held-out samples SFT 7.5% -> GRPO 9.8% (+2.3, +0.1 to +4.4).
+          Session 21 (the VQ in 4 micro-batches on one device): +3.7 (+0.0 to +7.4), and on
+          the 704 +3.0 (+0.4 to +5.5), a second GRPO seed +0.4, GRPO on noise -2.4.
           Session 20's code (the VQ as one batch of 8; seven fresh runs, sessions 10-20,
           identical reports) gave SFT 4.8% -> GRPO 6.5%, +1.7 (-1.4 to +5.4), and 8.5% ->
           6.1% on the 704; session 9's host 6.2% -> 9.4%. The
@@ -31,7 +32,8 @@ Result:   <workdir>/eval/report/ with a per-category table (report.md, report.js
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
   data  configs/data.py:shapes   ShapesWorld datasets + tokenizer
-  vq    configs/vq.py:shapes     the VQ image tokenizer
+  vq    configs/vq.py:shapes     the VQ image tokenizer (on a CPU host in a child process with
+                                 two CPU devices: vq_cpu_devices)
   sft   configs/sft.py:shapes    prompt -> layout plan -> image tokens
   judge configs/sft.py:shapes    understanding task only: image -> its prompt ('describe')
   grpo  configs/grpo.py:shapes_caption_vq   GRPO with the judge's caption likelihood plus the

@@ -42,9 +42,11 @@ def cpu_split_applies(devices: int) -> bool:
             and jax.process_count() == 1)
 
 
-def run_with_cpu_devices(target: str, config, workdir, devices: int) -> dict:
+def run_with_cpu_devices(target: str, config, workdir, devices: int,
+                         in_process_hint: str = "set the device count to 1") -> dict:
     """Call `target(config, str(workdir))` ("module:function") in a child process with
-    `devices` CPU devices and return its result dict (plus 'cpu_devices': what the child saw)."""
+    `devices` CPU devices and return its result dict (plus 'cpu_devices': what the child saw).
+    `in_process_hint` tells the user, in the error of a failed child, how to run in-process."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "child_config.pkl"
@@ -60,14 +62,15 @@ def run_with_cpu_devices(target: str, config, workdir, devices: int) -> dict:
     child = subprocess.Popen(cmd, env=env)
     try:
         code = child.wait()
-    except BaseException:  # Ctrl-C or SIGTERM here: let the child checkpoint, then go
+    except BaseException:  # Ctrl-C here: let the child checkpoint, then go (a killed parent
+        # reaches the child through _die_with_parent)
         child.send_signal(signal.SIGTERM)
         child.wait()
         raise
     if code != 0 or not result_path.exists():
         raise UserError(f"{target} failed in its {devices}-device child process (exit code "
                         f"{code}; its messages are above); rerun the same command to resume "
-                        f"from {workdir}, or set the device count to 1 to run it in this process")
+                        f"from {workdir}, or {in_process_hint} to run it in this process")
     return json.loads(result_path.read_text())
 
 

@@ -82,7 +82,7 @@ def _vq(config, paths):
     devices = int(config.get("vq_cpu_devices", 1))
     if cpu_devices.cpu_split_applies(devices):
         return cpu_devices.run_with_cpu_devices("jaxgen.train.vq:train", config.vq, paths["vq"],
-                                                devices)
+                                                devices, "pass --config.vq_cpu_devices=1")
     from jaxgen.train import vq
     return dict(vq.train(config.vq, str(paths["vq"])))
 
