@@ -11,7 +11,8 @@ Result:   <workdir>/eval/report/ with a per-category table (report.md, report.js
           grids with their reasoning text. Measured 2026-12-02 (session 22, a fresh run;
           held-out overall, 352 samples): VQ ceiling 80.7%, untrained 0.0%, SFT 8.5% (single
           objects 59.4%), GRPO 9.9% (65.6%), GRPO - SFT +1.4 points (95% interval -1.7 to
-          +4.3); on 704 other held-out samples SFT 7.5% -> GRPO 9.8% (+2.3, +0.1 to +4.4).
+          +4.3); on 704 other held-out samples SFT 7.5% -> GRPO 9.8% (+2.3, +0.1 to +4.4;
+          GRPO on noise from the same SFT model -2.0).
           Session 21 (the VQ in 4 micro-batches on one device): +3.7 (+0.0 to +7.4), and on
           the 704 +3.0 (+0.4 to +5.5), a second GRPO seed +0.4, GRPO on noise -2.4.
           Session 20's code (the VQ as one batch of 8; seven fresh runs, sessions 10-20,
