@@ -21,13 +21,12 @@ def _tiny_vq(*overrides):
 
 
 def test_two_device_child_trains_the_same_vq_as_this_process(tmp_path):
+    if not cpu_devices.cpu_split_applies(2):
+        pytest.skip("needs a single-device CPU process on a machine with >= 2 cores")
     here = vq.train(_tiny_vq(), tmp_path / "here")
     # through the demo's stage function, as `jaxgen demo` calls it
     config = ml_collections.ConfigDict(dict(vq=_tiny_vq(), vq_cpu_devices=2))
-    paths = {"vq": tmp_path / "child"}
-    if not cpu_devices.cpu_split_applies(2):
-        pytest.skip("needs a single-device CPU process on a machine with >= 2 cores")
-    child = demo._vq(config, paths)
+    child = demo._vq(config, {"vq": tmp_path / "child"})
     assert child["cpu_devices"] == 2 and child["status"] == "done" and child["step"] == 3
     # the batch sharded over two devices is the same update to float32 rounding
     np.testing.assert_allclose(child["psnr"], here["psnr"], rtol=1e-5)
