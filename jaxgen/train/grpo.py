@@ -54,6 +54,7 @@ from jaxgen.sampling import scoring
 from jaxgen.train import advantages as adv_lib
 from jaxgen.train import policy_loss as loss_lib
 from jaxgen.train import reflection as reflection_lib
+from jaxgen.train.xla_options import train_step_compiler_options
 
 CFG_MODES = ("conditional", "cfg", "none")
 OLD_LOGPROBS = ("auto", "sampler", "recompute", "detached")
@@ -364,7 +365,8 @@ class GRPORunner:
                 functools.partial(update_step, config=config_static,
                                   settings=self.update_settings, optimizer=self.optimizer),
                 mesh, layout),
-            out_shardings=(self.param_shardings, self.opt_shardings, None), donate_argnums=(0, 1))
+            out_shardings=(self.param_shardings, self.opt_shardings, None), donate_argnums=(0, 1),
+            compiler_options=train_step_compiler_options(mesh))
         self._score = jax.jit(parallel.with_activation_sharding(score_rollout, mesh, layout),
                               static_argnums=(1, 3))
         self._decode = jax.jit(decode_images_uint8, static_argnums=1)

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxgen import parallel
 from jaxgen.errors import UserError
+from jaxgen.train.xla_options import train_step_compiler_options
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -193,7 +194,8 @@ def make_train_step(loss_fn, optimizer: optax.GradientTransformation, shardings:
 
     rep = parallel.replicated(mesh)
     return jax.jit(step, in_shardings=(shardings, parallel.batch_sharding(mesh)),
-                   out_shardings=(shardings, rep), donate_argnums=(0,) if donate else ())
+                   out_shardings=(shardings, rep), donate_argnums=(0,) if donate else (),
+                   compiler_options=train_step_compiler_options(mesh))
 
 
 def make_eval_step(loss_fn, shardings: TrainState, mesh: Mesh,
