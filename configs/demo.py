@@ -1,18 +1,20 @@
 """`jaxgen demo`: the embedded end-to-end run on ShapesWorld.
 
 Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
-Runtime:  30-60 minutes on a 2-core CPU alone, by host (each stage resumes from its own
-          directory; session 22: 34.4 min, data 24 s, VQ 481, SFT 687, judge 228, GRPO 474,
-          eval 167): data 17-34 s, VQ 8-18 min, SFT 9-12 min, judge 3-4 min, GRPO 6-9 min,
-          eval 1.5-4 min.
+Runtime:  23 minutes on this session's 2-core CPU alone (session 23: data 13 s, VQ 440, SFT 392,
+          judge 133, GRPO 299, eval 108; each stage resumes from its own directory); 30-60
+          minutes on earlier hosts before session 23's training-step compiler options
+          (jaxgen/train/xla_options.py) and unrolled SFT layers.
 Result:   <workdir>/eval/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO, and each model's plan ceiling: its own layout plans drawn
           perfectly), reward curve (total and each term), accuracy plot and sample
-          grids with their reasoning text. Measured 2026-12-02 (session 22, a fresh run;
-          held-out overall, 352 samples): VQ ceiling 80.7%, untrained 0.0%, SFT 8.5% (single
-          objects 59.4%), GRPO 9.9% (65.6%), GRPO - SFT +1.4 points (95% interval -1.7 to
-          +4.3); on 704 other held-out samples SFT 7.5% -> GRPO 9.8% (+2.3, +0.1 to +4.4;
-          GRPO on noise from the same SFT model -2.0).
+          grids with their reasoning text. Measured 2026-12-02 (session 23, a fresh run;
+          held-out overall, 352 samples): VQ ceiling 80.1%, untrained 0.3%, SFT 6.0% (single
+          objects 37.5%), GRPO 6.0%, GRPO - SFT +0.0 points (95% interval -3.1 to +2.8); the
+          session's run with scanned SFT layers: SFT 8.2% -> GRPO 8.0%, -0.3 (-4.0 to +3.4).
+          Session 22: SFT 8.5% -> GRPO 9.9%, +1.4 (-1.7 to +4.3); on 704 other held-out
+          samples SFT 7.5% -> GRPO 9.8% (+2.3, +0.1 to +4.4; GRPO on noise from the same SFT
+          model -2.0).
           Session 21 (the VQ in 4 micro-batches on one device): +3.7 (+0.0 to +7.4), and on
           the 704 +3.0 (+0.4 to +5.5), a second GRPO seed +0.4, GRPO on noise -2.4.
           Session 20's code (the VQ as one batch of 8; seven fresh runs, sessions 10-20,
