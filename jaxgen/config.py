@@ -61,14 +61,15 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
 def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
     """Load `path/to/file.py[:arg]`; a bare family name like `sft:shapes` looks in configs/."""
     path_text, _, arg = spec.partition(":")
+    # is_file, not exists: a folder named like a family (the demo's data/ or sft/) is no config
     path = pathlib.Path(path_text)
-    if not path.exists() and not path.suffix:
+    if not path.is_file() and not path.suffix:
         path = CONFIG_DIR / f"{path_text}.py"
-    if not path.exists() and (PACKAGE_DIR / path_text).exists():  # configs/... from another cwd
+    if not path.is_file() and (PACKAGE_DIR / path_text).is_file():  # configs/... from another cwd
         path = PACKAGE_DIR / path_text
-    if not path.exists() and (CONFIG_DIR / path.name).exists():
+    if not path.is_file() and (CONFIG_DIR / path.name).is_file():
         path = CONFIG_DIR / path.name
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError(f"config file {path_text!r} not found; pass e.g. configs/sft.py:shapes")
     module_spec = importlib.util.spec_from_file_location(f"jaxgen_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)

@@ -85,3 +85,19 @@ def test_repo_config_paths_resolve_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_config("configs/recipes/t2i_r1.py:shapes").grpo.group_size == 8
     assert load_config("configs/sft.py:tiny").total_steps == 6
+
+
+def test_family_names_resolve_beside_folders_of_the_same_name(tmp_path, monkeypatch):
+    """A work directory's `data/` or `sft/` folder is not a config file (the demo's stage
+    folders are named like the config families it loads)."""
+    from jaxgen.config import load_config
+    from jaxgen.models.config import ConfigError
+
+    for name in ("data", "vq", "sft", "grpo", "configs/demo.py"):
+        (tmp_path / name).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert load_config("sft:tiny").total_steps == 6
+    assert load_config("configs/demo.py").grpo.total_steps == 64
+    assert load_config("data:shapes").to_dict() == load_config("configs/data.py:shapes").to_dict()
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("grpo/nothing.py")

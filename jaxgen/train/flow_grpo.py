@@ -48,6 +48,7 @@ from jaxgen.train import advantages as adv_lib
 from jaxgen.train import flow_matching
 from jaxgen.train.grpo import (PromptSource, detokenize_reasoning, reward_summary, run_iterations,
                                tokenize_prompts)
+from jaxgen.train.xla_options import train_step_compiler_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,7 +222,8 @@ class FlowGRPORunner:
             parallel.with_activation_sharding(
                 functools.partial(update_step, settings=self.settings, optimizer=self.optimizer),
                 mesh, layout),
-            out_shardings=(self.flow_shardings, self.opt_shardings, None), donate_argnums=(0, 1))
+            out_shardings=(self.flow_shardings, self.opt_shardings, None), donate_argnums=(0, 1),
+            compiler_options=train_step_compiler_options(mesh))
         self._rollout = jax.jit(parallel.with_activation_sharding(self._rollout_impl, mesh, layout))
         # uint8 in the graph, rounded like the token path's rewards (grpo.decode_images_uint8)
         self._pixels = jax.jit(lambda jp, x: jnp.clip(jnp.round(

@@ -7,7 +7,8 @@ four such copy fusions took ~40% of the demo's SFT step. Asking XLA to fuse each
 neighbours into YNNPACK subgraphs (`xla_cpu_experimental_ynn_fusion_type=DOT,REDUCE`) removes
 them: the SFT step of the demo model (batch 16 x 254 tokens, 2-core CPU) went from 1.33 s to
 0.85-0.93 s, in alternating runs. The sampler's small decode matmuls run 5-10% slower under it,
-so only training steps take it (`jax.jit(..., compiler_options=...)`); the VQ trainer's
+so only training steps take it (`jax.jit(..., compiler_options=...)`: state.make_train_step for
+SFT, the judge and the VQ, and the GRPO and Flow-GRPO updates); the VQ trainer's
 convolution-bound step is unchanged either way.
 
 A user's own `--xla_cpu_experimental_ynn_fusion_type` in XLA_FLAGS wins: then nothing is set.
