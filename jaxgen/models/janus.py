@@ -9,7 +9,7 @@ Functional API (binding contract; `config` is a frozen, hashable JanusConfig, st
     embed_understanding_images(params, config, pixels_bhwc in [-1,1]) -> [B,N,D]
     understanding_embeds(params, config, pixels_bhwc=None, codes_bn=None) -> [B,N,D]
     merge_image_embeds(emb_bld, ids_bl, image_emb_bnd, image_token_id) -> emb_bld
-    init_cache(config, batch, max_len, dtype=jnp.float32) -> {'k','v'}: [layers,B,max_len,kv_heads,head_dim]
+    init_cache(config, batch, max_len, dtype=jnp.float32) -> {'k','v'}: see llama.init_cache
     decode(params, config, emb_bld, positions_bl, kv_mask_bs, cache=None, cache_index=0,
            segment_ids_bl=None) -> (hidden_bld, cache)
     text_logits(params, config, hidden_bld) -> [B,L,vocab]
@@ -342,7 +342,7 @@ def merge_image_embeds(emb_bld, ids_bl, image_emb_bnd, image_token_id):
 
 
 def init_cache(config: JanusConfig, batch: int, max_len: int, dtype=jnp.float32):
-    """KV cache {'k','v'}: [layers, B, max_len, kv_heads, head_dim], zeros."""
+    """Zero KV cache {'k','v'} of max_len slots (layouts: llama.init_cache)."""
     return llama.init_cache(config.text, batch, max_len, dtype)
 
 
@@ -381,7 +381,7 @@ def _check_decode_shapes(config, emb_bld, positions_bl, kv_mask_bs, cache, cache
     if tuple(positions_bl.shape) not in ((b, l), (1, l)):
         raise UserError(f"decode: positions_bl has shape {tuple(positions_bl.shape)}, expected "
                         f"{(b, l)} (one position per input embedding).")
-    slots = l if cache is None else cache["k"].shape[2]
+    slots = l if cache is None else llama.cache_length(cache)
     if tuple(kv_mask_bs.shape) not in ((b, slots), (1, slots)):
         what = "the input length" if cache is None else "the cache length (max_len)"
         raise UserError(f"decode: kv_mask_bs has shape {tuple(kv_mask_bs.shape)}, expected "

@@ -3,7 +3,10 @@
 RMSNorm, rotary position embedding in Hugging Face's rotate-half layout, grouped-query attention,
 SwiGLU MLP, no biases. The KV cache is an explicit pytree, not a Flax 'cache' collection:
 
-    cache = {'k': [layers, B, S, kv_heads, head_dim], 'v': same}
+    cache = {'k': keys [B, kv_heads, head_dim, S], 'v': values [B, kv_heads, S, head_dim]}
+
+one array per layer in a tuple (unrolled layers), or stacked with a leading 'layers' axis
+(config.scan_layers), in the layouts the attention matmuls read without copying.
 
 Parameter layout (`params` of `LlamaModel`):
 
@@ -121,22 +124,31 @@ class Attention(nn.Module):
         k = apply_rope(k, cos, sin)
 
         if k_cache is not None:
-            # k_cache / v_cache hold every layer ([layers, B, S, KV, hd]). This layer writes its
-            # keys/values at [cache_index, cache_index + L) of row `layer` in place and attends to
-            # all S slots; slicing out and re-stacking per-layer caches would copy the whole cache
-            # on every decoded token.
-            start = (layer, 0, cache_index, 0, 0)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), start)
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), start)
-            k_all = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False).astype(dtype)
-            v_all = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False).astype(dtype)
+            # Keys [B, KV, hd, S] and values [B, KV, S, hd]: the layouts the two attention
+            # matmuls read in place, so a decoded token copies no cache. The L new slots are
+            # written at cache_index in place. Scanned layers carry every layer's cache stacked
+            # ([layers, ...], this layer's row `layer`); unrolled layers get their own arrays,
+            # so no layer is sliced out (a copy of its whole cache per token).
+            k_new, v_new = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
+            if k_cache.ndim == 5:
+                k_cache = jax.lax.dynamic_update_slice(
+                    k_cache, k_new[None].astype(k_cache.dtype), (layer, 0, 0, 0, cache_index))
+                v_cache = jax.lax.dynamic_update_slice(
+                    v_cache, v_new[None].astype(v_cache.dtype), (layer, 0, 0, cache_index, 0))
+                k_all = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)
+                v_all = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)
+            else:
+                k_cache = jax.lax.dynamic_update_slice(
+                    k_cache, k_new.astype(k_cache.dtype), (0, 0, 0, cache_index))
+                v_cache = jax.lax.dynamic_update_slice(
+                    v_cache, v_new.astype(v_cache.dtype), (0, 0, cache_index, 0))
+                k_all, v_all = k_cache, v_cache
+            out = _cached_attention(q, k_all.astype(dtype), v_all.astype(dtype), mask_bls,
+                                    dtype).reshape(b, l, h * hd)
+        elif _use_cudnn(cfg.attention_impl, dtype):
+            out = _cudnn_attention(q, k, v, mask_bls).reshape(b, l, h * hd)
         else:
-            k_all, v_all = k, v
-
-        if k_cache is None and _use_cudnn(cfg.attention_impl, dtype):
-            out = _cudnn_attention(q, k_all, v_all, mask_bls).reshape(b, l, h * hd)
-        else:
-            out = _xla_attention(q, k_all, v_all, mask_bls, dtype).reshape(b, l, h * hd)
+            out = _xla_attention(q, k, v, mask_bls, dtype).reshape(b, l, h * hd)
         out = proj("o_proj", cfg.hidden_size, ("heads", "embed"))(out)
         return out, k_cache, v_cache
 
@@ -164,6 +176,23 @@ def _xla_attention(q_blhd, k_bskd, v_bskd, mask_bls, dtype):
     scores = jnp.where(mask_bls[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
     return jnp.einsum("bkgls,bskd->blkgd", probs, v_bskd).reshape(b, l, h, hd)
+
+
+def _cached_attention(q_blhd, k_bkds, v_bksd, mask_bls, dtype):
+    """_xla_attention against the cache layouts (keys [B, KV, hd, S], values [B, KV, S, hd]).
+    The queries come first in both dots, as XLA's CPU matmul library takes them without
+    copying either operand (M = the g * L query rows of each kv head)."""
+    b, l, h, hd = q_blhd.shape
+    kv = k_bkds.shape[1]
+    g = h // kv
+    q_bkmd = q_blhd.reshape(b, l, kv, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * l, hd)
+    batch = ((0, 1), (0, 1))
+    scores = jax.lax.dot_general(q_bkmd, k_bkds, (((3,), (2,)), batch)).astype(jnp.float32)
+    scores = scores.reshape(b, kv, g, l, -1) * (hd ** -0.5)
+    scores = jnp.where(mask_bls[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype).reshape(b, kv, g * l, -1)
+    out_bkmd = jax.lax.dot_general(probs, v_bksd, (((3,), (2,)), batch))
+    return out_bkmd.reshape(b, kv, g, l, hd).transpose(0, 3, 1, 2, 4).reshape(b, l, h, hd)
 
 
 def _cudnn_attention(q_blhd, k_bskd, v_bskd, mask_bls):
@@ -198,8 +227,9 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     """Pre-norm block. Signature fits nn.scan: (carry (x, k_cache, v_cache), broadcast..., layer
-    index) -> (carry, None); the caches are the whole [layers, ...] arrays (or None), so a scan
-    carries them and updates row `layer` in place instead of stacking per-layer outputs."""
+    index) -> (carry, None). Scanned, the caches are the whole [layers, ...] arrays (or None), so
+    the scan carries them and updates row `layer` in place instead of stacking per-layer outputs;
+    unrolled, they are this layer's own arrays."""
     config: LlamaConfig
 
     @nn.compact
@@ -266,27 +296,48 @@ class LlamaModel(nn.Module):
         cos, sin = rope_cos_sin(positions_bl, cfg.head_dim, cfg.rope_theta, dtype)
         mask = None if causal_only else attention_mask(kv_mask_bs, x.shape[1], cache_index,
                                                        segment_ids_bl)
-        carry = (x, None, None) if cache is None else (x, cache["k"], cache["v"])
         if cfg.scan_layers:
-            carry, _ = self.layers(carry, cos, sin, mask, cache_index,
-                                   jnp.arange(cfg.num_hidden_layers))
+            carry = (x, None, None) if cache is None else (x, cache["k"], cache["v"])
+            (x, k_new, v_new), _ = self.layers(carry, cos, sin, mask, cache_index,
+                                               jnp.arange(cfg.num_hidden_layers))
         else:
+            k_new, v_new = [], []
             for i, layer in enumerate(self.layers):
-                carry, _ = layer(carry, cos, sin, mask, cache_index, i)
-        x, k_new, v_new = carry
+                carry = (x, None, None) if cache is None else (x, cache["k"][i], cache["v"][i])
+                (x, k_i, v_i), _ = layer(carry, cos, sin, mask, cache_index, i)
+                k_new.append(k_i)
+                v_new.append(v_i)
+            k_new, v_new = tuple(k_new), tuple(v_new)
         x = self.norm(x)
         new_cache = None if cache is None else {"k": k_new, "v": v_new}
         return x, new_cache
 
 
 def cache_logical_axes():
-    axes = ("layers", "activation_batch", "activation_length", "kv_heads", None)
-    return {"k": axes, "v": axes}
+    """Axes of one layer's cache arrays (init_cache prepends 'layers' when they are stacked)."""
+    return {"k": ("activation_batch", "kv_heads", None, "activation_length"),
+            "v": ("activation_batch", "kv_heads", "activation_length", None)}
+
+
+def cache_length(cache) -> int:
+    """Slots of a cache made by init_cache."""
+    v = cache["v"]
+    return (v[0] if isinstance(v, (tuple, list)) else v).shape[-2]
 
 
 def init_cache(config: LlamaConfig, batch: int, max_len: int, dtype=jnp.float32):
-    """Zero KV cache, split over the batch like the activations (inside
-    parallel.activation_sharding; the in-place updates keep that layout)."""
-    shape = (config.num_hidden_layers, batch, max_len, config.num_key_value_heads, config.head_dim)
-    return {k: parallel.constrain(jnp.zeros(shape, dtype), axes)
-            for k, axes in cache_logical_axes().items()}
+    """Zero KV cache {'k': keys [B, KV, hd, S], 'v': values [B, KV, S, hd]}: one array per layer
+    in a tuple (unrolled layers) or stacked [layers, ...] (config.scan_layers). Split over the
+    batch like the activations (inside parallel.activation_sharding; the in-place updates keep
+    that layout)."""
+    kv, hd, n = config.num_key_value_heads, config.head_dim, config.num_hidden_layers
+    shapes = {"k": (batch, kv, hd, max_len), "v": (batch, kv, max_len, hd)}
+    cache = {}
+    for name, axes in cache_logical_axes().items():
+        if config.scan_layers:
+            cache[name] = parallel.constrain(jnp.zeros((n, *shapes[name]), dtype),
+                                             ("layers", *axes))
+        else:
+            cache[name] = tuple(parallel.constrain(jnp.zeros(shapes[name], dtype), axes)
+                                for _ in range(n))
+    return cache

@@ -118,7 +118,14 @@ def test_kv_cache_incremental_equals_full(setup, scan):
         out, cache = step(p, emb[:, i:i + 1], pos[:, i:i + 1], cache, i)
         outs.append(out)
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=ATOL, rtol=0)
-    assert cache["k"].shape == (CFG.num_hidden_layers, B, max_len, CFG.num_key_value_heads, CFG.head_dim)
+    kv, hd, n = CFG.num_key_value_heads, CFG.head_dim, CFG.num_hidden_layers
+    if scan:  # stacked over layers
+        assert cache["k"].shape == (n, B, kv, hd, max_len)
+        assert cache["v"].shape == (n, B, kv, max_len, hd)
+    else:  # one array per layer
+        assert [c.shape for c in cache["k"]] == [(B, kv, hd, max_len)] * n
+        assert [c.shape for c in cache["v"]] == [(B, kv, max_len, hd)] * n
+    assert llama.cache_length(cache) == max_len
 
 
 def test_left_padded_rows_equal_unpadded(setup):
