@@ -122,8 +122,14 @@ def grpo_stage_config(config, workdir: pathlib.Path):
 
 
 def _grpo(config, paths):
-    from jaxgen.train import grpo
+    from jaxgen import cpu_devices
+
     c = grpo_stage_config(config, paths["grpo"].parent)
+    devices = int(config.get("grpo_cpu_devices", 1))
+    if cpu_devices.cpu_split_applies(devices):
+        return cpu_devices.run_with_cpu_devices("jaxgen.train.grpo:train", c, paths["grpo"],
+                                                devices, "pass --config.grpo_cpu_devices=1")
+    from jaxgen.train import grpo
     return dict(grpo.train(c, str(paths["grpo"])))
 
 

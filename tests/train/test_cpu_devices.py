@@ -40,3 +40,43 @@ def test_child_failure_is_one_clear_error(tmp_path):
     bad = _tiny_vq("--config.batch_size=3")  # does not divide over two devices
     with pytest.raises(UserError, match=r"2-device child process \(exit code 2"):
         cpu_devices.run_with_cpu_devices("jaxgen.train.vq:train", bad, tmp_path / "vq", 2)
+
+
+def test_demo_grpo_stage_runs_data_parallel_in_a_two_device_child(tmp_path):
+    """The demo's GRPO stage on a CPU host: a child with two devices, the demo's data-parallel
+    mesh; its first rollout and rewards are the in-process run's (the sampler's draws do not
+    depend on how the batch is split)."""
+    if not cpu_devices.cpu_split_applies(2):
+        pytest.skip("needs a single-device CPU process on a machine with >= 2 cores")
+    import json
+    import pathlib
+    import sys
+
+    import jax
+
+    from jaxgen import api
+    from jaxgen.models import janus
+    from jaxgen.train import grpo
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "rewards"))
+    from tiny_tokenizer import make_tokenizer
+
+    c = load_config("grpo:tiny", ["--config.total_steps=2", "--config.checkpoint_every=2",
+                                  "--config.sampling.max_think_tokens=2"])
+    c.rewards = {"name": "vq_consistency"}  # the demo's on-device term: varies per sample
+    c.mesh = load_config("configs/demo.py").grpo.mesh  # data-parallel over every device
+    model_config = janus.config_from_configdict(c.model)
+    params = jax.jit(janus.init_params, static_argnums=0)(model_config, jax.random.PRNGKey(0))
+    for stage in ("sft", "judge"):
+        api.save_checkpoint(tmp_path / "demo" / stage / "final", params, model_config,
+                            make_tokenizer())
+    here = grpo.train(demo.grpo_stage_config(ml_collections.ConfigDict(dict(grpo=c)),
+                                             tmp_path / "demo"), tmp_path / "here")
+    config = ml_collections.ConfigDict(dict(grpo=c, grpo_cpu_devices=2))
+    child = demo._grpo(config, {"grpo": tmp_path / "demo" / "grpo"})
+    assert child["cpu_devices"] == 2 and child["steps"] == 2
+    rows = [json.loads(x) for x in
+            (tmp_path / "demo" / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert 0.0 < here["reward_per_step"][0] < 1.0
+    np.testing.assert_allclose(child["reward_per_step"][0], here["reward_per_step"][0], rtol=1e-6)
