@@ -35,14 +35,14 @@ Result:   <workdir>/eval/report/ with a per-category table (report.md, report.js
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
   data  configs/data.py:shapes   ShapesWorld datasets + tokenizer
-  vq    configs/vq.py:shapes     the VQ image tokenizer (on a CPU host in a child process with
-                                 two CPU devices: vq_cpu_devices)
+  vq    configs/vq.py:shapes     the VQ image tokenizer
   sft   configs/sft.py:shapes    prompt -> layout plan -> image tokens
   judge configs/sft.py:shapes    understanding task only: image -> its prompt ('describe')
   grpo  configs/grpo.py:shapes_caption_vq   GRPO with the judge's caption likelihood plus the
                                             policy tokenizer's round-trip consistency as reward
   eval  held-out prompts, SFT vs GRPO, pixel-only evaluator
-The demo budgets below are smaller than the families' defaults so the whole run fits on a CPU.
+On a CPU-only host vq, sft, judge and grpo each run in a child process that splits the CPU into
+two JAX devices (cpu_devices). The demo budgets below are smaller than the families' defaults so the whole run fits on a CPU.
 """
 
 import ml_collections
@@ -58,12 +58,15 @@ def get_config(arg=None):
     c.seed = 0
     c.data = load_config("data:shapes")
     c.vq = load_config("vq:shapes")
-    # On a CPU-only host the VQ stage runs in a child process that splits the CPU into this many
-    # JAX devices, its batch sharded over them: XLA runs a convolution on one core
-    # (jaxgen/cpu_devices.py). Whole batches there (on one device 4 micro-batches are faster).
-    # 1: in this process.
-    c.vq_cpu_devices = 2
-    c.vq.grad_accum_steps = 1
+    # On a CPU-only host each training stage runs in a child process that splits the CPU into
+    # this many JAX devices, its batch data-parallel over them (jaxgen/cpu_devices.py; 1: in
+    # this process). XLA runs a convolution on one core, and a device's small matmuls on too
+    # few: side by side on session 24's host, the SFT 2.33 vs 2.10 steps/s, the judge 2.75 vs
+    # 2.46, the GRPO iteration 3.37 vs 4.06 s (3.73 with FSDP); the VQ, session 22, 100 steps
+    # in 34.9-36.2 s vs 37.2-40.1 s on one device in 4 micro-batches.
+    c.cpu_devices = ml_collections.ConfigDict(dict(vq=2, sft=2, judge=2, grpo=2))
+    data_parallel = dict(data=-1, fsdp=1, tensor=1, layout="dp")  # the models are small
+    c.vq.grad_accum_steps = 1  # whole batches on two devices (on one, 4 micro-batches are faster)
     c.sft = load_config("sft:shapes")
     c.sft.total_steps = 900  # image quality is still rising here (see the README)
     c.sft.batch_size = 8
@@ -76,6 +79,7 @@ def get_config(arg=None):
     # 0.82-0.84 s for 16 x 254 tokens, with the training steps' YNNPACK dot fusion of
     # jaxgen/train/xla_options.py; session 23). GRPO's policy keeps the SFT checkpoint's layout.
     c.sft.model_options.scan_layers = False
+    c.sft.mesh = ml_collections.ConfigDict(data_parallel)
     c.judge = load_config("sft:shapes")
     c.judge.model.understanding_input = "vq_codes"  # reads images as its own VQ tokens
     # image -> its prompt (every prompt token supervised); the reward is how much the image raises
@@ -89,6 +93,7 @@ def get_config(arg=None):
     c.judge.optim.warmup_steps = 10
     c.judge.eval.num_prompts = 0
     c.judge.model_options.scan_layers = False  # as the SFT's, above
+    c.judge.mesh = ml_collections.ConfigDict(data_parallel)
     c.grpo = load_config("grpo:shapes_caption_vq")
     c.grpo.sampling.max_think_tokens = 112  # the policy writes its layout plan, then draws
     c.grpo.sampling.image_temperature = 0.6  # as evaluated below
@@ -101,13 +106,7 @@ def get_config(arg=None):
     c.grpo.total_steps = 64
     c.grpo.optim.learning_rate = 3e-5
     c.grpo.grpo.cfg_mode = "conditional"
-    # On a CPU-only host GRPO runs in a child process with two CPU devices, the rollout, rewards
-    # and update data-parallel over them (the model is small: replicated weights): each device's
-    # small decode matmuls get a core of their own. The demo's iteration (`jaxgen bench grpo
-    # --demo-workdir`, session 24): 4.06 s on one device, 3.73 s on two with FSDP, 3.37 s on two
-    # data-parallel. 1: in this process.
-    c.grpo_cpu_devices = 2
-    c.grpo.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, layout="dp"))
+    c.grpo.mesh = ml_collections.ConfigDict(data_parallel)
     c.eval = ml_collections.ConfigDict(dict(
         split="test",  # held-out compositions
         prompts_per_category=16,  # 352 samples: binomial s.e. ~1.4 points at 7%

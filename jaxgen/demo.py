@@ -8,6 +8,7 @@ which is independent of the reward (the judge model).
 
 from __future__ import annotations
 
+import importlib
 import json
 import pathlib
 import time
@@ -76,15 +77,21 @@ def _data(config, paths):
     return dict(build_all(config.data, paths["data"]) or {})
 
 
-def _vq(config, paths):
+def _train(config, stage: str, target: str, stage_config, workdir: pathlib.Path) -> dict:
+    """Call `target(stage_config, workdir)` ("module:function"): on a CPU-only host in a child
+    process with config.cpu_devices[stage] CPU devices (jaxgen/cpu_devices.py), else here."""
     from jaxgen import cpu_devices
 
-    devices = int(config.get("vq_cpu_devices", 1))
+    devices = int(config.get("cpu_devices", {}).get(stage, 1))
     if cpu_devices.cpu_split_applies(devices):
-        return cpu_devices.run_with_cpu_devices("jaxgen.train.vq:train", config.vq, paths["vq"],
-                                                devices, "pass --config.vq_cpu_devices=1")
-    from jaxgen.train import vq
-    return dict(vq.train(config.vq, str(paths["vq"])))
+        return cpu_devices.run_with_cpu_devices(target, stage_config, workdir, devices,
+                                                f"pass --config.cpu_devices.{stage}=1")
+    module, name = target.split(":")
+    return dict(getattr(importlib.import_module(module), name)(stage_config, str(workdir)))
+
+
+def _vq(config, paths):
+    return _train(config, "vq", "jaxgen.train.vq:train", config.vq, paths["vq"])
 
 
 def _sft_config(base, paths):
@@ -95,17 +102,16 @@ def _sft_config(base, paths):
 
 
 def _sft(config, paths):
-    from jaxgen.train import sft
-    return dict(sft.train(_sft_config(config.sft, paths), str(paths["sft"])))
+    return _train(config, "sft", "jaxgen.train.sft:train", _sft_config(config.sft, paths),
+                  paths["sft"])
 
 
 def _judge(config, paths):
     """The reward VLM: the SFT'd model taught to answer 'does this image show ...?' (as in
     Janus-Pro-R1, where the generator learns to judge its own images)."""
-    from jaxgen.train import sft
     c = _sft_config(config.judge, paths)
     c.init_checkpoint = str(paths["sft"] / "final")
-    return dict(sft.train(c, str(paths["judge"])))
+    return _train(config, "judge", "jaxgen.train.sft:train", c, paths["judge"])
 
 
 def grpo_stage_config(config, workdir: pathlib.Path):
@@ -122,15 +128,8 @@ def grpo_stage_config(config, workdir: pathlib.Path):
 
 
 def _grpo(config, paths):
-    from jaxgen import cpu_devices
-
-    c = grpo_stage_config(config, paths["grpo"].parent)
-    devices = int(config.get("grpo_cpu_devices", 1))
-    if cpu_devices.cpu_split_applies(devices):
-        return cpu_devices.run_with_cpu_devices("jaxgen.train.grpo:train", c, paths["grpo"],
-                                                devices, "pass --config.grpo_cpu_devices=1")
-    from jaxgen.train import grpo
-    return dict(grpo.train(c, str(paths["grpo"])))
+    return _train(config, "grpo", "jaxgen.train.grpo:train",
+                  grpo_stage_config(config, paths["grpo"].parent), paths["grpo"])
 
 
 def _eval(config, paths):

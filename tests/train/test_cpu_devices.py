@@ -25,7 +25,7 @@ def test_two_device_child_trains_the_same_vq_as_this_process(tmp_path):
         pytest.skip("needs a single-device CPU process on a machine with >= 2 cores")
     here = vq.train(_tiny_vq(), tmp_path / "here")
     # through the demo's stage function, as `jaxgen demo` calls it
-    config = ml_collections.ConfigDict(dict(vq=_tiny_vq(), vq_cpu_devices=2))
+    config = ml_collections.ConfigDict(dict(vq=_tiny_vq(), cpu_devices=dict(vq=2)))
     child = demo._vq(config, {"vq": tmp_path / "child"})
     assert child["cpu_devices"] == 2 and child["status"] == "done" and child["step"] == 3
     # the batch sharded over two devices is the same update to float32 rounding
@@ -72,7 +72,7 @@ def test_demo_grpo_stage_runs_data_parallel_in_a_two_device_child(tmp_path):
                             make_tokenizer())
     here = grpo.train(demo.grpo_stage_config(ml_collections.ConfigDict(dict(grpo=c)),
                                              tmp_path / "demo"), tmp_path / "here")
-    config = ml_collections.ConfigDict(dict(grpo=c, grpo_cpu_devices=2))
+    config = ml_collections.ConfigDict(dict(grpo=c, cpu_devices=dict(grpo=2)))
     child = demo._grpo(config, {"grpo": tmp_path / "demo" / "grpo"})
     assert child["cpu_devices"] == 2 and child["steps"] == 2
     rows = [json.loads(x) for x in

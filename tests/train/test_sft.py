@@ -293,6 +293,30 @@ def test_tiny_vq_then_sft_end_to_end(tokenizer, tmp_path):
     again = sft.train(cfg, tmp_path / "sft")  # resumes at the end: nothing left to do
     assert again["step"] == 4
 
+    # The demo's SFT stage on a CPU host: a child process with two CPU devices, data-parallel;
+    # the same first step to float32 rounding (later steps drift apart in rounding only).
+    from jaxgen import cpu_devices, demo
+    if cpu_devices.cpu_split_applies(2):
+        import ml_collections
+        cfg.total_steps = 1
+        cfg.train.log_every = 1
+        cfg.mesh = load_config("configs/demo.py").sft.mesh
+        here = sft.train(cfg, tmp_path / "sft_here")
+        config = ml_collections.ConfigDict(dict(cpu_devices=dict(sft=2)))
+        child = demo._train(config, "sft", "jaxgen.train.sft:train", cfg, tmp_path / "sft_child")
+        assert child["cpu_devices"] == 2 and child["step"] == 1
+        np.testing.assert_allclose(child["metrics"]["loss"], here["metrics"]["loss"], rtol=1e-5)
+
+
+def test_images_to_codes_keeps_the_order_whatever_the_threads():
+    encode = jax.jit(lambda x: jnp.sum(x, axis=(1, 2, 3)).astype(jnp.int32)[:, None])
+    images = np.random.default_rng(0).integers(0, 256, (70, 4, 4, 3), dtype=np.uint8)
+    one = sft.images_to_codes(encode, images, batch=8, threads=1)
+    assert one.shape == (70, 1) and one.dtype == np.int32
+    np.testing.assert_array_equal(sft.images_to_codes(encode, images, batch=8, threads=3), one)
+    expected = np.sum(images.astype(np.float32) / 127.5 - 1.0, axis=(1, 2, 3)).astype(np.int32)
+    np.testing.assert_array_equal(one[:, 0], expected)
+
 
 def test_generation_embeddings_start_at_the_vq_codebook(tiny):
     """init_generation_embeddings='codebook': row c of the image-input embedding is codebook row
