@@ -1,8 +1,9 @@
 """`jaxgen demo`: the embedded end-to-end run on ShapesWorld.
 
 Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
-Runtime:  23 minutes on this session's 2-core CPU alone (session 23: data 13 s, VQ 440, SFT 392,
-          judge 133, GRPO 299, eval 108; each stage resumes from its own directory); 30-60
+Runtime:  24 minutes on session 24's 2-core CPU alone (data 16 s, VQ 512, SFT 417, judge 144,
+          GRPO 260, eval 102; that host ran session 23's 23.1-minute code ~1.17x slower; each
+          stage resumes from its own directory); 30-60
           minutes on earlier hosts before session 23's training-step compiler options
           (jaxgen/train/xla_options.py) and unrolled SFT layers.
 Result:   <workdir>/eval/report/ with a per-category table (report.md, report.json: VQ ceiling,
@@ -42,7 +43,8 @@ Stages and their family configs (each overridable as --config.<stage>.<field>=va
                                             policy tokenizer's round-trip consistency as reward
   eval  held-out prompts, SFT vs GRPO, pixel-only evaluator
 On a CPU-only host vq, sft, judge and grpo each run in a child process that splits the CPU into
-two JAX devices (cpu_devices). The demo budgets below are smaller than the families' defaults so the whole run fits on a CPU.
+two JAX devices (cpu_devices). The demo budgets below are smaller than the families' defaults so
+the whole run fits on a CPU.
 """
 
 import ml_collections
