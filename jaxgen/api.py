@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.concurrent_batches import map_batches, split_batches
 from jaxgen.data.templates import generation_prompt
 from jaxgen.errors import CheckpointError, PromptTooLongError, UserError
 from jaxgen.models import janus
@@ -284,8 +285,10 @@ class Generator:
             greedy=greedy, cfg_weight=cfg_weight, uncond_hides=uncond_hides,
             image_temperature=temperature if image_temperature is None else image_temperature)
         rollout = sample(self.params, self.config, ids, mask, jax.random.PRNGKey(seed), options)
-        images = pixels_to_uint8(_vq_decode_jit(self.params, self.config, rollout.image_ids_bn))
         image_ids = np.asarray(rollout.image_ids_bn, np.int32)
+        images = map_batches(  # on a CPU, one piece of the batch per core (one-core convolutions)
+            lambda ids: pixels_to_uint8(_vq_decode_jit(self.params, self.config, ids)),
+            image_ids, split_batches(len(image_ids)))
         think_ids = np.asarray(rollout.think_ids_bt)
         think_mask = np.asarray(rollout.think_mask_bt, bool)
         samples = []

@@ -97,7 +97,7 @@ def test_family_names_resolve_beside_folders_of_the_same_name(tmp_path, monkeypa
         (tmp_path / name).mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     assert load_config("sft:tiny").total_steps == 6
-    assert load_config("configs/demo.py").grpo.total_steps == 64
+    assert load_config("configs/demo.py").grpo.total_steps == 40
     assert load_config("data:shapes").to_dict() == load_config("configs/data.py:shapes").to_dict()
     with pytest.raises(ConfigError, match="not found"):
         load_config("grpo/nothing.py")

@@ -22,10 +22,8 @@ VQ codes with the trained tokenizer (`vq_params`, from `jaxgen train vq`).
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
-import os
 import pathlib
 
 import jax
@@ -33,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import parallel
+from jaxgen.concurrent_batches import map_batches
 from jaxgen.data import templates
 from jaxgen.errors import UserError
 from jaxgen.models import janus
@@ -139,12 +138,12 @@ def judge_records(records: list[dict], seed: int, easy_negatives: float = 0.0) -
 def vq_roundtrip_images(vq_encode_decode_fn, images_uint8: np.ndarray, batch: int = 64):
     """uint8 images -> the same images encoded and decoded by the VQ tokenizer (uint8), i.e. how
     the policy's generated images look to a judge."""
-    out = []
-    for i in range(0, len(images_uint8), batch):
-        x = jnp.asarray(images_uint8[i:i + batch], jnp.float32) / 127.5 - 1.0
-        y = np.asarray(vq_encode_decode_fn(x), np.float32)
-        out.append(np.clip(np.round((y + 1.0) * 127.5), 0, 255).astype(np.uint8))
-    return np.concatenate(out)
+    def roundtrip(images):
+        y = np.asarray(vq_encode_decode_fn(jnp.asarray(images, jnp.float32) / 127.5 - 1.0),
+                       np.float32)
+        return np.clip(np.round((y + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+    return map_batches(roundtrip, images_uint8, batch)
 
 
 # ---------------------------------------------------------------------- tokenisation
@@ -267,20 +266,12 @@ def _reasoning(record: dict, kind: str) -> str:
 
 def images_to_codes(vq_encode_fn, images_uint8: np.ndarray, batch: int = 64,
                     threads: int | None = None) -> np.ndarray:
-    """uint8 [N, H, W, 3] -> int32 codes [N, n] with a jitted encoder.
+    """uint8 [N, H, W, 3] -> int32 codes [N, n] with a jitted encoder, `threads` batches at a
+    time (`jaxgen.concurrent_batches`: one per core on a CPU)."""
+    def encode(images):
+        return np.asarray(vq_encode_fn(jnp.asarray(images, jnp.float32) / 127.5 - 1.0))
 
-    Batches go through `threads` concurrent calls (default: one per core, at most 8): XLA's CPU
-    backend runs a convolution on one core, so one call at a time leaves the others idle (the
-    demo's 64-image batches: 1.7x faster with two threads on two cores, the same codes)."""
-    def encode(start):
-        x = jnp.asarray(images_uint8[start:start + batch], jnp.float32) / 127.5 - 1.0
-        return np.asarray(vq_encode_fn(x))
-
-    starts = range(0, len(images_uint8), batch)
-    threads = threads or min(os.cpu_count() or 1, 8)
-    with concurrent.futures.ThreadPoolExecutor(max(1, min(threads, len(starts)))) as pool:
-        out = list(pool.map(encode, starts))
-    return np.concatenate(out).astype(np.int32)
+    return map_batches(encode, images_uint8, batch, threads).astype(np.int32)
 
 
 def resize_images(images_uint8: np.ndarray, size: int) -> np.ndarray:

@@ -404,8 +404,7 @@ def train(config, workdir) -> dict:
                           eval_fn=eval_fn)
     final_state = result["state"]
     params_path = export_params(final_state.params["vq"], workdir / VQ_PARAMS_FILE)
-    ev = {k: v for k, v in evaluate(config, parallel.to_host(final_state.params["vq"]), held,
-                                    reconstruct).items() if not k.startswith("_")}
+    ev = eval_fn(final_state, int(result["step"]))  # also writes the final reconstruction grid
     return {"metrics": {**result["metrics"], **{f"eval_{k}": v for k, v in ev.items()}},
             "params_path": str(params_path), "psnr": ev["psnr"],
             "codebook_usage": ev["codebook_usage"], "step": result["step"],
