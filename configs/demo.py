@@ -1,38 +1,27 @@
 """`jaxgen demo`: the embedded end-to-end run on ShapesWorld.
 
 Command:  jaxgen demo [--workdir runs/demo] [--config.grpo.total_steps=...]
-Runtime:  24 minutes on session 24's 2-core CPU alone (data 16 s, VQ 512, SFT 417, judge 144,
-          GRPO 260, eval 102; that host ran session 23's 23.1-minute code ~1.17x slower; each
-          stage resumes from its own directory); 30-60
-          minutes on earlier hosts before session 23's training-step compiler options
-          (jaxgen/train/xla_options.py) and unrolled SFT layers.
+Runtime:  14.5 minutes on session 25's 2-core CPU alone (data 14 s, VQ 293, SFT 239, judge 83,
+          GRPO 153, eval 84; ~16.4 on session 24's slower host); each stage resumes from its
+          own directory. The budgets below were cut for this (session 25: VQ batch 4, SFT 560,
+          judge 160, GRPO 40 steps); session 24's budgets took ~20 minutes on the same host.
 Result:   <workdir>/eval/report/ with a per-category table (report.md, report.json: VQ ceiling,
           untrained, SFT, GRPO, and each model's plan ceiling: its own layout plans drawn
           perfectly), reward curve (total and each term), accuracy plot and sample
-          grids with their reasoning text. Measured 2026-12-02 (session 23, a fresh run;
-          held-out overall, 352 samples): VQ ceiling 80.1%, untrained 0.3%, SFT 6.0% (single
-          objects 37.5%), GRPO 6.0%, GRPO - SFT +0.0 points (95% interval -3.1 to +2.8); the
-          session's run with scanned SFT layers: SFT 8.2% -> GRPO 8.0%, -0.3 (-4.0 to +3.4).
-          Session 22: SFT 8.5% -> GRPO 9.9%, +1.4 (-1.7 to +4.3); on 704 other held-out
-          samples SFT 7.5% -> GRPO 9.8% (+2.3, +0.1 to +4.4; GRPO on noise from the same SFT
-          model -2.0).
-          Session 21 (the VQ in 4 micro-batches on one device): +3.7 (+0.0 to +7.4), and on
-          the 704 +3.0 (+0.4 to +5.5), a second GRPO seed +0.4, GRPO on noise -2.4.
-          Session 20's code (the VQ as one batch of 8; seven fresh runs, sessions 10-20,
-          identical reports) gave SFT 4.8% -> GRPO 6.5%, +1.7 (-1.4 to +5.4), and 8.5% ->
-          6.1% on the 704; session 9's host 6.2% -> 9.4%. The
-          GRPO >= +10 points goal is not met (README "Where the demo stands"): the judge's
+          grids with their reasoning text. Measured 2026-12-02 (session 25, two fresh runs,
+          the same models bitwise; held-out overall, 352 samples): VQ ceiling 83.5%, untrained
+          0.6%, SFT 4.8% (single objects 37.5%), GRPO 2.8%, GRPO - SFT -2.0 points (95%
+          interval -4.5 to +0.3). Session 24's budgets on the same host: VQ ceiling 80.1%, SFT
+          7.4%, GRPO 6.0%, -1.4 (-4.3 to +1.4); earlier 900-step SFT runs scored 4.8-8.5%.
+          The GRPO >= +10 points goal is not met (README "Where the demo stands"): the judge's
           caption reward cannot rank the policy's samples by shape quality and the
           tokenizer-consistency term ranks them a little (within-prompt AUC 0.645 together),
-          so three GRPO seeds give -2.4 / -0.9 / +1.3 points (704 samples) and GRPO on pure
-          noise (the 'random_control' reward) -0.3 / -2.6; the report's last line says
-          whether a run's gain is more than that drift. The evaluator itself as the reward
-          gains +2.1 points (interval -0.3 to +4.5) in 192 iterations with this config's
-          conditional log-probs, and +5.7 (+3.3 to +8.2) in 192 / +3.1 in 288 with log-probs
-          under the sampler's CFG distribution (--config.grpo.grpo.cfg_mode=cfg). With this
-          config's reward, sampler log-probs and more iterations lose accuracy while the
-          reward rises (-1.3 / -3.1 / -3.0 points at 60 / 120 / 192), so GRPO stops at 64
-          iterations. Every run: docs/demo_experiments.md.
+          so GRPO seeds give -2.4 to +3.7 points and GRPO on pure noise (the 'random_control'
+          reward) -0.3 to -2.6; the report's last line says whether a run's gain is more than
+          that drift. The evaluator itself as the reward gains +5.7 points (+3.3 to +8.2) in
+          192 iterations with log-probs under the sampler's CFG distribution
+          (--config.grpo.grpo.cfg_mode=cfg), +2.1 with this config's conditional ones. Every
+          run: docs/demo_experiments.md.
 
 Stages and their family configs (each overridable as --config.<stage>.<field>=value):
   data  configs/data.py:shapes   ShapesWorld datasets + tokenizer
