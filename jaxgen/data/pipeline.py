@@ -57,8 +57,9 @@ def read_ahead(threads: Optional[int] = None):
 def make_loader(source, *, batch_size: int, seed: int = 0, shuffle: bool = True,
                 num_epochs: Optional[int] = None, shard_index: Optional[int] = None,
                 shard_count: Optional[int] = None, transform: Optional[Callable] = None,
-                drop_remainder: bool = True):
-    """grain.IterDataset of batches over a random-access `source` (see module docstring)."""
+                drop_remainder: bool = True, read_options=None):
+    """grain.IterDataset of batches over a random-access `source` (see module docstring);
+    `read_options`: a grain.ReadOptions (default `read_ahead()`)."""
     import grain
 
     if batch_size <= 0:
@@ -79,4 +80,4 @@ def make_loader(source, *, batch_size: int, seed: int = 0, shuffle: bool = True,
     if transform is not None:
         ds = ds.map(transform)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
-    return ds.to_iter_dataset(read_ahead())
+    return ds.to_iter_dataset(read_options or read_ahead())

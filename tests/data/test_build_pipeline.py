@@ -72,6 +72,14 @@ def test_loader_deterministic_sharded_and_resumable(data_dir):
     c = prompts_of(pipeline.make_loader(source, batch_size=4, seed=8, shard_index=0,
                                         shard_count=1), 5)
     assert a == b and a != c
+    # the bounded read-ahead changes when batches are built, not which: grain's default
+    # ReadOptions give the same batches in the same order
+    import grain
+    default = pipeline.make_loader(source, batch_size=4, seed=7, shard_index=0, shard_count=1,
+                                   read_options=grain.ReadOptions())
+    assert pipeline.read_ahead(3).num_threads == 3
+    assert pipeline.read_ahead(3).prefetch_buffer_size == 6
+    assert prompts_of(default, 5) == a
     # per-host shards are disjoint and together cover the data exactly once
     seen = []
     for host in range(2):
