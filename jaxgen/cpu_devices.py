@@ -32,6 +32,12 @@ from jaxgen.errors import UserError
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
 
+def xla_flags_with_devices(flags: str, devices: int) -> str:
+    """XLA_FLAGS `flags` with the CPU device count set to `devices` (other flags kept)."""
+    kept = [f for f in flags.split() if not f.startswith(_DEVICE_FLAG)]
+    return " ".join(kept + [f"{_DEVICE_FLAG}={devices}"])
+
+
 def cpu_split_applies(devices: int) -> bool:
     """True when a child with `devices` CPU devices would help: this process runs JAX on one
     CPU device of a single-process job, and the machine has at least `devices` cores."""
@@ -55,8 +61,7 @@ def run_with_cpu_devices(target: str, config, workdir, devices: int,
     config_path.write_bytes(pickle.dumps(config))
     result_path.unlink(missing_ok=True)
     env = dict(os.environ)
-    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_FLAG)]
-    env["XLA_FLAGS"] = " ".join(flags + [f"{_DEVICE_FLAG}={devices}"])
+    env["XLA_FLAGS"] = xla_flags_with_devices(env.get("XLA_FLAGS", ""), devices)
     env["JAX_PLATFORMS"] = "cpu"
     cmd = [sys.executable, "-m", "jaxgen.cpu_devices", str(os.getpid()), target,
            str(config_path), str(workdir), str(result_path)]

@@ -23,7 +23,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 # prints max |param difference| and per-device byte fractions.
 SCRIPT = textwrap.dedent("""
     import os, json, time
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    from jaxgen.cpu_devices import xla_flags_with_devices
+    os.environ["XLA_FLAGS"] = xla_flags_with_devices(os.environ.get("XLA_FLAGS", ""), 8)
     import jax, jax.numpy as jnp, numpy as np
     from jaxgen import parallel
     from jaxgen.config import load_config
@@ -193,7 +194,8 @@ def test_batch_must_divide_data_parallel_devices():
 # parallel.activation_sharding; prints the output specs of one jitted function with and without.
 CONSTRAINT_SCRIPT = textwrap.dedent("""
     import os, json
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    from jaxgen.cpu_devices import xla_flags_with_devices
+    os.environ["XLA_FLAGS"] = xla_flags_with_devices(os.environ.get("XLA_FLAGS", ""), 8)
     import jax, jax.numpy as jnp
     from jaxgen import parallel
 

@@ -8,8 +8,10 @@ Usage: python grpo_mesh_script.py N OUT.npz   (sets XLA_FLAGS before importing j
 import os
 import sys
 
+from jaxgen.cpu_devices import xla_flags_with_devices  # imports no jax
+
 n = int(sys.argv[1])
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+os.environ["XLA_FLAGS"] = xla_flags_with_devices(os.environ.get("XLA_FLAGS", ""), n)
 os.environ["JAX_PLATFORMS"] = "cpu"
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "rewards"))

@@ -16,6 +16,7 @@ import pytest
 import safetensors.numpy
 
 from jaxgen.config import load_config
+from jaxgen.cpu_devices import xla_flags_with_devices
 from jaxgen.models import janus
 from jaxgen.train import vq as vq_lib
 from rl_hosts import free_port
@@ -25,8 +26,8 @@ TIMEOUT = 600
 
 
 def _env(devices: int, **extra) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", **extra)
+    flags = xla_flags_with_devices(os.environ.get("XLA_FLAGS", ""), devices)
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
     env.pop("JAXGEN_DISTRIBUTED", None)
     env.update(extra)
     return env
