@@ -32,8 +32,10 @@ from jaxgen.errors import UserError
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
 
-def xla_flags_with_devices(flags: str, devices: int) -> str:
-    """XLA_FLAGS `flags` with the CPU device count set to `devices` (other flags kept)."""
+def xla_flags_with_devices(devices: int, flags: str | None = None) -> str:
+    """XLA_FLAGS `flags` (default: this process's) with the CPU device count set to `devices`,
+    other flags kept."""
+    flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
     kept = [f for f in flags.split() if not f.startswith(_DEVICE_FLAG)]
     return " ".join(kept + [f"{_DEVICE_FLAG}={devices}"])
 
@@ -61,7 +63,7 @@ def run_with_cpu_devices(target: str, config, workdir, devices: int,
     config_path.write_bytes(pickle.dumps(config))
     result_path.unlink(missing_ok=True)
     env = dict(os.environ)
-    env["XLA_FLAGS"] = xla_flags_with_devices(env.get("XLA_FLAGS", ""), devices)
+    env["XLA_FLAGS"] = xla_flags_with_devices(devices)
     env["JAX_PLATFORMS"] = "cpu"
     cmd = [sys.executable, "-m", "jaxgen.cpu_devices", str(os.getpid()), target,
            str(config_path), str(workdir), str(result_path)]

@@ -24,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = textwrap.dedent("""
     import os, json, time
     from jaxgen.cpu_devices import xla_flags_with_devices
-    os.environ["XLA_FLAGS"] = xla_flags_with_devices(os.environ.get("XLA_FLAGS", ""), 8)
+    os.environ["XLA_FLAGS"] = xla_flags_with_devices(8)
     import jax, jax.numpy as jnp, numpy as np
     from jaxgen import parallel
     from jaxgen.config import load_config
@@ -195,7 +195,7 @@ def test_batch_must_divide_data_parallel_devices():
 CONSTRAINT_SCRIPT = textwrap.dedent("""
     import os, json
     from jaxgen.cpu_devices import xla_flags_with_devices
-    os.environ["XLA_FLAGS"] = xla_flags_with_devices(os.environ.get("XLA_FLAGS", ""), 8)
+    os.environ["XLA_FLAGS"] = xla_flags_with_devices(8)
     import jax, jax.numpy as jnp
     from jaxgen import parallel
 

@@ -10,7 +10,7 @@ Order: the source is sliced to this host's shard (index shard_index, every shard
 record), shuffled per epoch with `seed`, repeated `num_epochs` times (None: forever), mapped by
 `transform` and batched. Batches are read ahead by a few threads (`read_ahead`): grain's own
 default (16 threads, 500 elements) counts batches here, so it would build hundreds of batches
-ahead of the step and take the cores from XLA on a small host (a 4-step SFT test used 14% more
+ahead of the step and take the cores from XLA on a small host (a 4-step SFT test used 16% more
 CPU time with it).
 """
 

@@ -11,7 +11,7 @@ import sys
 from jaxgen.cpu_devices import xla_flags_with_devices  # imports no jax
 
 n = int(sys.argv[1])
-os.environ["XLA_FLAGS"] = xla_flags_with_devices(os.environ.get("XLA_FLAGS", ""), n)
+os.environ["XLA_FLAGS"] = xla_flags_with_devices(n)
 os.environ["JAX_PLATFORMS"] = "cpu"
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "rewards"))

@@ -12,7 +12,7 @@ from jaxgen.cpu_devices import xla_flags_with_devices  # imports no jax
 
 mode, pid, nproc, port, workdir, total = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
                                           sys.argv[4], sys.argv[5], int(sys.argv[6]))
-os.environ["XLA_FLAGS"] = xla_flags_with_devices(os.environ.get("XLA_FLAGS", ""), 8 // nproc)
+os.environ["XLA_FLAGS"] = xla_flags_with_devices(8 // nproc)
 os.environ["JAX_PLATFORMS"] = "cpu"
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "rewards"))

@@ -36,6 +36,14 @@ def test_two_device_child_trains_the_same_vq_as_this_process(tmp_path):
         np.testing.assert_allclose(b[name], a[name], atol=1e-5, err_msg=name)
 
 
+def test_device_count_flag_replaces_only_its_own(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_dump_to=/d")
+    assert cpu_devices.xla_flags_with_devices(2) == (
+        "--xla_dump_to=/d --xla_force_host_platform_device_count=2")
+    assert cpu_devices.xla_flags_with_devices(4, flags="") == (
+        "--xla_force_host_platform_device_count=4")
+
+
 def test_child_failure_is_one_clear_error(tmp_path):
     bad = _tiny_vq("--config.batch_size=3")  # does not divide over two devices
     with pytest.raises(UserError, match=r"2-device child process \(exit code 2"):

@@ -26,8 +26,8 @@ TIMEOUT = 600
 
 
 def _env(devices: int, **extra) -> dict:
-    flags = xla_flags_with_devices(os.environ.get("XLA_FLAGS", ""), devices)
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
+    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(devices), JAX_PLATFORMS="cpu",
+               **extra)
     env.pop("JAXGEN_DISTRIBUTED", None)
     env.update(extra)
     return env
