@@ -42,3 +42,38 @@ def test_sample_reports_a_missing_checkpoint(tmp_path, capsys):
                  str(tmp_path / "o")])
     assert code == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _truncate(path, keep: int):
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])
+
+
+def test_sample_reports_a_truncated_jaxgen_checkpoint(hf_tiny_dir, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    assert main(["convert", "hf-to-jax", "--hf-dir", str(hf_tiny_dir), "--out", str(ckpt)]) == 0
+    params = ckpt / "params.safetensors"
+    for keep in (4, params.stat().st_size // 2):  # inside the header, inside the tensors
+        _truncate(params, keep)
+        capsys.readouterr()
+        argv = ["sample", "--ckpt", str(ckpt), "--prompt", "w1", "--out", str(tmp_path / "o")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{params} is truncated or corrupted" in err and "Traceback" not in err
+        assert "re-export it" in err
+
+
+def test_truncated_hugging_face_shard_names_the_file(hf_tiny_dir, tmp_path):
+    import shutil
+
+    import pytest
+
+    from jaxgen import api
+    from jaxgen.errors import CheckpointError
+
+    broken = tmp_path / "hf"
+    shutil.copytree(hf_tiny_dir, broken)
+    weights = broken / "model.safetensors"
+    _truncate(weights, weights.stat().st_size - 100)
+    with pytest.raises(CheckpointError, match=r"model\.safetensors is truncated or corrupted"):
+        api.load(broken)

@@ -9,7 +9,8 @@ def hf_to_jax_args(parser):
 
 
 def hf_to_jax(args) -> int:
-    from jaxgen.api import load, save_checkpoint
+    from jaxgen.checkpoint import save_checkpoint
+    from jaxgen.convert.load import load_model
     from jaxgen.errors import CheckpointError
 
     import pathlib
@@ -17,9 +18,9 @@ def hf_to_jax(args) -> int:
     if not (hf_dir / "config.json").exists():
         raise CheckpointError(f"{hf_dir} is not a Hugging Face model directory (no config.json); "
                               f"pass the directory written by save_pretrained")
-    gen = load(hf_dir)
-    out = save_checkpoint(args.out, gen.params, gen.config, gen.tokenizer)
-    print(f"wrote jaxgen checkpoint {out} (tokenizer: {'yes' if gen.tokenizer else 'no'})")
+    params, config, tokenizer = load_model(hf_dir)
+    out = save_checkpoint(args.out, params, config, tokenizer)
+    print(f"wrote jaxgen checkpoint {out} (tokenizer: {'yes' if tokenizer else 'no'})")
     return 0
 
 
@@ -29,9 +30,10 @@ def jax_to_hf_args(parser):
 
 
 def jax_to_hf(args) -> int:
-    from jaxgen.api import Generator, load_checkpoint
+    from jaxgen.checkpoint import load_checkpoint
+    from jaxgen.convert.hf import export_hf_dir
 
-    gen = Generator(*load_checkpoint(args.ckpt))
-    out = gen.export_hf(args.out)
+    params, config, tokenizer = load_checkpoint(args.ckpt)
+    out = export_hf_dir(params, config, args.out, tokenizer=tokenizer)
     print(f"wrote Hugging Face Janus directory {out}")
     return 0

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen.checkpoint.files import load_flat, save_tree
 from jaxgen.errors import CheckpointError, UserError
 from jaxgen.models import janus
 from jaxgen.models.config import ConfigError, JanusConfig, LlamaConfig, VisionConfig, VQConfig
@@ -392,13 +393,9 @@ def _weight_files(path: pathlib.Path):
 
 
 def _load_safetensors(files) -> Dict[str, np.ndarray]:
-    from safetensors import safe_open
     tensors = {}
     for f in files:
-        # The flax backend reads bfloat16 too (numpy alone cannot); keep numpy arrays.
-        with safe_open(str(f), framework="flax") as reader:
-            for name in reader.keys():
-                tensors[name] = np.asarray(reader.get_tensor(name))
+        tensors.update(load_flat(f, "download that file of the checkpoint again"))
     return tensors
 
 
@@ -466,8 +463,6 @@ def import_hf_dir(path, scan_layers: bool = False, remat_policy: str = "none",
 
 def export_hf_dir(params, config: JanusConfig, path, tokenizer=None) -> pathlib.Path:
     """Write config.json, generation_config.json, model.safetensors (+ tokenizer files)."""
-    from safetensors.numpy import save_file
-
     path = pathlib.Path(path)
     hf_config = jaxgen_config_to_hf(config)  # validates before anything is written
     tensors = params_to_hf_tensors(params, config)
@@ -476,7 +471,7 @@ def export_hf_dir(params, config: JanusConfig, path, tokenizer=None) -> pathlib.
     path.mkdir(parents=True, exist_ok=True)
     (path / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
     (path / GENERATION_CONFIG_FILE).write_text(json.dumps(generation_config_dict(config), indent=2) + "\n")
-    save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_tree(path / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     return path

@@ -41,10 +41,11 @@ def heldout_prompts(split: str, per_category: int, seed: int) -> list[dict]:
 
 
 def generate_images(ckpt_dir, metadata: list[dict], eval_config, name: str = "") -> list:
-    """Samples (jaxgen.api.Sample) for every prompt, `samples_per_prompt` each, batched."""
-    from jaxgen.api import load
+    """Samples (jaxgen.sampling.generate.Sample) for every prompt, `samples_per_prompt` each, batched."""
+    from jaxgen.convert.load import load_model
+    from jaxgen.sampling.generate import generate
 
-    gen = load(ckpt_dir)
+    params, config, tokenizer = load_model(ckpt_dir)
     prompts = [m["prompt"] for m in metadata]
     samples = []
     bs = max(1, eval_config.batch_size // eval_config.samples_per_prompt)
@@ -52,7 +53,7 @@ def generate_images(ckpt_dir, metadata: list[dict], eval_config, name: str = "")
                       leave=False):
         chunk = prompts[start:start + bs]
         chunk = chunk + [chunk[-1]] * (bs - len(chunk))  # one compiled shape for every batch
-        out = gen.generate(chunk, num_samples=eval_config.samples_per_prompt,
+        out = generate(params, config, tokenizer, chunk, num_samples=eval_config.samples_per_prompt,
                            think=eval_config.think, max_think_tokens=eval_config.max_think_tokens,
                            cfg_weight=eval_config.cfg_weight,
                            temperature=eval_config.temperature,
@@ -183,7 +184,7 @@ def untrained_checkpoint(like_ckpt, out_dir) -> pathlib.Path:
     baseline that shows what training added."""
     import jax
 
-    from jaxgen.api import load_checkpoint, save_checkpoint
+    from jaxgen.checkpoint import load_checkpoint, save_checkpoint
     from jaxgen.models import janus
 
     params, config, tokenizer = load_checkpoint(like_ckpt)
@@ -198,7 +199,8 @@ def vq_roundtrip(ckpt_dir) -> tuple[Callable, int]:
     import jax
     import jax.numpy as jnp
 
-    from jaxgen.api import load_checkpoint, pixels_to_uint8
+    from jaxgen.checkpoint import load_checkpoint
+    from jaxgen.sampling.generate import pixels_to_uint8
     from jaxgen.concurrent_batches import map_batches
     from jaxgen.models import janus
 

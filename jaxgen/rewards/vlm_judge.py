@@ -405,22 +405,14 @@ def load_judge(context: RewardContext, judge: str, **judge_kw) -> VLMJudge:
         out = VLMJudge(context.policy_params_fn, context.policy_config,
                        context.policy_tokenizer, context.mesh, context.layout, **judge_kw)
     else:
-        from jaxgen import api
-        params, config, tokenizer = _unpack_checkpoint(api.load(judge), judge)
+        from jaxgen.convert.load import load_model
+        params, config, tokenizer = load_model(judge)
         if tokenizer is None:
             raise UserError(f"judge {judge} has no tokenizer files (tokenizer.json); the judge "
                             "reads its questions as text")
         out = VLMJudge(params, config, tokenizer, context.mesh, context.layout, **judge_kw)
     context.judges[key] = out
     return out
-
-
-def _unpack_checkpoint(loaded, path):
-    if isinstance(loaded, tuple) and len(loaded) >= 3:
-        return loaded[0], loaded[1], loaded[2]
-    if all(hasattr(loaded, a) for a in ("params", "config", "tokenizer")):
-        return loaded.params, loaded.config, loaded.tokenizer
-    raise UserError(f"could not read params/config/tokenizer from judge checkpoint {path!r}")
 
 
 def _fill(template: str, prompt: str, reasoning: str) -> str:

@@ -81,13 +81,13 @@ def sample(args) -> int:
 
 
 def _flow_samples(args) -> list:
-    """Reasoning (with --think) by the LLM, then the flow decoder's ODE: api.Sample per image."""
+    """Reasoning (with --think) by the LLM, then the flow decoder's ODE: Sample per image."""
     import jax
 
-    from jaxgen import api
+    from jaxgen.checkpoint import load_flow_checkpoint
     from jaxgen.errors import UserError
     from jaxgen.sampling import flow_generate
-    from jaxgen.train.flow_matching import load_flow_checkpoint
+    from jaxgen.sampling import generate as generate_lib
     from jaxgen.train.grpo import detokenize_reasoning, tokenize_prompts
 
     if args.greedy:
@@ -96,14 +96,14 @@ def _flow_samples(args) -> list:
     jp, jc, tok, fp, fc = load_flow_checkpoint(args.ckpt)
     if tok is None:
         raise UserError(f"{args.ckpt} has no tokenizer files; the flow path needs them")
-    think = (args.max_think_tokens or api.DEFAULT_MAX_THINK_TOKENS) if args.think else 0
+    think = (args.max_think_tokens or generate_lib.DEFAULT_MAX_THINK_TOKENS) if args.think else 0
     texts = [p for p in args.prompt for _ in range(args.num_samples)]
     ids, mask = tokenize_prompts(tok, jc, texts)
     options = flow_generate.FlowSampleOptions(max_think_tokens=think, temperature=args.temperature,
                                               cfg_weight=args.cfg_weight, num_steps=args.flow_steps)
     out = flow_generate.generate(jp, jc, fp, fc, ids, mask, jax.random.PRNGKey(args.seed), options)
-    images = api.pixels_to_uint8(flow_generate.decode_pixels(jp, jc, out))
+    images = generate_lib.pixels_to_uint8(flow_generate.decode_pixels(jp, jc, out))
     reasoning = detokenize_reasoning(tok, out.think_ids_bt, out.think_mask_bt)
     codes = np.asarray(out.codes_bn)
-    return [api.Sample(prompt=t, reasoning=r, image_tokens=c, image=im)
+    return [generate_lib.Sample(prompt=t, reasoning=r, image_tokens=c, image=im)
             for t, r, c, im in zip(texts, reasoning, codes, images)]

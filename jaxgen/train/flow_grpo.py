@@ -22,7 +22,7 @@ Only the flow parameters (queries, connector, DiT) train; the unified model and 
 stay as loaded from config.policy (a checkpoint written by `jaxgen train flow`). Shapes are fixed
 by the config, so nothing recompiles between iterations. Checkpoints hold the flow params,
 the optimizer state and the step; a rerun resumes. Result: <workdir>/final, loadable by
-`jaxgen.train.flow_matching.load_flow_checkpoint`.
+`jaxgen.checkpoint.load_flow_checkpoint`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxgen import checkpoint as ckpt_lib
 from jaxgen import parallel
 from jaxgen.errors import UserError
 from jaxgen.models import flow, janus
@@ -45,7 +46,6 @@ from jaxgen.rewards.base import plain_spec
 from jaxgen.sampling import flow as flow_sampling
 from jaxgen.sampling import flow_generate
 from jaxgen.train import advantages as adv_lib
-from jaxgen.train import flow_matching
 from jaxgen.train.grpo import (PromptSource, detokenize_reasoning, reward_summary, run_iterations,
                                tokenize_prompts)
 from jaxgen.train.xla_options import train_step_compiler_options
@@ -170,7 +170,7 @@ class FlowGRPORunner:
             raise UserError("config.policy is empty: pass a flow checkpoint written by "
                             "`jaxgen train flow` (its <workdir>/final)")
         janus_params, self.jc, self.tokenizer, flow_params, self.fc = \
-            flow_matching.load_flow_checkpoint(config.policy)
+            ckpt_lib.load_flow_checkpoint(config.policy)
         if self.tokenizer is None:
             raise UserError(f"{config.policy} has no tokenizer files; Flow-GRPO tokenises prompts")
         steps = int(s.num_steps)
@@ -343,10 +343,10 @@ def train(config, workdir) -> dict:
     history, start = run_iterations(
         runner, config, workdir, "flow_grpo",
         lambda m: {"reward": f"{m['reward_mean']:.3f}", "clip": f"{m['clip_frac']:.2f}"})
-    janus_params, flow_params = parallel.to_host((runner.janus_params, runner.flow_params))
     final = workdir / "final"  # every host takes part in the gather, process 0 writes
-    parallel.primary_writes(lambda: flow_matching.save_flow_checkpoint(
-        final, janus_params, runner.jc, runner.tokenizer, flow_params, runner.fc),
-        "flow_grpo_final")
+    ckpt_lib.export_from_mesh(
+        lambda jp, fp: ckpt_lib.save_flow_checkpoint(final, jp, runner.jc, runner.tokenizer, fp,
+                                                     runner.fc),
+        (runner.janus_params, runner.flow_params), "flow_grpo_final")
     return {"workdir": str(workdir), "checkpoint": str(final),
             **reward_summary(history, start, int(config.total_steps))}

@@ -15,24 +15,23 @@ model's checkpoint directory plus flow_config.json and flow.safetensors (`load_f
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen import api, parallel
+from jaxgen import parallel
+from jaxgen.checkpoint import load_checkpoint, load_flow_checkpoint, save_flow_checkpoint
 from jaxgen.data import templates
 from jaxgen.errors import CheckpointError, PromptTooLongError, UserError
 from jaxgen.models import flow, janus
 from jaxgen.sampling import flow_generate
+from jaxgen.sampling.generate import pixels_to_uint8
 from jaxgen.train import loop as loop_lib
 from jaxgen.train import optim
 from jaxgen.train import state as state_lib
 
-FLOW_CONFIG_FILE = "flow_config.json"
-FLOW_PARAMS_FILE = "flow.safetensors"
 TIMESTEP_SAMPLING = ("logit_normal", "uniform")
 
 
@@ -125,44 +124,6 @@ def make_loss_fn(jc, fc, config, frozen: tuple):
     return loss_fn
 
 
-# ------------------------------------------------------------------------------ checkpoints
-
-def save_flow_checkpoint(path, janus_params, jc, tokenizer, flow_params, fc) -> pathlib.Path:
-    """The unified model's checkpoint directory plus the flow decoder's config and params."""
-    import safetensors.numpy
-    out = api.save_checkpoint(path, janus_params, jc, tokenizer)
-    flat = {k: np.ascontiguousarray(np.asarray(jax.device_get(v)))
-            for k, v in api._flatten(flow_params).items()}
-    safetensors.numpy.save_file(flat, str(out / FLOW_PARAMS_FILE))
-    (out / FLOW_CONFIG_FILE).write_text(json.dumps(fc.to_dict(), indent=2, sort_keys=True))
-    return out
-
-
-def load_flow_checkpoint(path):
-    """-> (janus_params, JanusConfig, tokenizer, flow_params, FlowConfig)."""
-    import safetensors.numpy
-    path = pathlib.Path(path)
-    janus_params, jc, tokenizer = api.load_checkpoint(path)
-    missing = [f for f in (FLOW_CONFIG_FILE, FLOW_PARAMS_FILE) if not (path / f).exists()]
-    if missing:
-        raise CheckpointError(f"{path} has no flow decoder ({missing} missing); train one with "
-                              "`jaxgen train flow --config configs/flow.py:shapes "
-                              f"--config.policy={path}` and pass its <workdir>/final")
-    fc = flow.FlowConfig.from_dict(json.loads((path / FLOW_CONFIG_FILE).read_text()))
-    flow_params = jax.tree.map(jnp.asarray, api._unflatten(
-        safetensors.numpy.load_file(str(path / FLOW_PARAMS_FILE))))
-    expected = api._flatten(jax.eval_shape(lambda r: flow.init_flow_params(fc, jc, r),
-                                           jax.random.PRNGKey(0)))
-    got = api._flatten(flow_params)
-    bad = sorted(k for k in set(expected) | set(got)
-                 if k not in got or k not in expected or got[k].shape != expected[k].shape)
-    if bad:
-        raise CheckpointError(f"{path / FLOW_PARAMS_FILE} does not match {FLOW_CONFIG_FILE} "
-                              f"({len(bad)} tensors missing, unexpected or misshapen, e.g. "
-                              f"{bad[:3]}); re-export the run's final flow checkpoint")
-    return janus_params, jc, tokenizer, flow_params, fc
-
-
 # ---------------------------------------------------------------------------------- eval
 
 def flow_accuracy(janus_params, jc, flow_params, fc, tokenizer, num_prompts: int, seed: int,
@@ -183,7 +144,7 @@ def flow_accuracy(janus_params, jc, flow_params, fc, tokenizer, num_prompts: int
         key, sub = jax.random.split(key)
         out = flow_generate.generate(janus_params, jc, flow_params, fc, ids, mask, sub, options)
         pixels = flow_generate.decode_pixels(janus_params, jc, out, snap=options.snap)
-        imgs = api.pixels_to_uint8(pixels)
+        imgs = pixels_to_uint8(pixels)
         reasoning += detokenize_reasoning(tokenizer, out.think_ids_bt, out.think_mask_bt)
         for img, m in zip(imgs, chunk):
             correct.append(bool(geneval.score(img, m)["correct"]))
@@ -210,7 +171,7 @@ def train(config, workdir) -> dict:
     if not config.get("policy"):
         raise UserError("config.policy is empty: pass the unified model to build on, e.g. "
                         "--config.policy=<demo workdir>/sft/final (a jaxgen checkpoint dir)")
-    janus_params, jc, tokenizer = api.load_checkpoint(config.policy)
+    janus_params, jc, tokenizer = load_checkpoint(config.policy)
     if tokenizer is None:
         raise CheckpointError(f"{config.policy} has no tokenizer files; the flow trainer "
                               "tokenises prompts with the policy's tokenizer")

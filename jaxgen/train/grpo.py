@@ -43,7 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxgen import checkpoint as ckpt_lib
 from jaxgen import parallel
+from jaxgen.convert.load import load_model
 from jaxgen.data import templates
 from jaxgen.errors import PromptTooLongError, UserError
 from jaxgen.models import janus
@@ -242,10 +244,8 @@ def _leaf_names(node) -> set:
 def load_policy(config):
     """(params, JanusConfig, tokenizer) from config.policy_checkpoint (a jaxgen checkpoint or a
     Hugging Face Janus directory), else random init."""
-    from jaxgen import api
     if config.get("policy_checkpoint"):
-        loaded = api.load(config.policy_checkpoint)
-        params, model_config, tokenizer = loaded.params, loaded.config, loaded.tokenizer
+        params, model_config, tokenizer = load_model(config.policy_checkpoint)
         if tokenizer is None:
             raise UserError(f"policy checkpoint {config.policy_checkpoint} has no tokenizer files")
         options = dict(config.get("model_options") or {})
@@ -603,9 +603,6 @@ def export_step(config, workdir, step: int, policy=None) -> pathlib.Path:
     """Write the policy of kept checkpoint `step` of the run in `workdir` as `<workdir>/step_<N>`
     (the layout of `final`, loadable by jaxgen.load and the eval commands), e.g. to evaluate a
     run's trajectory (keep_checkpoint_every). Needs the run's config."""
-    from jaxgen import api
-    from jaxgen.checkpoint import CheckpointManager
-
     workdir = pathlib.Path(workdir)
     _apply_aliases(config)
     kept = []
@@ -616,14 +613,19 @@ def export_step(config, workdir, step: int, policy=None) -> pathlib.Path:
                         f"{kept or 'none'}); a run keeps its newest keep_checkpoints steps and "
                         "every multiple of keep_checkpoint_every")
     runner = GRPORunner(config, policy=policy)
-    with CheckpointManager(workdir / "checkpoints") as ckpt:
+    with ckpt_lib.CheckpointManager(workdir / "checkpoints") as ckpt:
         state, _, _ = ckpt.restore(int(step), runner.abstract_state())
     runner.load_state(state)
     out = workdir / f"step_{int(step)}"
-    params = parallel.to_host(runner.params)  # a collective: every host takes part
-    parallel.primary_writes(lambda: api.save_checkpoint(out, params, runner.model_config,
-                                                        runner.tokenizer), "grpo_export_step")
+    export_policy(runner, out, "grpo_export_step")
     return out
+
+
+def export_policy(runner, out, name: str):
+    """Write the runner's policy as a jaxgen checkpoint (every host takes part in the gather)."""
+    ckpt_lib.export_from_mesh(lambda p: ckpt_lib.save_checkpoint(out, p, runner.model_config,
+                                                                 runner.tokenizer), runner.params,
+                              name)
 
 
 def run_iterations(runner, config, workdir: pathlib.Path, desc: str, postfix) -> tuple:
@@ -684,8 +686,6 @@ def train(config, workdir, policy=None) -> dict:
 
     policy: optional (params, JanusConfig, tokenizer) instead of config.policy_checkpoint.
     """
-    from jaxgen import api
-
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _apply_aliases(config)
@@ -694,8 +694,6 @@ def train(config, workdir, policy=None) -> dict:
         runner, config, workdir, "grpo",
         lambda m: {"reward": f"{m['reward_mean']:.3f}", "kl": f"{m.get('kl', 0.0):.4f}"})
     policy_dir = workdir / "final"  # same layout as SFT's final checkpoint
-    params = parallel.to_host(runner.params)  # a collective: every host takes part
-    parallel.primary_writes(lambda: api.save_checkpoint(policy_dir, params, runner.model_config,
-                                                        runner.tokenizer), "grpo_final")
+    export_policy(runner, policy_dir, "grpo_final")
     return {"workdir": str(workdir), "policy_checkpoint": str(policy_dir),
             **reward_summary(history, start, int(config.total_steps))}

@@ -76,7 +76,7 @@ def degraded_examples(config, records, tokenizer, mc, vq_params, fraction: float
     """Describe rows for a `fraction` of `records` whose image is the policy-degraded copy and
     whose answer is judge.DEGRADED_ANSWER. The policy is config.init_checkpoint (the SFT model
     the judge starts from, as in the demo)."""
-    from jaxgen.api import load_checkpoint
+    from jaxgen.checkpoint import load_checkpoint
     from jaxgen.data import judge as judge_data
     from jaxgen.errors import UserError
     from jaxgen.train import sft

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import checkpoint as ckpt_lib
 from jaxgen import parallel
 from jaxgen.concurrent_batches import map_batches
 from jaxgen.data import templates
@@ -689,8 +690,7 @@ def _checkpoint_init_fn(path, mc, vq_params, fresh_parts=(), fresh_init_fn=None)
     """Start from a jaxgen checkpoint (e.g. the judge from the SFT'd policy, as Janus-Pro-R1's
     self-evaluation does) instead of a random init; its shapes must equal this config's except in
     `fresh_parts` (top-level parameter groups, e.g. 'vision_model', taken from fresh_init_fn)."""
-    from jaxgen.api import load_checkpoint
-    params, ckpt_mc, _ = load_checkpoint(path)
+    params, ckpt_mc, _ = ckpt_lib.load_checkpoint(path)
     # the checkpoint's layers stacked (or not) as this run scans them
     params, ckpt_mc = janus.with_execution_options(params, ckpt_mc,
                                                    scan_layers=mc.text.scan_layers)
@@ -764,9 +764,8 @@ def train(config, workdir) -> dict:
     if vq_path:
         vq_params = vq_lib.load_params(vq_path)
     elif init_ckpt:
-        from jaxgen import api
-        vq_params = api.load_checkpoint(init_ckpt)[0]["vqmodel"]
-        vq_path = str(pathlib.Path(init_ckpt) / api.PARAMS_FILE)  # (the cache key)
+        vq_params = ckpt_lib.load_checkpoint(init_ckpt)[0]["vqmodel"]
+        vq_path = str(pathlib.Path(init_ckpt) / ckpt_lib.PARAMS_FILE)  # (the cache key)
     else:
         raise UserError("config.data.vq_params is empty; train the tokenizer first "
                         "(`jaxgen train vq --workdir V`) and pass "
@@ -827,7 +826,6 @@ def export_checkpoint(path, params, mc, tokenizer):
     """A jaxgen checkpoint dir (config.json + params.safetensors + tokenizer) for sampling.
 
     Every process calls it (the sharded params are gathered); process 0 writes."""
-    from jaxgen.api import save_checkpoint
-    params = parallel.to_host(params)
-    parallel.primary_writes(lambda: save_checkpoint(path, params, mc, tokenizer), "sft-export")
+    ckpt_lib.export_from_mesh(lambda p: ckpt_lib.save_checkpoint(path, p, mc, tokenizer),
+                              params, "sft-export")
     return pathlib.Path(path)

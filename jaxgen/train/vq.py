@@ -25,13 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import checkpoint as ckpt_lib
 from jaxgen import parallel
 from jaxgen.errors import UserError
 from jaxgen.models.config import VQConfig
+from jaxgen.models.vq import l2_normalize
 from jaxgen.train import batching, losses, loop as loop_lib, optim, state as state_lib
 from jaxgen.train.metrics import save_image_grid, to_uint8
 
-VQ_PARAMS_FILE = "vq_params.safetensors"
+VQ_PARAMS_FILE = ckpt_lib.VQ_PARAMS_FILE
 
 
 # ------------------------------------------------------------------------------ modules
@@ -224,7 +226,6 @@ def restart_dead_codes(codebook_kd, z_nd, rng, noise: float, l2_lookup: bool):
     """codebook [K, D] with every row that no latent of z [N, D] picks replaced by a latent drawn
     with probability proportional to its squared quantisation error (k-means++ style), plus
     `noise` * std of Gaussian noise. Pure and deterministic given rng."""
-    from jaxgen.models.vq import l2_normalize
     book = codebook_kd.astype(jnp.float32)
     z = z_nd.astype(jnp.float32)
     if l2_lookup:
@@ -269,30 +270,19 @@ def make_dead_code_restart(config, probe_images):
 
 
 def export_params(vq_params, path):
-    """Write VQModel params (codebook rows l2-normalised) as '/'-joined safetensors."""
-    from safetensors.numpy import save_file
-    from flax.traverse_util import flatten_dict
-    from jaxgen.models.vq import l2_normalize
-    p = dict(parallel.to_host(vq_params))
-    p["codebook"] = np.asarray(l2_normalize(jnp.asarray(p["codebook"])))
-    flat = {"/".join(k): np.ascontiguousarray(np.asarray(v, np.float32))
-            for k, v in flatten_dict(p).items()}
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    parallel.primary_writes(lambda: save_file(flat, str(path)), "vq-export")
-    return path
+    """Write VQModel params (codebook rows l2-normalised, float32) as one safetensors file
+    (`jaxgen.checkpoint.save_vq_params`); every process calls it, process 0 writes."""
+
+    def save(p):
+        p = jax.tree.map(lambda v: np.asarray(v, np.float32), dict(p))
+        p["codebook"] = np.asarray(l2_normalize(jnp.asarray(p["codebook"])))
+        return ckpt_lib.save_vq_params(path, p)
+
+    ckpt_lib.export_from_mesh(save, vq_params, "vq-export")
+    return pathlib.Path(path)
 
 
-def load_params(path):
-    """Inverse of export_params: nested dict of jnp arrays."""
-    from safetensors.numpy import load_file
-    from flax.traverse_util import unflatten_dict
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise UserError(f"VQ params {path} not found; run `jaxgen train vq --workdir W` first "
-                        f"(it writes W/{VQ_PARAMS_FILE})")
-    flat = load_file(str(path))
-    return unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in flat.items()})
+load_params = ckpt_lib.load_vq_params
 
 
 def reconstruct_fn(config):

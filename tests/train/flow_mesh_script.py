@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import rl_test_setup  # noqa: E402
-from jaxgen import api, parallel  # noqa: E402
+from jaxgen import checkpoint as ckpt_lib, parallel  # noqa: E402
 from jaxgen.train import flow_grpo  # noqa: E402
 from xla_memory import temporaries_mib  # noqa: E402
 
@@ -37,7 +37,7 @@ def run(config, devices, prefix, out):
     stats.append(runner.iteration(1))
     for name, mib in mem.items():
         out[f"{prefix}_mem_{name}"] = mib
-    for name, leaf in api._flatten(jax.device_get(runner.flow_params)).items():
+    for name, leaf in ckpt_lib.flatten(jax.device_get(runner.flow_params)).items():
         out[f"{prefix}_p:{name}"] = leaf
     out[f"{prefix}_stats"] = np.array([[m[k] for k in STATS] for m in stats])
     out[f"{prefix}_rows"] = runner.batch_size

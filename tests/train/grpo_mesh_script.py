@@ -21,7 +21,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import rl_test_setup  # noqa: E402
-from jaxgen import api, parallel  # noqa: E402
+from jaxgen import checkpoint as ckpt_lib, parallel  # noqa: E402
 from jaxgen.rewards import vlm_judge  # noqa: E402
 from jaxgen.sampling import sampler  # noqa: E402
 from jaxgen.train import grpo  # noqa: E402
@@ -45,7 +45,7 @@ def run(config, policy, devices, prefix, out, memory=()):
     else:
         first()
     stats.append(runner.iteration(1))
-    for name, leaf in api._flatten(jax.device_get(runner.params)).items():
+    for name, leaf in ckpt_lib.flatten(jax.device_get(runner.params)).items():
         out[f"{prefix}_p:{name}"] = leaf
     out[f"{prefix}_stats"] = np.array([[m[k] for k in STATS] for m in stats])
     out[f"{prefix}_rows"] = runner.rows

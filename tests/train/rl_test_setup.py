@@ -6,6 +6,7 @@ import os
 import jax
 import numpy as np
 
+from jaxgen import checkpoint as ckpt_lib
 from jaxgen.config import load_config
 from jaxgen.models import flow, janus
 from jaxgen.rewards import register_reward
@@ -58,7 +59,7 @@ def flow_policy(workdir) -> str:
     fp = flow.init_flow_params(fc, jc, jax.random.PRNGKey(1))
     fp["decoder"]["patch_out"]["kernel"] = 0.05 * jax.random.normal(
         jax.random.PRNGKey(2), fp["decoder"]["patch_out"]["kernel"].shape)
-    return str(flow_matching.save_flow_checkpoint(os.path.join(workdir, "policy"), params, jc,
+    return str(ckpt_lib.save_flow_checkpoint(os.path.join(workdir, "policy"), params, jc,
                                                   make_tokenizer(), fp, fc))
 
 

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "rewards"))
 from tiny_tokenizer import make_tokenizer  # noqa: E402
 
-from jaxgen import api  # noqa: E402
+from jaxgen import checkpoint as ckpt_lib  # noqa: E402
 from jaxgen.config import load_config  # noqa: E402
 from jaxgen.errors import CheckpointError, PromptTooLongError, UserError  # noqa: E402
 from jaxgen.models import flow, janus  # noqa: E402
@@ -32,7 +32,7 @@ def policy_dir(tmp_path_factory):
     """A tiny random unified model with the test tokenizer, as `jaxgen train flow` reads it."""
     jc = janus.config_from_configdict(load_config("janus:tiny").model)
     params = jax.jit(janus.init_params, static_argnums=0)(jc, jax.random.PRNGKey(0))
-    return api.save_checkpoint(tmp_path_factory.mktemp("policy"), params, jc, make_tokenizer())
+    return ckpt_lib.save_checkpoint(tmp_path_factory.mktemp("policy"), params, jc, make_tokenizer())
 
 
 def _with(config, overrides: dict):
@@ -67,7 +67,7 @@ def test_flow_matching_learns_and_leaves_the_unified_model_alone(policy_dir, flo
     assert out["status"] == "done" and out["step"] == 40
     logged = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
     assert sum("train/loss" in l for l in logged) == 40
-    jp, jc, tok, fp, fc = flow_matching.load_flow_checkpoint(out["checkpoint"])
+    jp, jc, tok, fp, fc = ckpt_lib.load_flow_checkpoint(out["checkpoint"])
     # the loss on the training rows, with the same 8 draws of (t, eps) before and after: v starts
     # at 0 (adaLN-zero), so the fresh loss is E|eps - x0|^2 ~ 2 per component
     batch = jax.tree.map(jnp.asarray, flow_matching.build_dataset(config, tok, jc, jp))
@@ -82,7 +82,7 @@ def test_flow_matching_learns_and_leaves_the_unified_model_alone(policy_dir, flo
     before, after = losses(fresh), losses(fp)
     assert 1.8 < before.mean() < 2.2, before
     assert np.all(after < before) and after.mean() < 0.9 * before.mean(), (before, after)
-    before, _, _ = api.load_checkpoint(policy_dir)
+    before, _, _ = ckpt_lib.load_checkpoint(policy_dir)
     for a, b in zip(jax.tree.leaves(jp), jax.tree.leaves(before)):
         np.testing.assert_array_equal(a, b)  # frozen: bitwise unchanged
     assert float(jnp.abs(fp["decoder"]["patch_out"]["kernel"]).max()) > 0  # the decoder trained
@@ -102,8 +102,8 @@ def test_flow_matching_resumes_exactly(flow_run, tmp_path):
     resumed = flow_matching.train(config, copy)
     assert resumed["step"] == 40
     assert json.loads((copy / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 40
-    fa = flow_matching.load_flow_checkpoint(out["checkpoint"])[3]
-    fb = flow_matching.load_flow_checkpoint(resumed["checkpoint"])[3]
+    fa = ckpt_lib.load_flow_checkpoint(out["checkpoint"])[3]
+    fb = ckpt_lib.load_flow_checkpoint(resumed["checkpoint"])[3]
     for a, b in zip(jax.tree.leaves(fa), jax.tree.leaves(fb)):
         np.testing.assert_array_equal(a, b)
 
@@ -118,7 +118,7 @@ def test_condition_dropout_hides_all_text_but_bos_and_boi():
 
 def test_flow_matching_loss_matches_its_definition(policy_dir):
     """Per-row loss == mean (v(x_t, t) - (eps - x0))^2 with the draws it made (no dropout)."""
-    jp, jc, tok = api.load_checkpoint(policy_dir)
+    jp, jc, tok = ckpt_lib.load_checkpoint(policy_dir)
     fc = flow.FlowConfig.from_dict(load_config("flow:tiny").flow)
     fp = flow.init_flow_params(fc, jc, jax.random.PRNGKey(3))
     fp["decoder"]["patch_out"]["kernel"] = 0.1 * jnp.ones_like(fp["decoder"]["patch_out"]["kernel"])
@@ -140,11 +140,11 @@ def test_flow_matching_loss_matches_its_definition(policy_dir):
 
 
 def test_flow_errors(policy_dir, tmp_path):
-    _, jc, tok = api.load_checkpoint(policy_dir)
+    _, jc, tok = ckpt_lib.load_checkpoint(policy_dir)
     with pytest.raises(PromptTooLongError, match="data.text_len"):
         flow_matching.text_row(tok, jc, "a red circle left of a blue square", "", 6)
     with pytest.raises(CheckpointError, match="no flow decoder"):
-        flow_matching.load_flow_checkpoint(policy_dir)
+        ckpt_lib.load_flow_checkpoint(policy_dir)
     with pytest.raises(UserError, match="config.policy is empty"):
         flow_matching.train(load_config("flow:tiny"), tmp_path)
     with pytest.raises(UserError, match="loss.timesteps"):
@@ -156,16 +156,16 @@ def test_flow_checkpoint_with_wrong_shapes_is_refused(flow_run, tmp_path):
     out = flow_run[1]
     broken = tmp_path / "broken"
     shutil.copytree(out["checkpoint"], broken)
-    cfg = json.loads((broken / flow_matching.FLOW_CONFIG_FILE).read_text())
+    cfg = json.loads((broken / ckpt_lib.FLOW_CONFIG_FILE).read_text())
     cfg["hidden_size"] = 64
-    (broken / flow_matching.FLOW_CONFIG_FILE).write_text(json.dumps(cfg))
+    (broken / ckpt_lib.FLOW_CONFIG_FILE).write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="does not match"):
-        flow_matching.load_flow_checkpoint(broken)
+        ckpt_lib.load_flow_checkpoint(broken)
 
 
 def test_generate_reasoning_then_flow_image(flow_run):
     out = flow_run[1]
-    jp, jc, tok, fp, fc = flow_matching.load_flow_checkpoint(out["checkpoint"])
+    jp, jc, tok, fp, fc = ckpt_lib.load_flow_checkpoint(out["checkpoint"])
     ids, mask = flow_matching.text_row(tok, jc, "a red circle", "", 16)
     ids, mask = ids[:-1][None].repeat(3, 0), mask[:-1][None].repeat(3, 0)  # drop <boi>
     opts = flow_generate.FlowSampleOptions(max_think_tokens=5, num_steps=4, cfg_weight=2.0)
@@ -325,8 +325,8 @@ def test_flow_grpo_trains_checkpoints_and_resumes(flow_run, tmp_path):
     assert {"reward_mean", "clip_frac", "time_rollout", "time_update"} <= set(lines[0])
     again = flow_grpo.train(_grpo_config(out["checkpoint"], 3), tmp_path)
     assert again["start_step"] == 2 and len(again["reward_per_step"]) == 3
-    jp0, _, _, fp0, _ = flow_matching.load_flow_checkpoint(out["checkpoint"])
-    jp1, _, _, fp1, _ = flow_matching.load_flow_checkpoint(again["checkpoint"])
+    jp0, _, _, fp0, _ = ckpt_lib.load_flow_checkpoint(out["checkpoint"])
+    jp1, _, _, fp1, _ = ckpt_lib.load_flow_checkpoint(again["checkpoint"])
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), fp0, fp1)
     assert max(jax.tree.leaves(moved)) > 0
     for a, b in zip(jax.tree.leaves(jp0), jax.tree.leaves(jp1)):

@@ -1,4 +1,4 @@
-"""Training checkpoints: Orbax CheckpointManager with async saves, keep-N, atomic steps.
+"""Training-state checkpoints: Orbax CheckpointManager with async saves, keep-N, atomic steps.
 
 A checkpoint step directory holds three items:
   state  the TrainState (params, optimizer state, step, rng) as sharded arrays
