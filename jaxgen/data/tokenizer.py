@@ -17,7 +17,10 @@ from __future__ import annotations
 import os
 import pathlib
 
-from jaxgen.errors import UserError
+import numpy as np
+
+from jaxgen.data import templates
+from jaxgen.errors import PromptTooLongError, UserError
 
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 SPECIAL_TOKENS = (BOS, EOS, PAD, "<begin_of_image>", "<end_of_image>", "<image_placeholder>",
@@ -93,3 +96,31 @@ def special_token_ids(tokenizer) -> dict:
 def round_trips(tokenizer, text: str) -> bool:
     ids = tokenizer.encode(text, add_special_tokens=False)
     return tokenizer.decode(ids, skip_special_tokens=False) == text
+
+
+def tokenize_prompts(tokenizer, config, texts, length: int | None = None, bucket: int = 16):
+    """Left-padded generation prompts (ids int32[B, length], mask bool[B, length]); length None:
+    the longest prompt rounded up to a multiple of `bucket` (nearby lengths share a compile)."""
+    bos = tokenizer.bos_token or "<bos>"
+    encoded = [tokenizer.encode(templates.generation_prompt(t, bos), add_special_tokens=False)
+               for t in texts]
+    if length is None:
+        length = -(-max(len(e) for e in encoded) // bucket) * bucket
+    ids = np.full((len(texts), length), config.pad_token_id, np.int32)
+    mask = np.zeros((len(texts), length), bool)
+    for i, (t, enc) in enumerate(zip(texts, encoded)):
+        if len(enc) > length:
+            raise PromptTooLongError(f"prompt {t[:60]!r} has {len(enc)} tokens > "
+                                     f"data.max_prompt_tokens={length}; raise it")
+        ids[i, length - len(enc):] = enc
+        mask[i, length - len(enc):] = True
+    return ids, mask
+
+
+def detokenize_reasoning(tokenizer, think_ids_bt, think_mask_bt) -> list[str]:
+    """The reasoning text of each row: its think tokens where the mask is set ('' if none)."""
+    out = []
+    for ids, m in zip(np.asarray(think_ids_bt), np.asarray(think_mask_bt)):
+        out.append(tokenizer.decode([int(t) for t, k in zip(ids, m) if k],
+                                    skip_special_tokens=False) if m.any() else "")
+    return out

@@ -88,7 +88,7 @@ def _flow_samples(args) -> list:
     from jaxgen.errors import UserError
     from jaxgen.sampling import flow_generate
     from jaxgen.sampling import generate as generate_lib
-    from jaxgen.train.grpo import detokenize_reasoning, tokenize_prompts
+    from jaxgen.data.tokenizer import detokenize_reasoning, tokenize_prompts
 
     if args.greedy:
         raise UserError("--greedy applies to image tokens; the flow decoder's ODE is already "

@@ -46,8 +46,8 @@ from jaxgen.rewards.base import plain_spec
 from jaxgen.sampling import flow as flow_sampling
 from jaxgen.sampling import flow_generate
 from jaxgen.train import advantages as adv_lib
-from jaxgen.train.grpo import (PromptSource, detokenize_reasoning, reward_summary, run_iterations,
-                               tokenize_prompts)
+from jaxgen.data.tokenizer import detokenize_reasoning, tokenize_prompts
+from jaxgen.train.grpo import PromptSource, reward_summary, run_iterations
 from jaxgen.train.xla_options import train_step_compiler_options
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from jaxgen import parallel
 from jaxgen.checkpoint import load_checkpoint, load_flow_checkpoint, save_flow_checkpoint
 from jaxgen.data import templates
+from jaxgen.data.tokenizer import detokenize_reasoning, tokenize_prompts
 from jaxgen.errors import CheckpointError, PromptTooLongError, UserError
 from jaxgen.models import flow, janus
 from jaxgen.sampling import flow_generate
@@ -132,7 +133,6 @@ def flow_accuracy(janus_params, jc, flow_params, fc, tokenizer, num_prompts: int
     """GenEval-style accuracy (pixel-only evaluator) of flow-decoded images for ShapesWorld
     prompts of `split`. Returns {'accuracy', 'images' uint8 [n, H, W, 3], 'reasoning'}."""
     from jaxgen.eval import geneval
-    from jaxgen.train.grpo import detokenize_reasoning, tokenize_prompts
     from jaxgen.train.sft import heldout_metadata
 
     metas = heldout_metadata(num_prompts, seed, split, jc.vq.image_size)

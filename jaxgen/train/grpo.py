@@ -46,8 +46,8 @@ import optax
 from jaxgen import checkpoint as ckpt_lib
 from jaxgen import parallel
 from jaxgen.convert.load import load_model
-from jaxgen.data import templates
-from jaxgen.errors import PromptTooLongError, UserError
+from jaxgen.data.tokenizer import detokenize_reasoning, tokenize_prompts
+from jaxgen.errors import UserError
 from jaxgen.models import janus
 from jaxgen.rewards import CompositeReward, RewardBatch, RewardContext
 from jaxgen.rewards.base import plain_spec
@@ -185,33 +185,6 @@ class PromptSource:
             md = shapes_prompts.sample_metadata(rng, self.split, cat)
             out.append({"prompt": md["prompt"], "metadata": md})
         return out
-
-
-def tokenize_prompts(tokenizer, config, texts, length: int | None = None, bucket: int = 16):
-    """Left-padded generation prompts (ids int32[B, length], mask bool[B, length]); length None:
-    the longest prompt rounded up to a multiple of `bucket` (nearby lengths share a compile)."""
-    bos = tokenizer.bos_token or "<bos>"
-    encoded = [tokenizer.encode(templates.generation_prompt(t, bos), add_special_tokens=False)
-               for t in texts]
-    if length is None:
-        length = -(-max(len(e) for e in encoded) // bucket) * bucket
-    ids = np.full((len(texts), length), config.pad_token_id, np.int32)
-    mask = np.zeros((len(texts), length), bool)
-    for i, (t, enc) in enumerate(zip(texts, encoded)):
-        if len(enc) > length:
-            raise PromptTooLongError(f"prompt {t[:60]!r} has {len(enc)} tokens > "
-                                     f"data.max_prompt_tokens={length}; raise it")
-        ids[i, length - len(enc):] = enc
-        mask[i, length - len(enc):] = True
-    return ids, mask
-
-
-def detokenize_reasoning(tokenizer, think_ids_bt, think_mask_bt) -> list[str]:
-    out = []
-    for ids, m in zip(np.asarray(think_ids_bt), np.asarray(think_mask_bt)):
-        out.append(tokenizer.decode([int(t) for t, k in zip(ids, m) if k],
-                                    skip_special_tokens=False) if m.any() else "")
-    return out
 
 
 # ------------------------------------------------------------------------------- runner

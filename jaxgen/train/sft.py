@@ -34,6 +34,7 @@ from jaxgen import checkpoint as ckpt_lib
 from jaxgen import parallel
 from jaxgen.concurrent_batches import map_batches
 from jaxgen.data import templates
+from jaxgen.data.tokenizer import tokenize_prompts
 from jaxgen.errors import UserError
 from jaxgen.models import janus
 from jaxgen.train import losses, loop as loop_lib, optim, state as state_lib
@@ -630,7 +631,6 @@ def generation_accuracy(params, mc, tokenizer, num_prompts: int, seed: int, opti
     from jaxgen.eval import geneval
     from jaxgen.sampling.sampler import sample
 
-    from jaxgen.train.grpo import tokenize_prompts
 
     metas = heldout_metadata(num_prompts, seed, "test", mc.vq.image_size)
     correct, scores, images = [], [], []

@@ -45,6 +45,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "rewards"))
 from tiny_tokenizer import make_tokenizer  # noqa: E402
 
 from jaxgen.config import load_config  # noqa: E402
+from jaxgen.data.tokenizer import tokenize_prompts  # noqa: E402
 from jaxgen.errors import UserError  # noqa: E402
 from jaxgen.models import janus  # noqa: E402
 from jaxgen.rewards import register_reward  # noqa: E402
@@ -88,7 +89,7 @@ def test_reflection_rollout_rows_answers_and_trajectory_advantages(policy, monke
     # round i is the plain sampler with key fold_in(rng, i)
     records = runner.prompts.batch(0, runner.num_prompts)
     texts = [r["prompt"] for r in records for _ in range(runner.group_size)]
-    ids, mask = grpo.tokenize_prompts(runner.tokenizer, runner.model_config, texts, 24)
+    ids, mask = tokenize_prompts(runner.tokenizer, runner.model_config, texts, 24)
     rng = jax.random.fold_in(jax.random.PRNGKey(0), 0)
     plain = sampler_lib.sample(runner.params, runner.model_config, jnp.asarray(ids),
                                jnp.asarray(mask), jax.random.fold_in(rng, 1), runner.options)
