@@ -2,24 +2,24 @@
 `configs/flow.py:<arg>`, arg in shapes | tiny.
 
 Command (on the demo's SFT model: it writes the layout plan, the flow decoder draws it):
-    jaxgen train flow --config configs/flow.py:shapes --workdir /tmp/flow \
+    jaxgen train flow --config configs/flow.py:shapes --workdir runs/flow \
         --config.policy=runs/demo/sft/final
-Runtime: 0.61 s per step on a 2-core CPU (batch 16; the frozen LLM runs forward and backward
-for the queries' gradient every step): 1500 steps in 15 minutes, plus the evaluation (64 held-out
-prompts: the LLM writes the plan, 20 Euler steps with CFG 3).
-Result: <workdir>/final = the policy's checkpoint plus flow_config.json / flow.safetensors
-(`jaxgen.train.flow_matching.load_flow_checkpoint`), the held-out accuracy of the pixel-only
-evaluator in metrics.jsonl ('eval/accuracy') and a sample grid in <workdir>/samples/; then
+Runtime: 0.61 s per step (batch 16; the frozen LLM runs forward and backward for the queries'
+gradient) on a 2-core CPU, 2026-11-24: 1500 steps in 15 minutes, plus the evaluation (64
+held-out prompts: the LLM writes the plan, 20 Euler steps with CFG 3).
+Result: <workdir>/final = the policy's checkpoint plus flow_config.json / flow.safetensors, the
+held-out accuracy of the pixel-only evaluator in metrics.jsonl ('eval/accuracy') and a sample
+grid in <workdir>/samples/. Measured 2026-11-24: the loss falls 2.0 -> 0.47 in 1500 steps but the
+samples are colour fragments, held-out accuracy 0/64; resumed to 3500 steps
+(--config.total_steps=3500, 30 more minutes) 2/64 = 3.1%, where the demo SFT's image tokens
+scored 4.8-8.5%. A decoder good enough for RL needs accelerator-scale training
+(docs/experiments.md: Does the flow decoder learn on a CPU budget?). Next:
 `jaxgen train flow_grpo --config configs/flow_grpo.py:shapes --config.policy=<workdir>/final`.
-Measured (session 16, on the demo's SFT model): the loss falls 2.0 -> 0.47 in 1500 steps but the
-decoder still draws colour fragments: held-out accuracy 0/64 (0-1.6% at CFG 1-6, 20-50 steps);
-resumed to 3500 steps (--config.total_steps=3500, 30 more minutes) 2/64 = 3.1%,
-where the demo SFT's image tokens scored 4.8% / 8.5% (the demo's 352 / 704-sample
-held-out protocols, sessions 10-15). The CPU budget is far below what flow decoders
-train on; see the README's diffusion-path section for longer runs.
-- shapes: a 4-layer, 128-wide DiT (1.6M parameters) with 16 query tokens on the 8x8x8 latent
-  grid of the demo's VQ; the LLM frozen (MetaQuery), reasoning = the layout plan.
-- tiny: a 2 x 32 DiT for tests (seconds); pass --config.policy (a tiny checkpoint dir).
+Variants:
+  shapes  a 4-layer, 128-wide DiT (1.6M parameters) with 16 query tokens on the 8x8x8 latent grid
+          of the demo's VQ; the LLM frozen (MetaQuery), reasoning = the layout plan.
+  tiny    a 2 x 32 DiT, 4 steps, for tests (seconds); pass --config.policy (a tiny checkpoint
+          dir): `jaxgen train flow --config configs/flow.py:tiny --workdir W --config.policy=C`.
 """
 
 import ml_collections

@@ -2,27 +2,26 @@
 
 Command (after `jaxgen train flow`, whose <workdir>/final holds the unified model and the flow
 decoder):
-    jaxgen train flow_grpo --config configs/flow_grpo.py:shapes --workdir /tmp/flow_grpo \
-        --config.policy=/tmp/flow/final
-Runtime: 8.3 s per iteration on a 2-core CPU (session 16, one optimizer step per rollout:
-rollout 2.5 s: the 112-token plan and 10 flow steps with CFG; reward 0.7 s; update 5.1 s for 4
-trained steps x 32 images), 64 iterations in about 9 minutes. Two minibatch steps (this config,
-session 17, random shapes-size models, side by side): update 4.5 / 5.9 s vs 5.5 / 6.7 s for one
-step over all 32 images.
-Result: <workdir>/final (same layout as the policy: load_flow_checkpoint), metrics.jsonl with the
-reward, clip fraction and KL per iteration. Measured (session 16) from a 3500-step flow decoder
-(held-out 3.1%): with this detector reward the training reward was 0 in 13 of 16 iterations, so
-most groups carry no advantage; with `vq_consistency` (dense) it went 0.083 / 0.083 / 0.084 /
-0.095 by 8-iteration blocks (KL ~0.01). At CPU budgets the decoder is too weak for the detector
-reward to have signal.
+    jaxgen train flow_grpo --config configs/flow_grpo.py:shapes --workdir runs/flow_grpo \
+        --config.policy=runs/flow/final
+Runtime: 8.3 s per iteration on a 2-core CPU, 2026-11-24, with one optimizer step per rollout
+(rollout 2.5 s: the 112-token plan and 10 flow steps with CFG; reward 0.7 s; update 5.1 s), so
+64 iterations in about 9 minutes; this config's two minibatch steps updated 0.8-1.0 s faster
+than one step over all 32 images (random shapes-size models, side by side, 2026-11-24).
+Result: <workdir>/final (the policy's layout), metrics.jsonl with the reward, clip fraction and KL
+per iteration. Measured 2026-11-24 from a 3500-step flow decoder (held-out 3.1%): the detector
+reward was 0 in 13 of 16 iterations, so most groups carry no advantage; the dense
+`vq_consistency` reward rose 0.083 -> 0.095 by 8-iteration blocks. Held-out accuracy after
+Flow-GRPO was not measured (docs/experiments.md: Does Flow-GRPO have a reward signal on a CPU?).
 Flow-GRPO's recipe (SD3.5-M, 24 images per prompt): 10 SDE steps for training and 40 for
 evaluation, noise level 0.7, CFG 4.5 kept while training, two optimizer steps per rollout (each
-on half the images, all their steps), ratio clip 1e-4, KL beta 0.04,
-advantages clipped to +-5, the GenEval detector as reward (63% -> 95% on GenEval); here the
-pixel-only ShapesWorld detector (`geneval`) on train prompts, which is what the paper rewards.
-- shapes: the recipe at CPU size (4 x 8 images, steps 0-3 of 10 trained, MixGRPO / Flow-GRPO-Fast
-  style: the early, high-noise steps decide the layout).
-- tiny: a few seconds, for tests; pass --config.policy (a tiny flow checkpoint).
+on half the images, all their steps), ratio clip 1e-4, KL beta 0.04, advantages clipped to +-5,
+the GenEval detector as reward (63% -> 95% on GenEval); here the pixel-only ShapesWorld detector
+(`geneval`) on train prompts, which is what the paper rewards.
+Variants:
+  shapes  the recipe at CPU size (4 x 8 images, steps 0-3 of 10 trained, MixGRPO /
+          Flow-GRPO-Fast style: the early, high-noise steps decide the layout).
+  tiny    2 iterations, a few seconds, for tests; pass --config.policy (a tiny flow checkpoint).
 """
 
 import ml_collections
@@ -42,7 +41,8 @@ def get_config(arg=None):
     c.checkpoint_every = 8 if shapes else 1
     c.keep_checkpoints = 2
     # The reasoning is frozen, so only the drawing can improve: rollouts from the categories whose
-    # layout plans the SFT model writes right (the demo's GRPO finding, docs/demo_experiments.md)
+    # layout plans the SFT model writes right (docs/experiments.md: Which prompts should GRPO roll
+    # out from?)
     c.data = dict(source="shapes", split="train",
                   categories=("single_object", "two_object", "counting", "cb_shape")
                   if shapes else (), path="", max_prompt_tokens=32 if shapes else 24)
@@ -54,7 +54,8 @@ def get_config(arg=None):
                   # trained (stochastic) steps [first, stop); the others are ODE steps
                   sde_window=(0, 4) if shapes else (0, 3),
                   clip_eps=1e-4, beta=0.04 if shapes else 0.0,
-                  # optimizer steps per rollout = inner_epochs x minibatches (Flow-GRPO: 1 x 2)
+                  # optimizer steps per rollout = inner_epochs x minibatches (Flow-GRPO: 1 x 2);
+                  # docs/experiments.md: How many optimizer steps per Flow-GRPO rollout?
                   inner_epochs=1, minibatches=2 if shapes else 1)
     c.rewards = {"name": "geneval"} if shapes else {"name": "constant"}
     c.optim = dict(name="adamw", learning_rate=1e-4 if shapes else 1e-3, warmup_steps=0,

@@ -1,20 +1,29 @@
 """GRPO for reasoning-then-image generation: `configs/grpo.py:<arg>`.
 
-Command:
-    jaxgen train grpo --config configs/grpo.py:shapes --workdir /tmp/grpo \\
-        --config.policy_checkpoint=SFT_DIR --config.judge_checkpoint=JUDGE_DIR
-
-Variants:
-  shapes           ShapesWorld policy (an SFT'd jaxgen checkpoint) rewarded by the yes/no VLM
-                   judge (a ShapesWorld judge checkpoint) on ShapesWorld RL 'train' prompts.
-                   2-core CPU: ~6 s per iteration, 30 iterations ~3 minutes; the mean reward
-                   rises visibly within that budget (see the GRPO report for measured numbers).
-  shapes_caption   the same with the caption-likelihood reward ('vlm_caption') of a ShapesWorld
-                   judge trained on the 'describe' task (configs/sft.py data.judge_task).
-  shapes_caption_vq  the caption reward plus 3 x 'vq_consistency' (the policy tokenizer's
-                   round trip); the demo's choice (see configs/demo.py).
-  shapes_detector  the same with the pixel-only GenEval-style detector as reward (no judge).
-  tiny             a random tiny model for tests (needs --config.tokenizer or a policy dict).
+Command (a ShapesWorld SFT policy and judge, e.g. from `jaxgen demo`):
+    jaxgen train grpo --config configs/grpo.py:shapes_caption_vq --workdir runs/grpo \
+        --config.policy_checkpoint=runs/demo/sft/final \
+        --config.judge_checkpoint=runs/demo/judge/final
+Result: <workdir>/final (a jaxgen checkpoint like the policy's) and metrics.jsonl with the reward
+(total and each term) per iteration. With these family defaults (all categories, lr 1e-4) GRPO
+lowered held-out accuracy on the demo's models (4.5% -> 2.3% with the detector as reward,
+2026-11-23); configs/demo.py holds the measured recipe.
+Variants (the same command with another name after the colon):
+  shapes             the yes/no VLM judge (a ShapesWorld judge trained with data.judge_task=
+                     'yes_no') on ShapesWorld RL 'train' prompts; ~6 s per iteration, 30 in ~3
+                     min on a 2-core CPU, 2026-11-22. Yes/no judges trained at the demo's budgets
+                     answered at chance, so expect no held-out gain.
+  shapes_caption     the caption-likelihood reward ('vlm_caption') of a 'describe' judge.
+  shapes_caption_vq  the caption reward plus 3 x 'vq_consistency' (the policy tokenizer's round
+                     trip). The demo's GRPO stage (its overrides: configs/demo.py): 40 iterations
+                     in 153 s on a 2-core CPU (float32 matmul 297.5 GFLOP/s), 2026-12-02, held-out
+                     GRPO - SFT -2.0 points (95% interval -4.5 to +0.3).
+  shapes_detector    the pixel-only GenEval-style detector as reward (no judge; an upper bound):
+                     3.06 s per iteration (`jaxgen bench grpo`) on a 2-core CPU (float32 matmul
+                     296 GFLOP/s), 2026-12-02; with the demo's rollout categories and lr 3e-5,
+                     192 iterations gave +5.7 held-out points (95% interval +3.3 to +8.2),
+                     2026-11-24.
+  tiny               a random tiny model for tests (needs --config.tokenizer or a policy dict).
 Paper recipes (with Janus-Pro-7B / 1B hyperparameters) are in configs/recipes/.
 """
 
@@ -39,6 +48,7 @@ DETECTOR = {"name": "geneval"}
 # drawing quality, jaxgen/rewards/tokenizer_consistency.py). Weight 3: on SFT rollouts of the
 # drawing categories both terms spread equally within a group (std ~0.08) and the within-prompt
 # AUC against the detector peaks there (judge 0.51, consistency 0.63, sum 0.61, 1:3 0.65).
+# docs/experiments.md: Which reward for the demo's GRPO?
 CAPTION_JUDGE_AND_VQ = {"op": "sum", "terms": [CAPTION_JUDGE,
                                                {"name": "vq_consistency", "weight": 3.0}]}
 
@@ -74,6 +84,8 @@ def base_config():
         dynamic_sampling_tol=0.02,
         # scales negative advantages: 1 plain GRPO, 0 only the samples that beat their group
         negative_advantage_scale=1.0,
+        # the sampler's own (CFG) log-probs: with the detector as reward +5.7 vs +2.1 points for
+        # conditional ones. docs/experiments.md: Which log-probs should GRPO update?
         cfg_mode="cfg", old_logprobs="auto",
         # a reward tree for the reasoning tokens alone (e.g. {'name': 'plan_layout'}); empty:
         # `rewards` gives one advantage to reasoning and image tokens alike (T2I-R1)

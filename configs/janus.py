@@ -1,23 +1,24 @@
-"""Janus-Pro model sizes: `configs/janus.py:<arg>` with arg in tiny | shapes | 1b | 7b.
+"""Janus-Pro model sizes: `configs/janus.py:<arg>`, arg in tiny | shapes | 1b | 7b.
 
-Returns ConfigDict(model=<dict for JanusConfig.from_dict>); other job configs embed this.
-Check a variant builds (CPU, seconds):
+Returns ConfigDict(model=<dict for JanusConfig.from_dict>); the job configs embed it (it trains
+nothing itself). Check a variant builds (CPU, seconds):
     python -c "from jaxgen.config import load_config; from jaxgen.models import janus; \
         print(janus.config_from_configdict(load_config('janus:shapes')))"
-- tiny: the parity-test size (2 layers x 64, GQA 4/2 heads, VQ 16 px / 2 levels); builds in < 1 s.
-- shapes: the ShapesWorld demo model (64x64 images, 64 image tokens, Llama 4 x 256; 8.6M params,
-  3.1M of them in the LLM).
+Variants:
+  tiny    the parity-test size (2 layers x 64, GQA 4/2 heads, VQ 16 px / 2 levels); builds in < 1 s.
+  shapes  the ShapesWorld demo model (64x64 images, 64 image tokens, Llama 4 x 256; 8.6M params,
+          3.1M of them in the LLM).
+  1b, 7b  Janus-Pro-1B / 7B shapes (the published configs; 2.08B / 7.41B params with the vision
+          tower and VQ) for an imported checkpoint (`jaxgen convert hf-to-jax`);
+          dots_attention_saveable remat, bf16 compute, cuDNN flash attention on a GPU ('auto').
+          1b unrolls its 24 layers: SFT step on one H100 80GB, 2026-11-24 (`jaxgen bench sft
+          --model-config janus:1b`), batch 16 / 32 / 64 (2 micro-batches) 168 / 311 / 618 ms
+          unrolled vs 184 / 337 / 684 ms scanned (batch 8: 115 vs 112 ms). 7b keeps its 30
+          layers scanned (compile time on pods; not measured unrolled).
 Every variant takes `image_position_embeddings=True` (a learned embedding per image-token grid
-index added to the image inputs; off by default and in the demo, see docs/demo_experiments.md;
-Hugging Face export refuses it) and `vision.stem='conv'` (stride-2 3x3 convolutions instead
-of SigLIP's patch embedding; Hugging Face export refuses it too).
-- 1b / 7b: Janus-Pro-1B / 7B shapes (the published Janus-Pro configs; 2.08B / 7.41B params with the
-  vision tower and VQ); dots_attention_saveable remat, bf16 compute, cuDNN flash attention on
-  a GPU ('auto'). 1b unrolls its 24 layers: on an H100 its SFT step at batch 16 / 32 / 64 (2
-  micro-batches) took 168 / 311 / 618 ms unrolled vs 184 / 337 / 684 ms scanned (batch 8:
-  115 vs 112 ms; `jaxgen bench sft --model-config janus:1b`, session 18). 7b keeps its 30
-  layers scanned (compile time on pods; not measured unrolled). Use with an imported
-  checkpoint (`jaxgen.convert.hf.import_hf_dir`).
+index added to the image inputs; off by default and in the demo; Hugging Face export refuses it)
+and `vision.stem='conv'` (stride-2 3x3 convolutions instead of SigLIP's patch embedding; Hugging
+Face export refuses it too).
 """
 
 import ml_collections
@@ -85,6 +86,7 @@ def _janus_pro(hidden, layers, heads, intermediate, scan_layers):
 VARIANTS = {
     "tiny": _tiny,
     "shapes": _shapes,
+    # docs/experiments.md: Scanned or unrolled layers?
     "1b": lambda: _janus_pro(2048, 24, 16, 5632, scan_layers=False),
     "7b": lambda: _janus_pro(4096, 30, 32, 11008, scan_layers=True),
 }
@@ -97,7 +99,9 @@ def get_config(arg=None):
     model = VARIANTS[arg]()
     # 'siglip' (Janus-Pro) or 'vq_codes': how the understanding path reads an image
     model.setdefault("understanding_input", "siglip")
-    # True adds a learned embedding per image-token index (grid place) to the image inputs
+    # True adds a learned embedding per image-token index (grid place) to the image inputs; off:
+    # lower image-token loss but lower held-out accuracy in the demo SFT (6.5% vs 7.8%).
+    # docs/experiments.md: Do image position embeddings help?
     model.setdefault("image_position_embeddings", False)
     # 'patch' (SigLIP's patch embedding) or 'conv' (stride-2 convolutions; see VisionConfig.stem)
     model["vision"].setdefault("stem", "patch")

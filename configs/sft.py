@@ -1,30 +1,37 @@
-"""SFT of the unified model: `configs/sft.py:<arg>`, arg in shapes | tiny | janus_pro_1b |
-janus_pro_7b.
+"""SFT of the unified model (prompt -> reasoning -> image tokens): `configs/sft.py:<arg>`,
+arg in shapes | tiny | janus_pro_1b | janus_pro_7b.
 
-Command (ShapesWorld, after `jaxgen data build` and `jaxgen train vq`; 2000 steps x batch 32,
-several times the demo's SFT stage, which runs 900 x 8 in 10-12 minutes on 2 CPU cores):
-    jaxgen train sft --config configs/sft.py:shapes --workdir /tmp/sft \
-        --config.data.data_dir=<jaxgen data build dir> \
-        --config.data.vq_params=/tmp/vq/vq_params.safetensors
-Expected result: the GenEval-style accuracy of images sampled for held-out prompts
-(pixel-only evaluator, 'eval/accuracy' in metrics.jsonl) far above the untrained model's (~0);
-a jaxgen checkpoint in <workdir>/final for `jaxgen sample`.
-- shapes: configs/janus.py:shapes (Llama 4 x 256, 64 image tokens), reasoning = layout plan.
-- tiny: configs/janus.py:tiny shapes and a few steps; for tests (seconds).
-- janus_pro_1b / janus_pro_7b: a Janus-Pro checkpoint taught to write a detailed caption before
-  its image tokens (ReasonGen-R1's SFT) on your ReasonGen-R1 style JSONL (one line per example:
-  brief caption, detailed caption, image path; jaxgen/data/readers.py names the accepted keys);
-  tokenizer and VQ come from the checkpoint; the records are tokenised and VQ-encoded once and
-  held in memory (<workdir>/sft_cache.npz). On GPUs / TPUs:
+Command (ShapesWorld, after `jaxgen data build` and `jaxgen train vq`):
+    jaxgen train sft --config configs/sft.py:shapes --workdir runs/sft \
+        --config.data.data_dir=data/shapes --config.data.vq_params=runs/vq/vq_params.safetensors
+Result: a jaxgen checkpoint in <workdir>/final (for `jaxgen sample`, or GRPO's policy) and the
+held-out accuracy of its samples in metrics.jsonl ('eval/accuracy', 64 prompts, pixel-only
+evaluator).
+Variants:
+  shapes        configs/janus.py:shapes (Llama 4 x 256, 64 image tokens), reasoning = layout plan;
+                2000 steps x batch 32, not timed. The demo runs it at 560 steps x batch 8 (packed
+                256-token rows, unrolled layers, two CPU devices; configs/demo.py) in 239 s on a
+                2-core CPU (float32 matmul 297.5 GFLOP/s), 2026-12-02: held-out accuracy 4.8% on
+                352 samples (untrained 0.6%); 900 steps: 7.4%.
+  tiny          configs/janus.py:tiny shapes, 6 steps, for tests (seconds).
+  janus_pro_1b  a Janus-Pro checkpoint taught to write a detailed caption before its image tokens
+  janus_pro_7b  (ReasonGen-R1's SFT) on your ReasonGen-R1 style JSONL (one line per example:
+                brief caption, detailed caption, image path; jaxgen/data/readers.py names the
+                keys); tokenizer and VQ come from the checkpoint, the records are tokenised and
+                VQ-encoded once into <workdir>/sft_cache.npz. No run measured: it needs a
+                converted checkpoint, the data and accelerators. `jaxgen aot sft` (2026-11-24):
+                1b at batch 32 peaks at 68.7 GiB on one H100 80GB; 7b (batch 128 x 1024) on 64
+                devices needs 24.2 GiB per device, 7.0 with model_options.remat_policy=full.
+                W/final is the policy_checkpoint of the configs/recipes/*:1b / 7b GRPO recipes.
     jaxgen convert hf-to-jax --hf-dir Janus-Pro-1B --out /ckpt/janus_pro_1b
     jaxgen train sft --config configs/sft.py:janus_pro_1b --workdir W \
         --config.init_checkpoint=/ckpt/janus_pro_1b --config.data.path=sft.jsonl \
         --config.data.image_root=IMAGES
-  Result: W/final, the policy_checkpoint of the configs/recipes/*:1b GRPO recipes.
 Loss weights (ReasonGen-R1): text 2.0, image 1.0, <begin_of_image> 0.0 (1.0 for shapes, see
 c.loss); prompt dropout 0.1.
 A judge that reads pixels through a pretrained convolutional tower (the demo's judge stage with
-these overrides; docs/demo_experiments.md, session 8: within-prompt AUC 0.59 vs 0.51):
+these overrides; within-prompt AUC 0.59 vs the demo judge's 0.51, 2026-11-23; docs/experiments.md:
+Does a pretrained vision tower make a better judge?):
     --config.model.understanding_input=siglip --config.model.vision.stem=conv
     --config.init_fresh_parts="('vision_model',)" --config.vision_pretrain.steps=600
 """
@@ -57,7 +64,8 @@ def get_config(arg=None):
     c.vision_pretrain = dict(steps=0, batch_size=32, learning_rate=1e-3)
     # 'codebook': image-input embeddings start at the trained VQ codebook rows (same [codes, 8]
     # shape), so similar-looking codes are similar inputs from step 0: at steps 100-275 of the demo
-    # SFT the image loss is ~0.35 nats lower than with the random init ('random', Janus's)
+    # SFT the image loss is ~0.35 nats lower than with the random init ('random', Janus's).
+    # docs/experiments.md: Codebook or random init for the image-input embeddings?
     c.init_generation_embeddings = "codebook" if shapes else "random"
     c.total_steps = 2000 if shapes else 6
     c.batch_size = 32 if shapes else 4

@@ -1,20 +1,19 @@
-"""VQ image tokenizer training: `configs/vq.py:<arg>` with arg in shapes | tiny.
+"""VQ image tokenizer training: `configs/vq.py:<arg>`, arg in shapes | tiny.
 
-Command (ShapesWorld tokenizer, ~10 minutes on 2 CPU cores: 608 s in session 21's demo):
-    jaxgen train vq --config configs/vq.py:shapes --workdir /tmp/vq
-On 2 cores it is ~10% faster with the CPU split into two devices and whole batches (the demo's
-VQ stage does this in a child process: 481 s in session 22):
-    XLA_FLAGS=--xla_force_host_platform_device_count=2 jaxgen train vq \
-        --config configs/vq.py:shapes --workdir /tmp/vq --config.grad_accum_steps=1
-Expected result: held-out PSNR 26.0-26.2 dB (printed at the end and in metrics.jsonl as
-'eval/psnr'; 26.14 in 4 micro-batches, 26.2 as one batch of 8, 26.00 on two devices),
-codebook usage ~100%;
-ground-truth renderings passed through it keep ~80% of their held-out evaluator accuracy
-(44% after 400 steps, 22.6 dB). The tokenizer is written to <workdir>/vq_params.safetensors
-for the SFT stage.
-- shapes: the VQ of configs/janus.py:shapes (64 px -> 8x8 = 64 codes from 256 entries; a
-  convolution-only encoder, so a code depends on its neighbourhood only).
-- tiny: the VQ of configs/janus.py:tiny (16 px), a few steps; for tests (seconds).
+Command:  jaxgen train vq --config configs/vq.py:shapes --workdir runs/vq
+          ~8% faster with the CPU split into two devices and whole batches (as the demo runs it):
+          XLA_FLAGS=--xla_force_host_platform_device_count=2 jaxgen train vq \
+              --config configs/vq.py:shapes --workdir runs/vq --config.grad_accum_steps=1
+Runtime:  608 s on a 2-core CPU, 2026-12-01; on two devices 3.17 steps/s (~400 s) on a 2-core CPU
+          (float32 matmul 297.5 GFLOP/s), 2026-12-02.
+Result:   held-out PSNR 26.14 dB (printed at the end; 'eval/psnr' in metrics.jsonl), codebook
+          usage ~100%; ground-truth renderings passed through it keep 80-82% of their evaluator
+          accuracy (the VQ ceiling). <workdir>/vq_params.safetensors is the SFT's data.vq_params.
+Variants:
+  shapes  the VQ of configs/janus.py:shapes (64 px -> 8x8 = 64 codes from 256 entries; a
+          convolution-only encoder, so a code depends on its neighbourhood only).
+  tiny    the VQ of configs/janus.py:tiny (16 px), 6 steps, for tests (seconds):
+          `jaxgen train vq --config configs/vq.py:tiny --workdir /tmp/vq_tiny`.
 Losses follow LlamaGen: L2 + codebook + 0.25 commitment; hinge PatchGAN and an LPIPS-style
 perceptual term are off by default (set loss.gan_weight / loss.perceptual_weight and
 loss.perceptual_weights=<VGG16 safetensors> to enable).
@@ -35,11 +34,11 @@ def get_config(arg=None):
     c.seed = 0
     # PSNR rises steadily to 1200 steps (400: 22.6 dB, 800: 25.0, 1200: 26.2) and the evaluator
     # needs the sharp shapes: the VQ ceiling goes 44% -> 80%
-    c.total_steps = 1200 if arg == "shapes" else 6
+    c.total_steps = 1200 if arg == "shapes" else 6  # docs/experiments.md: How many VQ steps?
     c.batch_size = 8 if arg == "shapes" else 4
-    # 4 micro-batches of 2 rows: on a CPU the step is ~1.25x faster than one batch of 8 (XLA's
-    # convolution weight gradients run faster on fewer rows; session 21, configs/vq.py:shapes:
-    # 0.39-0.46 vs 0.50-0.62 s per step side by side), the same update to float32 rounding
+    # 4 micro-batches of 2 rows: on one CPU device the step is ~1.25x faster than one batch of 8
+    # (XLA's convolution weight gradients run faster on fewer rows), the same update to float32
+    # rounding. docs/experiments.md: How should the VQ step split its batch?
     c.grad_accum_steps = 4 if arg == "shapes" else 1
     c.compute_dtype = "float32"
     c.eval_batch_size = 64 if arg == "shapes" else 8

@@ -1,18 +1,24 @@
-"""GoT-R1 GRPO recipe: `configs/recipes/got_r1.py:<7b|1b|shapes>`.
+"""GoT-R1 GRPO recipe: `configs/recipes/got_r1.py:<arg>`, arg in 7b | 1b | shapes.
 
-Command:
+Command (1b: the same with `:1b` and 1B checkpoints):
     jaxgen train grpo --config configs/recipes/got_r1.py:7b --workdir W \\
-        --config.policy_checkpoint=GOT_SFT_DIR --config.judge_checkpoint=JUDGE_DIR
+        --config.policy_checkpoint=GOT_SFT_DIR --config.judge_checkpoint=JUDGE_DIR \\
+        --config.data.path=PROMPTS.jsonl
 Paper setup: Janus-Pro-1B/7B with a layout-plan reasoning chain
 (`<obj>name</obj> <box>(x1,y1),(x2,y2)</box>` on a 0-1000 grid); 8 GPUs; GRPO N=16 samples per
 prompt, 1,000 steps on T2I-CompBench + LAION-Aesthetics prompts (RL code never released; the
 paper's lr etc. are not all public: lr 1e-6 and beta 0.0 here are our choice, stated as such);
 reward R = R_PI * (R_sem + R_spa) * R_RI (prompt-image, reasoning semantics, planned layout on a
 blank canvas, planned-vs-detected box IoU). R_RI alone collapses training.
-Expected result (third-party tables): GoT-R1-7B GenEval 0.75; T2I-CompBench colour/shape/texture
-81.4 / 55.5 / 73.4.
-:shapes: rule-based plan check replaces the text judge for R_sem (a ShapesWorld judge only reads
-images), the detector gives R_RI; expected: mean reward rises over 30 CPU iterations.
+Variants:
+  7b, 1b  the paper's recipe. No run measured: it needs a GoT-style SFT checkpoint (layout-plan
+          reasoning), a judge, a JSONL of {'prompt', 'metadata'} records and GPUs. The paper
+          (third-party tables) reports GoT-R1-7B GenEval 0.75, T2I-CompBench colour / shape /
+          texture 81.4 / 55.5 / 73.4.
+  shapes  ShapesWorld prompts, 30 iterations x 4 prompts x 8; a rule-based plan check replaces
+          the text judge for R_sem (a ShapesWorld judge only reads images), the detector gives
+          R_RI. `--config configs/recipes/got_r1.py:shapes` with a ShapesWorld policy and judge
+          (e.g. --config.policy_checkpoint=runs/demo/sft/final); not timed, no result measured.
 """
 
 import ml_collections

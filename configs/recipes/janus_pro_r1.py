@@ -1,18 +1,26 @@
-"""Janus-Pro-R1 ("Aha moments") GRPO recipe: `configs/recipes/janus_pro_r1.py:<7b|1b|shapes>`.
+"""Janus-Pro-R1 ("Aha moments") GRPO recipe: `configs/recipes/janus_pro_r1.py:<arg>`, arg in
+7b | 1b | shapes.
 
-Command:
+Command (1b: the same with `:1b` and 1B checkpoints):
     jaxgen train grpo --config configs/recipes/janus_pro_r1.py:7b --workdir W \\
-        --config.policy_checkpoint=JANUS_PRO_R1_SFT_DIR --config.judge_checkpoint=JUDGE_DIR
+        --config.policy_checkpoint=JANUS_PRO_R1_SFT_DIR --config.judge_checkpoint=JUDGE_DIR \\
+        --config.data.path=PROMPTS.jsonl
 Paper setup: Janus-Pro-7B after the 3-task SFT (T2I / self-evaluation / regeneration); 8x A800
 class GPUs; GRPO G=7, beta 0.05 (k3 KL), batch 128, lr 6e-6 -> 2e-6 linear over 400 steps then
 cosine to 2e-7, AdamW 0.9/0.95, weight decay 0.05, clip-norm 1.0; image log-probs from
 CFG-combined logits; rewards: R_QA = P(yes)/(P(yes)+P(no)) from a VLM, with the self-reflection
-rewards R_Gen / R_Comp of jaxgen.train.reflection; each reward stream group-normalised
+rewards R_Gen / R_Comp of jaxgen/train/reflection.py; each reward stream group-normalised
 separately (per_reward_norm). Here each rollout is that loop (reflection.max_images=3: up to 3
 images per prompt, the policy's own yes / no ends it) and R_QA is the reward tree below.
-Expected result (paper, Table 1): GenEval 0.80 -> 0.86 (counting 0.59 -> 0.66, position 0.79 ->
-0.87); T2I-CompBench colour/shape/texture 83.4 / 59.4 / 75.2.
-:shapes: ShapesWorld policy + judge on this CPU (30 steps); expected: mean judge reward rises.
+Variants:
+  7b, 1b  the paper's recipe. No run measured: it needs a checkpoint after the 3-task SFT, a
+          judge, a JSONL of {'prompt', 'metadata'} records and GPUs. The paper (Table 1) reports
+          GenEval 0.80 -> 0.86 (counting 0.59 -> 0.66, position 0.79 -> 0.87), T2I-CompBench
+          colour / shape / texture 83.4 / 59.4 / 75.2.
+  shapes  ShapesWorld policy + judge, 30 iterations x 4 prompts x 8:
+          `--config configs/recipes/janus_pro_r1.py:shapes` with a ShapesWorld policy and yes/no
+          judge (e.g. --config.policy_checkpoint=runs/demo/sft/final); not timed, no result
+          measured.
 """
 
 import ml_collections

@@ -1,8 +1,9 @@
-"""ReasonGen-R1 GRPO recipe: `configs/recipes/reasongen_r1.py:<7b|1b|shapes>`.
+"""ReasonGen-R1 GRPO recipe: `configs/recipes/reasongen_r1.py:<arg>`, arg in 7b | 1b | shapes.
 
-Command:
+Command (1b: the same with `:1b` and 1B checkpoints):
     jaxgen train grpo --config configs/recipes/reasongen_r1.py:7b --workdir W \\
-        --config.policy_checkpoint=REASONGEN_SFT_DIR --config.judge_checkpoint=JUDGE_DIR
+        --config.policy_checkpoint=REASONGEN_SFT_DIR --config.judge_checkpoint=JUDGE_DIR \\
+        --config.data.path=PROMPTS.jsonl
 Paper setup: Janus-Pro-7B after CoT SFT; 8x A100/H100 class GPUs; GRPO G=8, 8 prompts per step,
 lr 5e-6, 400 steps, clip 0.2, no KL, dynamic sampling (groups with zero reward std dropped),
 CFG weight 1 during RL, adaptive entropy (text target 2.0, image target 7.0, alpha = sinh(psi)
@@ -10,10 +11,14 @@ clamped to +-5e-3, lr 5e-5); reward: a VLM (Qwen2.5-VL-7B) answers ending in \\b
 Here the judge is any model of the unified architecture (a Hugging Face Janus-Pro directory or
 a jaxgen checkpoint, e.g. Janus-Pro-7B), since it runs on the policy's mesh; Qwen2.5-VL is not
 loadable.
-Expected result (paper): GenEval overall rises over the SFT model (ReasonGen-R1 reports ~+6 pts
-over Janus-Pro-7B on GenEval, with gains on counting/position).
-:shapes runs the same recipe on the ShapesWorld policy + judge on this CPU (30 steps, minutes);
-expected: the mean boxed-judge reward rises over the first iterations.
+Variants:
+  7b, 1b  the paper's recipe. No run measured: it needs the CoT SFT checkpoint
+          (configs/sft.py:janus_pro_7b / janus_pro_1b), a judge, a JSONL of {'prompt',
+          'metadata'} records and GPUs. The paper reports GenEval overall ~+6 points over
+          Janus-Pro-7B, with gains on counting / position.
+  shapes  ShapesWorld policy + judge, 30 iterations x 4 prompts x 8:
+          `--config configs/recipes/reasongen_r1.py:shapes` with a ShapesWorld policy and judge
+          (e.g. --config.policy_checkpoint=runs/demo/sft/final); not timed, no result measured.
 """
 
 import ml_collections

@@ -1,16 +1,22 @@
-"""T2I-R1 (BiCoT-GRPO) recipe: `configs/recipes/t2i_r1.py:<7b|1b|shapes>`.
+"""T2I-R1 (BiCoT-GRPO) recipe: `configs/recipes/t2i_r1.py:<arg>`, arg in 7b | 1b | shapes.
 
-Command:
+Command (1b: the same with `:1b` and Janus-Pro-1B):
     jaxgen train grpo --config configs/recipes/t2i_r1.py:7b --workdir W \\
-        --config.policy_checkpoint=JANUS_PRO_7B_DIR --config.judge_checkpoint=JUDGE_DIR
+        --config.policy_checkpoint=JANUS_PRO_7B_DIR --config.judge_checkpoint=JUDGE_DIR \\
+        --config.data.path=PROMPTS.jsonl
 Paper setup: Janus-Pro-7B without SFT; 8 GPUs (A100 80GB class); semantic CoT (<= 50 words) then
 the image from "{prompt}. {CoT}"; one loss over text + image tokens with one advantage, G=8,
 lr 1e-6, beta 0.01 (k3 KL), 1,600 steps; image log-probs from the conditional logits; reward =
 ensemble of HPS, GIT VQA P(yes), GroundingDINO rules and an ORM yes/no (here: the yes/no VLM
 judge + the GenEval-style detector + a caption-format reward, summed).
-Expected result (paper): T2I-CompBench colour/shape/texture 81.3 / 58.5 / 72.4 (from 63.6 / 35.3 /
-49.4 for Janus-Pro-7B); GenEval ~0.79.
-:shapes: ShapesWorld policy + judge on this CPU (30 steps); expected: mean reward rises.
+Variants:
+  7b, 1b  the paper's recipe. No run measured: it needs a Janus-Pro checkpoint (a Hugging Face
+          directory or `jaxgen convert hf-to-jax` output), a judge, a JSONL of {'prompt',
+          'metadata'} records and GPUs. The paper reports T2I-CompBench colour / shape / texture
+          81.3 / 58.5 / 72.4 (from 63.6 / 35.3 / 49.4 for Janus-Pro-7B), GenEval ~0.79.
+  shapes  ShapesWorld policy + judge, 30 iterations x 4 prompts x 8:
+          `--config configs/recipes/t2i_r1.py:shapes` with a ShapesWorld policy and yes/no judge
+          (e.g. --config.policy_checkpoint=runs/demo/sft/final); not timed, no result measured.
 """
 
 import ml_collections
