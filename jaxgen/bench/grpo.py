@@ -16,7 +16,15 @@ import jax
 import numpy as np
 
 from jaxgen.config import load_config
+from jaxgen.data import prompts as shapes_prompts
+from jaxgen.data.tokenizer import build_tokenizer, special_token_ids
+from jaxgen.demo import grpo_stage_config
+from jaxgen.models import janus
+from jaxgen.rewards import tokenizer_consistency
 from jaxgen.rewards.base import defined_in
+from jaxgen.sampling import sampler as sampler_lib
+from jaxgen.sampling import understanding
+from jaxgen.train import grpo as grpo_lib
 
 
 def grpo_args(parser):
@@ -31,10 +39,6 @@ def grpo_args(parser):
 
 
 def _random_policy(config):
-    from jaxgen.data import prompts as shapes_prompts
-    from jaxgen.data.tokenizer import build_tokenizer, special_token_ids
-    from jaxgen.models import janus
-
     rng = np.random.default_rng(0)
     corpus = [shapes_prompts.sample_metadata(rng, "train")["prompt"] for _ in range(500)]
     tokenizer = build_tokenizer(corpus)
@@ -62,18 +66,13 @@ class _Timer:
 def _jitted_entry_points():
     """(module, attribute) of every jitted function an iteration calls outside the runner; each
     is looked up through its module at call time, so patching the attribute times every call."""
-    from jaxgen.rewards import tokenizer_consistency, vlm_judge
-    from jaxgen.sampling import sampler as sampler_lib
-
     judge = ("yes_probability", "yes_no_logit_from_codes", "greedy_answer",
              "answer_log_likelihood", "answer_log_likelihood_from_codes")
-    return ([(sampler_lib, "sample")] + [(vlm_judge, name) for name in judge]
+    return ([(sampler_lib, "sample")] + [(understanding, name) for name in judge]
             + [(tokenizer_consistency, "surviving_code_fraction")])
 
 
 def run_bench(config, iterations: int, warmup: int, policy=None) -> dict:
-    from jaxgen.train import grpo as grpo_lib
-
     if policy is None and not config.get("policy_checkpoint"):
         policy = _random_policy(config)
     runner = grpo_lib.GRPORunner(config, policy=policy)
@@ -118,7 +117,6 @@ def run_bench(config, iterations: int, warmup: int, policy=None) -> dict:
 
 def grpo(args) -> int:
     if args.demo_workdir:
-        from jaxgen.demo import grpo_stage_config
         config = grpo_stage_config(load_config("demo", args.config_overrides), args.demo_workdir)
     else:
         config = load_config(args.config, args.config_overrides)

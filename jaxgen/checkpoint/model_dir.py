@@ -122,8 +122,9 @@ def load_vq_params(path) -> dict:
         path, f"rerun `jaxgen train vq` (it rewrites W/{VQ_PARAMS_FILE})"))
 
 
-def export_from_mesh(save, trees, name: str):
+def export_from_mesh(name: str, save, *trees):
     """Gather `trees` (sharded device arrays) to the host and call `save(*host_trees)` on process
-    0 only, every host waiting until it is written. Every process must call it (a collective)."""
+    0 only, every host waiting until it is written (`name` labels the barrier). Every process
+    must call it (a collective)."""
     host = parallel.to_host(trees)
     return parallel.primary_writes(lambda: save(*host), name)

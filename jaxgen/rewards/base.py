@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxgen import parallel
 from jaxgen.errors import UserError
+from jaxgen.registry import Registry
 
 
 @dataclasses.dataclass
@@ -59,36 +60,24 @@ class RewardContext:
     judges: dict = dataclasses.field(default_factory=dict)
 
 
-_FACTORIES: dict[str, Callable] = {}
-
-
-def register_reward(name: str):
-    """Decorator: register `factory(context, **kwargs) -> reward_fn` under `name`."""
-    def wrap(factory):
-        _FACTORIES[name] = factory
-        return factory
-    return wrap
-
-
-def available() -> list[str]:
-    import jaxgen.rewards  # noqa: F401  (importing the package registers the built-ins)
-    return sorted(_FACTORIES)
+# Factories `factory(context, **kwargs) -> reward_fn`; importing jaxgen.rewards registers the
+# built-in ones.
+FACTORIES = Registry("reward", "rewards")
+register_reward = FACTORIES.register
+available = FACTORIES.names
 
 
 def defined_in(module: str) -> tuple[str, ...]:
     """Names of the registered rewards whose factory lives in `module` (e.g. the host NumPy
     rewards of 'jaxgen.rewards.rules')."""
-    return tuple(n for n in available() if _FACTORIES[n].__module__ == module)
+    return tuple(n for n in available() if FACTORIES.get(n).__module__ == module)
 
 
 def make_reward(name: str, context: RewardContext | None = None, **kwargs) -> Callable:
     """Build one registered reward function."""
-    available()
-    if name not in _FACTORIES:
-        raise UserError(f"unknown reward {name!r}; choose one of {sorted(_FACTORIES)} "
-                        "(config field rewards)")
+    factory = FACTORIES.get(name)
     try:
-        return _FACTORIES[name](context or RewardContext(), **kwargs)
+        return factory(context or RewardContext(), **kwargs)
     except TypeError as e:
         raise UserError(f"reward {name!r}: bad kwargs {sorted(kwargs)} ({e})") from None
 

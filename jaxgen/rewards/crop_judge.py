@@ -29,8 +29,9 @@ from jaxgen.data.crops import crop_boxes
 from jaxgen.data.reasoning import from_grid, parse_plan
 from jaxgen.errors import UserError
 from jaxgen.rewards.base import RewardBatch, register_reward
-from jaxgen.rewards.vlm_judge import (answer_log_softmax, decoded_pixels, load_judge,
-                                      quantise_pixels, summed_answer_logp, uint8_to_unit)
+from jaxgen.rewards.vlm_judge import load_judge
+from jaxgen.sampling.understanding import (answer_log_softmax, decoded_pixels, quantise_pixels,
+                                           summed_answer_logp, uint8_to_unit)
 
 _decode = jax.jit(decoded_pixels, static_argnames=("policy_config",))
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jaxgen.errors import UserError
 from jaxgen.models import janus
 from jaxgen.rewards.base import RewardBatch, register_reward
-from jaxgen.rewards.vlm_judge import decoded_pixels
+from jaxgen.sampling.understanding import decoded_pixels
 
 
 @functools.partial(jax.jit, static_argnames=("config",))

@@ -103,13 +103,15 @@ def check_context(jc: JanusConfig, fc: flow.FlowConfig, prompt_len: int, max_thi
             f"lower max_think_tokens to at most {max(limit - need + max_think_tokens, 0)}")
 
 
-def _generate_impl(janus_params, flow_params, ids_bl, mask_bl, rng, jc, fc, options,
-                   sde_steps=None):
+def generate_traced(janus_params, flow_params, ids_bl, mask_bl, rng, jc, fc, options,
+                    sde_steps=None):
+    """generate()'s traceable body (jit it with jc, fc, options static), e.g. inside a
+    training runner's own jitted rollout with its SDE window `sde_steps`."""
     b = ids_bl.shape[0]
     rng_think, rng_noise, rng_sde = jax.random.split(rng, 3)
     t_max = options.max_think_tokens
     if t_max > 0:
-        think_ids, think_mask, _ = token_sampler._think_phase(
+        think_ids, think_mask, _ = token_sampler.think_phase(
             janus_params, jc, ids_bl, mask_bl, rng_think, options.token_options())
     else:
         think_ids, think_mask = jnp.zeros((b, 0), jnp.int32), jnp.zeros((b, 0), bool)
@@ -130,7 +132,7 @@ def _generate_impl(janus_params, flow_params, ids_bl, mask_bl, rng, jc, fc, opti
                        timesteps=ts, codes_bn=codes)
 
 
-_generate_jit = jax.jit(_generate_impl, static_argnames=("jc", "fc", "options"))
+_generate_jit = jax.jit(generate_traced, static_argnames=("jc", "fc", "options"))
 
 
 def generate(janus_params, jc: JanusConfig, flow_params, fc: flow.FlowConfig, input_ids_bl,

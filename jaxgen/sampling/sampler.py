@@ -181,7 +181,7 @@ def check_context(config, prompt_len: int, max_think_tokens: int):
 # ---------------------------------------------------------------------------------------------
 # The two phases.
 
-def _think_phase(params, config, ids_bl, mask_bl, rng, options):
+def think_phase(params, config, ids_bl, mask_bl, rng, options):
     """Chain of thought on the conditional rows: (ids [B,T], mask [B,T], log-probs [B,T])."""
     b, l = ids_bl.shape
     t_max = options.max_think_tokens
@@ -276,7 +276,7 @@ def _sample_rows(params, input_ids_bl, attention_mask_bl, rng, config, options):
     rng_think, rng_image = jax.random.split(rng)
     t_max = options.max_think_tokens
     if t_max > 0:
-        think_ids, think_mask, think_lp = _think_phase(params, config, ids_bl, mask_bl, rng_think,
+        think_ids, think_mask, think_lp = think_phase(params, config, ids_bl, mask_bl, rng_think,
                                                        options)
     else:
         think_ids = jnp.zeros((b, 0), jnp.int32)

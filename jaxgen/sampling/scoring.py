@@ -19,7 +19,6 @@ Rollout.think_logprobs_bt. Positions outside think_mask_bt are 0 in every output
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from jaxgen.errors import UserError

@@ -19,32 +19,18 @@ gets weight 0 in `group_keep_mask` instead of being removed, so nothing recompil
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import jax.numpy as jnp
 
 from jaxgen.errors import UserError
+from jaxgen.registry import Registry
 
-_REGISTRY: dict[str, Callable] = {}
-
-
-def register_advantage(name: str):
-    """Decorator adding an estimator `f(rewards_b, group_size, **kw) -> adv_b` to the registry."""
-    def wrap(fn):
-        _REGISTRY[name] = fn
-        return fn
-    return wrap
-
-
-def get_advantage_fn(name: str) -> Callable:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown advantage estimator {name!r}; choose one of "
-                        f"{sorted(_REGISTRY)} (config field grpo.advantage)")
-    return _REGISTRY[name]
-
-
-def available() -> list[str]:
-    return sorted(_REGISTRY)
+# Estimators `f(rewards_b, group_size, **kw) -> adv_b`.
+ESTIMATORS = Registry("advantage estimator", "grpo.advantage")
+register_advantage = ESTIMATORS.register
+get_advantage_fn = ESTIMATORS.get
+available = ESTIMATORS.names
 
 
 def _groups(rewards_b, group_size: int):

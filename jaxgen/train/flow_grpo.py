@@ -1,13 +1,16 @@
 """Flow-GRPO on the diffusion path: GRPO over the denoising steps of the flow decoder.
 
-One iteration, split like jaxgen.train.grpo (each stage a pure function, one mesh):
+One iteration, with GRPO's shared stages (jaxgen.train.grpo_stages: prompts, rewards,
+advantages, minibatches) and loop (jaxgen.train.loop.run_rl: resume, SIGTERM, NaN stop); what
+is specific to the diffusion path is the rollout and the scoring of its steps:
 
   rollout     G images per prompt: the frozen LLM writes the reasoning, then the flow decoder
               samples with Flow-GRPO's SDE (same marginals as the ODE; `sampling.noise_level`)
               on `sampling.num_steps` steps, keeping every latent and each step's log-prob as
               the old policy's; steps outside `grpo.sde_window` are deterministic ODE steps
   rewards     the reward tree (jaxgen.rewards) on the decoded images (nearest VQ codes -> pixels)
-  advantages  a registered estimator over each prompt's G images, clipped to +-advantage_clip
+  advantages  a registered estimator over each prompt's G images (GRPO's: clip, dynamic
+              sampling and its tolerance, negative-advantage scale)
   reference   the frozen starting decoder's step means (only when beta > 0)
   update      per stochastic step k and image i: ratio = exp(logp_new - logp_old) of the
               transition x_k -> x_{k+1} under the CFG-guided SDE step (the distribution the
@@ -41,13 +44,16 @@ from jaxgen import checkpoint as ckpt_lib
 from jaxgen import parallel
 from jaxgen.errors import UserError
 from jaxgen.models import flow, janus
-from jaxgen.rewards import CompositeReward, RewardBatch, RewardContext
+from jaxgen.rewards import CompositeReward, RewardContext
 from jaxgen.rewards.base import plain_spec
 from jaxgen.sampling import flow as flow_sampling
 from jaxgen.sampling import flow_generate
 from jaxgen.train import advantages as adv_lib
-from jaxgen.data.tokenizer import detokenize_reasoning, tokenize_prompts
-from jaxgen.train.grpo import PromptSource, reward_summary, run_iterations
+from jaxgen.data.tokenizer import tokenize_prompts
+from jaxgen.train import loop as loop_lib
+from jaxgen.train.grpo_stages import (PromptSource, group_advantages, mean_metrics,
+                                      minibatch_rows, reward_summary, score_rewards)
+from jaxgen.train.optim import make_optimizer
 from jaxgen.train.xla_options import train_step_compiler_options
 
 
@@ -201,7 +207,7 @@ class FlowGRPORunner:
             raise UserError(f"grpo.minibatches={g.minibatches} must divide the "
                             f"{self.batch_size} images of a rollout (prompts_per_step x "
                             f"group_size), and grpo.inner_epochs={g.inner_epochs} be >= 1")
-        from jaxgen.train.optim import make_optimizer
+        self.negative_scale = adv_lib.check_negative_scale(g.get("negative_advantage_scale", 1.0))
         self.optimizer = make_optimizer(config, int(config.total_steps))
         j_sh = parallel.param_shardings(janus_params, janus.param_logical_axes(self.jc), mesh,
                                         layout)
@@ -238,8 +244,8 @@ class FlowGRPORunner:
 
     def _rollout_impl(self, janus_params, flow_params, ids, mask, rng):
         """generate() with the configured SDE window (jitted once per run)."""
-        return flow_generate._generate_impl(janus_params, flow_params, ids, mask, rng, self.jc,
-                                            self.fc, self.options, sde_steps=self.sde_steps)
+        return flow_generate.generate_traced(janus_params, flow_params, ids, mask, rng, self.jc,
+                                             self.fc, self.options, sde_steps=self.sde_steps)
 
     def rollout(self, iteration: int, records):
         texts = [r["prompt"] for r in records for _ in range(self.group_size)]
@@ -253,26 +259,14 @@ class FlowGRPORunner:
         return out, texts, metadata
 
     def rewards(self, rollout, texts, metadata):
-        # host copies are whole on every process (parallel.to_host, a collective), so each host
-        # computes the same rewards and advantages, as in jaxgen.train.grpo
-        reasoning = detokenize_reasoning(self.tokenizer, *parallel.to_host(
-            (rollout.think_ids_bt, rollout.think_mask_bt)))
-        images = parallel.to_host(self._pixels(self.janus_params, rollout.latents[-1]))
-        tokens = rollout.codes_bn
-        if jax.process_count() > 1:  # NumPy rewards read them: a replica on every host
-            tokens = jax.device_put(tokens, parallel.replicated(self.mesh))
-        batch = RewardBatch(prompts=texts, reasoning=reasoning, metadata=metadata, images=images,
-                            image_tokens=tokens)
-        total, streams, weights = self.reward(batch)
-        return total, streams, weights, reasoning
+        """The shared reward stage on the decoded images -> grpo_stages.RewardOutput."""
+        images = self._pixels(self.janus_params, rollout.latents[-1])
+        return score_rewards(self.reward, None, self.tokenizer, self.mesh, rollout.think_ids_bt,
+                             rollout.think_mask_bt, rollout.codes_bn, texts, metadata, images)
 
     def advantages(self, streams, weights):
-        g = self.config.grpo
-        adv, keep, _ = adv_lib.compute_advantages(
-            streams, self.group_size, g.advantage, weights=weights,
-            per_reward_norm=bool(g.per_reward_norm), dynamic_sampling=bool(g.dynamic_sampling),
-            clip=float(g.advantage_clip))
-        return np.asarray(adv, np.float32), np.asarray(keep, np.float32)
+        return group_advantages(streams, weights, self.group_size, self.config.grpo,
+                                self.negative_scale)
 
     def update(self, batch, iteration: int) -> dict:
         """inner_epochs x minibatches optimizer steps on one rollout; returns the mean metrics.
@@ -280,23 +274,17 @@ class FlowGRPORunner:
         Each epoch shuffles the images (from seed and iteration, so a resumed run repeats it)
         and splits them into `minibatches` equal shares; old log-probs stay the sampler's.
         """
-        if self.minibatches == 1 and self.inner_epochs == 1:
-            orders = [None]
-        else:
-            rng = np.random.default_rng([int(self.config.seed), iteration, 7])
-            size = self.batch_size // self.minibatches
-            rows = parallel.replicated(self.mesh)  # every host passes the same indices
-            orders = [jax.device_put(np.sort(perm[k * size:(k + 1) * size]).astype(np.int32), rows)
-                      for perm in (rng.permutation(self.batch_size)
-                                   for _ in range(self.inner_epochs))
-                      for k in range(self.minibatches)]
         history = []
-        for rows in orders:
+        replicated = parallel.replicated(self.mesh)  # every host passes the same indices
+        for rows in minibatch_rows(int(self.config.seed), iteration, self.batch_size,
+                                   self.minibatches, self.inner_epochs):
+            if rows is not None:
+                rows = jax.device_put(rows, replicated)
             self.flow_params, self.opt_state, m = self._update(
                 self.flow_params, self.opt_state, self.janus_params, self.ref_flow_params, batch,
                 rows)
             history.append(m)
-        return {k: float(np.mean([float(h[k]) for h in history])) for k in history[0]}
+        return mean_metrics(history)
 
     def iteration(self, iteration: int) -> dict:
         t0 = time.perf_counter()
@@ -304,9 +292,10 @@ class FlowGRPORunner:
                                                                               self.num_prompts))
         jax.block_until_ready(rollout)
         t1 = time.perf_counter()
-        total, streams, weights, reasoning = self.rewards(rollout, texts, metadata)
+        rw = self.rewards(rollout, texts, metadata)
+        total, streams = rw.total, rw.streams
         t2 = time.perf_counter()
-        adv, keep = self.advantages(streams, weights)
+        adv, keep = self.advantages(streams, rw.weights)
         first, stop = self.window
         put = lambda x: jax.device_put(x, self.batch_sharding)  # noqa: E731
         batch = dict(rollout=rollout, old_logp=rollout.log_probs[first:stop], adv=put(adv),
@@ -318,7 +307,6 @@ class FlowGRPORunner:
                        time_reward=t2 - t1, time_update=t3 - t2, time_iteration=t3 - t0)
         for name, col in zip(self.reward.stream_names, np.asarray(streams).T):
             metrics[f"reward/{name}"] = float(col.mean())
-        self.last_reasoning = reasoning
         return metrics
 
     # ---------------------------------------------------------------------------- state io
@@ -340,13 +328,17 @@ def train(config, workdir) -> dict:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     runner = FlowGRPORunner(config)
-    history, start = run_iterations(
+    run = loop_lib.run_rl(
         runner, config, workdir, "flow_grpo",
         lambda m: {"reward": f"{m['reward_mean']:.3f}", "clip": f"{m['clip_frac']:.2f}"})
+    out = {"workdir": str(workdir), "status": run["status"], "step": run["step"],
+           **reward_summary(run["history"], run["start"], int(config.total_steps))}
+    if run["status"] != "done":
+        return out
     final = workdir / "final"  # every host takes part in the gather, process 0 writes
     ckpt_lib.export_from_mesh(
+        "flow_grpo_final",
         lambda jp, fp: ckpt_lib.save_flow_checkpoint(final, jp, runner.jc, runner.tokenizer, fp,
                                                      runner.fc),
-        (runner.janus_params, runner.flow_params), "flow_grpo_final")
-    return {"workdir": str(workdir), "checkpoint": str(final),
-            **reward_summary(history, start, int(config.total_steps))}
+        runner.janus_params, runner.flow_params)
+    return dict(out, checkpoint=str(final))

@@ -1,7 +1,9 @@
-"""The training loop shared by the SFT, VQ (and GRPO) trainers.
+"""The training loops: `run` for SFT, VQ and flow matching, `run_rl` for GRPO and Flow-GRPO.
 
-    state -> [resume from <workdir>/checkpoints] -> for step: batch -> train_step -> metrics
-          -> progress bar / JSONL / TensorBoard -> eval hook -> checkpoint -> ...
+    run:    state -> [resume from <workdir>/checkpoints] -> for step: batch -> train_step
+            -> metrics -> progress bar / JSONL / TensorBoard -> eval hook -> checkpoint -> ...
+    run_rl: runner -> [resume] -> for iteration: runner.iteration(it) (rollout, reference,
+            rewards, advantages, update) -> metrics.jsonl / progress bar -> checkpoint -> ...
 
 Guarantees:
 - Resume is automatic: the newest readable checkpoint in the workdir (params, optimizer
@@ -10,7 +12,8 @@ Guarantees:
 - SIGTERM (a TPU/cluster preemption notice) makes the loop save a checkpoint at the current
   step and return with status 'preempted' (exit code 0 from the CLI).
 - A NaN/Inf loss raises `NonFiniteLossError` naming the step; no checkpoint is written from
-  that step on, so the last saved one stays the newest.
+  that step on, so the last saved one stays the newest. (RL runs also check the gradient norm
+  and the mean reward.)
 
 The data iterator protocol: `next(it)` -> host batch (numpy pytree, batch-leading arrays);
 optional `it.get_state()` / `it.set_state(state)` (bytes or JSON-able) for exact resume.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import pathlib
 import signal
@@ -89,7 +93,6 @@ def _config_meta(config) -> dict:
     if config is None:
         return {}
     try:
-        import json
         return {"config": json.loads(config.to_json_best_effort())}
     except Exception:  # noqa: BLE001 - meta is informational
         return {"config": str(config)}
@@ -206,3 +209,75 @@ def run(*, workdir, state, shardings, train_step: Callable, data: Iterator, mesh
             mngr.close()
     return {"state": state, "step": step, "metrics": host_metrics, "status": status,
             "checkpoint_dir": str(ckpt_dir), "last_checkpoint_step": last_saved}
+
+
+# RL metrics that must stay finite: a NaN here means the update broke the policy.
+RL_FINITE_KEYS = ("loss", "grad_norm", "reward_mean")
+
+
+def run_rl(runner, config, workdir, desc: str, postfix: Callable[[dict], dict]) -> dict:
+    """The RL loop of GRPO and Flow-GRPO: resume from the newest readable checkpoint, run
+    `runner.iteration(it)` to config.total_steps, log metrics.jsonl and a progress bar
+    (`postfix(metrics)` -> its fields), checkpoint every config.checkpoint_every iterations.
+
+    SIGTERM saves the state at the current iteration and returns with status 'preempted'; a
+    non-finite loss, gradient norm or mean reward raises NonFiniteLossError and writes no
+    checkpoint, so the last good one stays the newest.
+
+    runner: iteration(it) -> metrics dict with 'reward_mean'; state(), load_state(state),
+    abstract_state() for the sharded device state; optionally host_state() -> JSON-able and
+    load_host_state(s) for host-side state (e.g. the adaptive entropy's psi). Returns {'history': metrics dicts of the run so far, 'start': first
+    iteration run, 'step': iterations done, 'status': 'done' | 'preempted'}.
+    """
+    workdir = pathlib.Path(workdir)
+    total = int(config.total_steps)
+    every = int(config.checkpoint_every)
+    mngr = ckpt_lib.CheckpointManager(workdir / "checkpoints",
+                                      max_to_keep=int(config.get("keep_checkpoints", 2)),
+                                      keep_period=int(config.get("keep_checkpoint_every", 0)),
+                                      save_interval_steps=every, async_save=False)
+    start = 0
+    restored = mngr.restore_latest(runner.abstract_state())
+    if restored is not None:
+        start, state, host_state, _ = restored
+        runner.load_state(state)
+        if host_state is not None and hasattr(runner, "load_host_state"):
+            runner.load_host_state(host_state)
+    host_state_now = getattr(runner, "host_state", lambda: None)
+    metrics_path = workdir / "metrics.jsonl"
+    history = []
+    if metrics_path.exists():  # keep the log of the iterations before the restored step
+        history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+        history = [h for h in history if h["step"] < start]
+        parallel.primary_writes(lambda: metrics_path.write_text(
+            "".join(json.dumps(h) + "\n" for h in history)), "rl_metrics_trimmed")
+    primary = jax.process_index() == 0  # hosts share the work directory: one writes the log
+    last_saved = mngr.latest_step()
+    status, it = "done", start
+    bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, disable=not primary)
+    try:
+        with _Preemption() as preempt, \
+                (metrics_path.open("a") if primary else contextlib.nullcontext()) as log:
+            while it < total:
+                if preempt.requested:
+                    mngr.save(it, runner.state(), host_state_now(), meta={"step": it}, wait=True)
+                    status = "preempted"
+                    break
+                m = runner.iteration(it)
+                m["step"] = it
+                for key in RL_FINITE_KEYS:
+                    _check_finite(m, it, key, last_saved, mngr.directory)
+                it += 1
+                history.append(m)
+                if primary:
+                    log.write(json.dumps(m) + "\n")
+                    log.flush()
+                bar.update(1)
+                bar.set_postfix(**postfix(m))
+                if it % every == 0 or it == total:
+                    mngr.save(it, runner.state(), host_state_now(), meta={"step": it})
+                    last_saved = it
+    finally:
+        bar.close()
+        mngr.close()
+    return {"history": history, "start": start, "step": it, "status": status}

@@ -20,12 +20,13 @@ the reasoning for the reasoning tokens, of the drawing for the image tokens).
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jaxgen.errors import UserError
+from jaxgen.registry import Registry
 
 AGGREGATIONS = ("token_mean", "sequence_mean")
 
@@ -150,10 +151,7 @@ def adaptive_entropy_update(psi, entropy, target: float, lr: float):
     return psi - lr * jnp.cosh(psi) * (entropy - target)
 
 
-POLICY_LOSSES: dict[str, Callable] = {"grpo": grpo_loss}
-
-
-def get_policy_loss(name: str) -> Callable:
-    if name not in POLICY_LOSSES:
-        raise UserError(f"unknown policy loss {name!r}; choose one of {sorted(POLICY_LOSSES)}")
-    return POLICY_LOSSES[name]
+POLICY_LOSSES = Registry("policy loss", "grpo.loss.name")
+register_policy_loss = POLICY_LOSSES.register
+get_policy_loss = POLICY_LOSSES.get
+register_policy_loss("grpo")(grpo_loss)

@@ -31,8 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import parallel
-from jaxgen.rewards import vlm_judge
-from jaxgen.rewards.vlm_judge import DEFAULT_QUESTION, VLMJudge
+from jaxgen.rewards.vlm_judge import DEFAULT_QUESTION
+from jaxgen.sampling import understanding
+from jaxgen.sampling.understanding import VLMJudge
 from jaxgen.sampling import sampler as sampler_lib
 
 
@@ -170,9 +171,9 @@ def self_eval_loss(params, config, batch, adv_rows, keep_rows, s: SelfEvalSettin
     scalar added to the pixels, so the pass starts after whatever computed it.
     """
     from jaxgen.train.policy_loss import clipped_surrogate
-    pixels = jax.lax.stop_gradient(vlm_judge.decoded_pixels(params, config, batch["codes"]))
+    pixels = jax.lax.stop_gradient(understanding.decoded_pixels(params, config, batch["codes"]))
     pixels = pixels + wait
-    logit = vlm_judge.yes_no_logit(params, config, batch["question_ids"], batch["question_mask"],
+    logit = understanding.yes_no_logit(params, config, batch["question_ids"], batch["question_mask"],
                                    pixels, s.yes_ids, s.no_ids)
     logp = jnp.where(batch["said_yes"], jax.nn.log_sigmoid(logit), jax.nn.log_sigmoid(-logit))
     pg, ratio = clipped_surrogate(logp, batch["old_logp"], adv_rows, eps_low, eps_high)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import pathlib
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,9 +26,11 @@ import numpy as np
 
 from jaxgen import checkpoint as ckpt_lib
 from jaxgen import parallel
+from jaxgen.data import prompts, shapes_world
 from jaxgen.errors import UserError
 from jaxgen.models.config import VQConfig
-from jaxgen.models.vq import l2_normalize
+from jaxgen.models.janus import config_from_configdict
+from jaxgen.models.vq import VQModel, l2_normalize
 from jaxgen.train import batching, losses, loop as loop_lib, optim, state as state_lib
 from jaxgen.train.metrics import save_image_grid, to_uint8
 
@@ -69,13 +70,12 @@ _LPIPS_SCALE = np.array([0.458, 0.448, 0.450], np.float32)
 def load_perceptual_weights(path) -> dict:
     """VGG16 weights in torchvision names (`features.{i}.weight|bias`, OIHW) and optional LPIPS
     linear heads (`lin{k}.model.1.weight`, [1, C, 1, 1]) from a safetensors file."""
-    from safetensors.numpy import load_file
     path = pathlib.Path(path)
+    fix = ("pass a safetensors file with torchvision VGG16 'features.N.weight' tensors or set "
+           "--config.loss.perceptual_weight=0")
     if not path.exists():
-        raise UserError(f"perceptual weights {path} not found; pass a safetensors file with "
-                        "torchvision VGG16 'features.N.weight' tensors or set "
-                        "--config.loss.perceptual_weight=0")
-    raw = load_file(str(path))
+        raise UserError(f"perceptual weights {path} not found; {fix}")
+    raw = ckpt_lib.load_flat(path, fix)
     convs, lins = [], []
     conv_ids = sorted({int(k.split(".")[1]) for k in raw if k.startswith("features.")})
     for i in conv_ids:
@@ -124,17 +124,15 @@ def perceptual_distance(weights: dict, a_bhwc, b_bhwc):
 
 
 def vq_config_of(config) -> VQConfig:
-    from jaxgen.models.janus import config_from_configdict
     return config_from_configdict(config.model).vq
 
 
 def render_example(index: int, seed: int, split: str, image_size: int) -> dict:
     """Image `index` of the deterministic ShapesWorld stream: {'image': f32[H, W, 3] in [-1, 1]}."""
-    from jaxgen.data import shapes_world
     rng = np.random.default_rng([seed, index])
     for _ in range(8):  # a rare unplaceable scene: draw another from the same stream
         try:
-            _, _, scene = shapes_world.sample_prompt(rng, split, canvas=image_size)
+            _, _, scene = prompts.sample_prompt(rng, split, canvas=image_size)
             break
         except UserError:
             continue
@@ -166,7 +164,6 @@ def logical_axes_from_boxed(boxed):
 
 
 def _models(config):
-    from jaxgen.models.vq import VQModel
     q = vq_config_of(config)
     vq_model = VQModel(q, l2_norm_lookup=bool(config.loss.l2_norm_lookup))
     lc = config.loss
@@ -253,7 +250,6 @@ def make_dead_code_restart(config, probe_images):
     minutes; restarting dead codes from real encoder outputs (Jukebox, SoundStream) keeps the
     codebook in use. Depends only on params, the probe set and rng: resumes stay exact.
     """
-    from jaxgen.models.vq import VQModel
     _, vq_model, _ = _models(config)
     probe = jnp.asarray(probe_images)
     noise = float(config.loss.restart_noise)
@@ -278,7 +274,7 @@ def export_params(vq_params, path):
         p["codebook"] = np.asarray(l2_normalize(jnp.asarray(p["codebook"])))
         return ckpt_lib.save_vq_params(path, p)
 
-    ckpt_lib.export_from_mesh(save, vq_params, "vq-export")
+    ckpt_lib.export_from_mesh("vq-export", save, vq_params)
     return pathlib.Path(path)
 
 

@@ -9,7 +9,7 @@ from jaxgen.errors import UserError
 from jaxgen.rewards import CompositeReward, RewardBatch, make_reward
 from jaxgen.rewards import plan as plan_lib
 from jaxgen.rewards import rules
-from jaxgen.rewards.vlm_judge import parse_boxed
+from jaxgen.sampling.understanding import parse_boxed
 
 PLAN = ("A <obj>red circle</obj> <box>(100,400),(300,600)</box> left of "
         "<obj>blue square</obj> <box>( 600 , 400 ),(800,600)</box>")

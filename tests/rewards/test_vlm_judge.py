@@ -2,50 +2,24 @@
 pass, in-graph VQ decoding against the host path, cached greedy answers against uncached ones."""
 
 import dataclasses
-import functools
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from tiny_tokenizer import make_tokenizer  # noqa: E402
+from jaxgen.data import templates
+from jaxgen.errors import PromptTooLongError
+from jaxgen.models import janus
+from jaxgen.rewards import CompositeReward, RewardBatch, RewardContext, make_reward
+from jaxgen.sampling import understanding
+from tests.helpers.tiny_judge import codes_and_host_images, decoding_context, row_logits
 
-from jaxgen.config import load_config  # noqa: E402
-from jaxgen.data import templates  # noqa: E402
-from jaxgen.errors import PromptTooLongError  # noqa: E402
-from jaxgen.models import janus  # noqa: E402
-from jaxgen.rewards import CompositeReward, RewardBatch, RewardContext, make_reward  # noqa: E402
-from jaxgen.rewards import vlm_judge  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    config = janus.config_from_configdict(load_config("janus:tiny"))
-    params = jax.jit(janus.init_params, static_argnums=0)(config, jax.random.PRNGKey(0))
-    tok = make_tokenizer(config.text.vocab_size)
-    judge = vlm_judge.VLMJudge(params, config, tok, max_text_tokens=64)
-    return config, params, tok, judge
-
-
-@functools.partial(jax.jit, static_argnums=1)
-def _row_logits(params, config, ids, pixels):
-    """Text logits [L, V] of one unpadded understanding row (image resized for SigLIP)."""
-    emb = janus.embed_text(params, config, ids)
-    size = config.vision.image_size
-    pix = jax.image.resize(pixels[None], (1, size, size, 3), "bilinear")
-    emb = janus.merge_image_embeds(emb, ids, janus.embed_understanding_images(params, config, pix),
-                                   config.image_token_id)
-    pos = jnp.arange(ids.shape[1])[None]
-    hidden, _ = janus.decode(params, config, emb, pos, jnp.ones(ids.shape, bool))
-    return janus.text_logits(params, config, hidden)[0]
+# `tiny`: (config, params, tokenizer, judge) of the tiny random model, tests/rewards/conftest.py
 
 
 def _last_probs(params, config, ids, pixels):
-    return jax.nn.softmax(_row_logits(params, config, ids, pixels)[-1])
+    return jax.nn.softmax(row_logits(params, config, ids, pixels)[-1])
 
 
 def _manual_prob(params, config, tok, question, pixels):
@@ -72,22 +46,14 @@ def test_yes_probability_matches_manual(tiny):
     assert np.all((got > 0) & (got < 1))
 
 
-def _codes_and_host_images(params, config, seed):
-    """Two random VQ code grids and their decoded images as the host would save them (uint8)."""
-    codes = jax.random.randint(jax.random.PRNGKey(seed), (2, config.num_image_tokens), 0,
-                               config.vq.num_embeddings)
-    pixels = np.asarray(janus.vq_decode(params, config, codes))
-    return codes, np.round((np.clip(pixels, -1, 1) + 1) * 127.5).astype(np.uint8)
-
-
 def test_codes_decoded_in_graph_match_host_images(tiny):
     """The judge sees on device exactly the pixels of the saved uint8 image (checked bitwise),
     and scores them alike: the two are differently fused float32 graphs of the whole judge,
     whose P(yes) agree to float32 summation-order error (XLA's order differs between CPUs:
     1.5e-5 on one 2-core host, under 5e-6 on another)."""
     config, params, tok, judge = tiny
-    codes, host = _codes_and_host_images(params, config, 1)
-    in_graph = jax.jit(lambda c: vlm_judge.quantise_pixels(janus.vq_decode(params, config, c)))
+    codes, host = codes_and_host_images(params, config, 1)
+    in_graph = jax.jit(lambda c: understanding.quantise_pixels(janus.vq_decode(params, config, c)))
     seen = np.round((np.asarray(in_graph(codes)) + 1.0) * 127.5).astype(np.uint8)
     np.testing.assert_array_equal(seen, host)
     q = ["a red circle ?", "a blue square ?"]
@@ -100,10 +66,10 @@ def test_greedy_answer_matches_uncached_argmax(tiny):
     config, params, tok, judge = tiny
     images = np.random.default_rng(2).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     ids, mask = judge.tokenize(["a red circle ?", "the blue square ?"], with_image=True)
-    pixels = vlm_judge.uint8_to_unit(images)
+    pixels = understanding.uint8_to_unit(images)
     steps = 4
-    out = np.asarray(vlm_judge.greedy_answer(params, config, ids, mask, pixels, steps))
-    emb0, _ = vlm_judge._prompt_state(params, config, ids, mask, pixels)
+    out = np.asarray(understanding.greedy_answer(params, config, ids, mask, pixels, steps))
+    emb0, _ = understanding.prompt_state(params, config, ids, mask, pixels)
     seq_ids, seq_mask, emb = ids, mask, emb0
 
     @jax.jit
@@ -157,7 +123,7 @@ def test_vq_codes_judge_matches_the_training_rows(tiny):
     from jaxgen.train import sft
     config, params, tok, _ = tiny
     config = config.replace(understanding_input="vq_codes")
-    judge = vlm_judge.VLMJudge(params, config, tok, max_text_tokens=64)
+    judge = understanding.VLMJudge(params, config, tok, max_text_tokens=64)
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (2, config.vq.image_size, config.vq.image_size, 3), np.uint8)
     questions = ["a red circle ?", "the blue square left of a green triangle ?"]
@@ -198,7 +164,7 @@ def _manual_answer_logprob(params, config, tok, question, answer, image_uint8):
     prompt = tok.encode(text, add_special_tokens=False)
     ans = tok.encode(answer, add_special_tokens=False) + [config.eos_token_id]
     ids = jnp.asarray([prompt + ans], jnp.int32)
-    logits = np.asarray(_row_logits(params, config, ids, jnp.asarray(image_uint8) / 127.5 - 1),
+    logits = np.asarray(row_logits(params, config, ids, jnp.asarray(image_uint8) / 127.5 - 1),
                         np.float64)
     logp = logits - logits.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
@@ -263,10 +229,7 @@ def test_caption_blank_prior_is_computed_once_per_distinct_prompt(tiny):
 
 
 def test_caption_reward_decodes_codes_in_graph_and_rejects_long_answers(tiny):
-    config, params, tok, judge = tiny
-    codes, host = _codes_and_host_images(params, config, 4)
-    ctx = RewardContext(judges={"tiny": judge}, policy_config=config,
-                        policy_params_fn=lambda: params)
+    ctx, codes, host = decoding_context(tiny, 4)
     fn = make_reward("vlm_caption", ctx, judge="tiny")
     prompts = ["a red circle", "a blue square"]
     on_device = fn(RewardBatch(prompts=prompts, reasoning=["", ""], metadata=[{}, {}],

@@ -2,20 +2,17 @@
 
 import json
 import pathlib
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "rewards"))
-from tiny_tokenizer import make_tokenizer  # noqa: E402
-
-from jaxgen.config import load_config  # noqa: E402
-from jaxgen.errors import UserError  # noqa: E402
-from jaxgen.models import janus  # noqa: E402
-from jaxgen.rewards import register_reward  # noqa: E402
-from jaxgen.train import grpo  # noqa: E402
+from jaxgen.config import load_config
+from jaxgen.errors import UserError
+from jaxgen.models import janus
+from jaxgen.rewards import register_reward
+from jaxgen.train import grpo
+from tests.helpers.tiny_tokenizer import make_tokenizer
 
 
 @register_reward("test_low_codes")
@@ -105,15 +102,16 @@ def test_text_rewards_give_the_reasoning_tokens_their_own_advantages(policy, mon
     c.grpo.text_rewards = {"name": "test_reasoning_length"}
     runner = grpo.GRPORunner(c, policy=policy)
     plain = grpo.GRPORunner(_config(2), policy=policy)
-    seen, m = {}, {}
+    seen, m, reasoning = {}, {}, {}
     for r, key in ((runner, "split"), (plain, "plain")):
         real = r.update
         monkeypatch.setattr(r, "update", lambda batch, it, key=key: seen.update({key: batch}) or {})
-        m[key] = r.iteration(0)
+        out = r.step(0)
+        m[key], reasoning[key] = out.metrics, out.reasoning
         monkeypatch.setattr(r, "update", real)
     text_adv, image_adv = (np.asarray(a) for a in seen["split"]["adv"])
     np.testing.assert_array_equal(image_adv, np.asarray(seen["plain"]["adv"]))
-    lengths = np.array([len(t) for t in runner.last_reasoning], np.float32).reshape(-1, 4)
+    lengths = np.array([len(t) for t in reasoning["split"]], np.float32).reshape(-1, 4)
     centred = lengths - lengths.mean(axis=1, keepdims=True)
     varied = lengths.std(axis=1) > 0
     assert varied.any()
@@ -162,8 +160,9 @@ def test_positive_only_update_raises_the_samplers_probability_of_rewarded_sample
     runner = grpo.GRPORunner(c, policy=policy)
     assert runner.score.cfg_weight != 1.0
     records = runner.prompts.batch(0, runner.num_prompts)
-    rollout, texts, metadata = runner.rollout(0, records)
-    _, streams, weights, *_ = runner.rewards(rollout, texts, metadata)
+    rollout, texts, metadata, _ = runner.rollout(0, records)
+    rw = runner.rewards(rollout, texts, metadata)
+    streams, weights = rw.streams, rw.weights
     adv, keep = runner.advantages(streams, weights)
     positive = adv > 0
     assert positive.any() and (adv >= 0).all()

@@ -6,7 +6,7 @@ from jaxgen.config import load_config
 from jaxgen.data.prompts import CATEGORIES
 from jaxgen.rewards import CompositeReward, RewardContext
 from jaxgen.rewards.base import plain_spec
-from jaxgen.train import grpo
+from jaxgen.train import grpo, grpo_stages
 
 RECIPES = ["reasongen_r1", "t2i_r1", "janus_pro_r1", "got_r1"]
 
@@ -15,7 +15,7 @@ RECIPES = ["reasongen_r1", "t2i_r1", "janus_pro_r1", "got_r1"]
 @pytest.mark.parametrize("arg", ["7b", "1b", "shapes"])
 def test_recipe_loads_and_builds_rewards(recipe, arg):
     c = load_config(f"configs/recipes/{recipe}.py:{arg}")
-    spec = grpo._resolve_judges(plain_spec(c.rewards), "JUDGE")
+    spec = grpo_stages.resolve_judges(plain_spec(c.rewards), "JUDGE")
     reward = CompositeReward(spec, RewardContext(judges={"JUDGE": object()}))
     assert reward.stream_names
     assert c.grpo.cfg_mode in grpo.CFG_MODES
@@ -39,7 +39,7 @@ def test_paper_hyperparameters():
             j.grpo.per_reward_norm) == (7, 0.05, 6e-6, 0.05, True)
     g = load_config("configs/recipes/got_r1.py:7b")
     assert g.grpo.group_size == 16 and g.total_steps == 1000
-    assert CompositeReward(grpo._resolve_judges(plain_spec(g.rewards), "J"),
+    assert CompositeReward(grpo_stages.resolve_judges(plain_spec(g.rewards), "J"),
                            RewardContext(judges={"J": object()})).stream_names == [
         "product(got_prompt_image,sum(got_semantic,got_spatial),got_box_iou)"]
 
@@ -53,7 +53,7 @@ def test_grpo_variants(arg):
 
 def test_demo_grpo_rewards_with_the_judge_and_the_tokenizer():
     c = load_config("configs/demo.py").grpo
-    spec = grpo._resolve_judges(plain_spec(c.rewards), "J")
+    spec = grpo_stages.resolve_judges(plain_spec(c.rewards), "J")
     assert spec["op"] == "sum"
     assert [(t["name"], float(t.get("weight", 1.0))) for t in spec["terms"]] == [
         ("vlm_caption", 1.0), ("vq_consistency", 3.0)]

@@ -1,8 +1,18 @@
-"""Janus-Pro-R1 self-reflection: stop index, R_Gen and R_Comp on hand-computed cases."""
+"""Janus-Pro-R1 self-reflection: stop index, R_Gen and R_Comp on hand-computed cases, and the
+loop inside GRPO on the tiny random policy."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from jaxgen.config import load_config
+from jaxgen.data.tokenizer import tokenize_prompts
+from jaxgen.errors import UserError
+from jaxgen.sampling import sampler as sampler_lib
+from jaxgen.train import grpo
 from jaxgen.train import reflection as R
+from tests.helpers import rl_test_setup
 
 SE = np.array([[0.9, 0.1, 0.2],    # says yes at once: K = 1
                [0.2, 0.7, 0.9],    # no, then yes: K = 2
@@ -33,44 +43,14 @@ def test_r_comp_by_hand():
 
 
 # ------------------------------------------------------------------ the loop inside GRPO
-
-import pathlib  # noqa: E402
-import sys  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import pytest  # noqa: E402
-
-sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "rewards"))
-from tiny_tokenizer import make_tokenizer  # noqa: E402
-
-from jaxgen.config import load_config  # noqa: E402
-from jaxgen.data.tokenizer import tokenize_prompts  # noqa: E402
-from jaxgen.errors import UserError  # noqa: E402
-from jaxgen.models import janus  # noqa: E402
-from jaxgen.rewards import register_reward  # noqa: E402
-from jaxgen.sampling import sampler as sampler_lib  # noqa: E402
-from jaxgen.train import grpo  # noqa: E402
-
-
-@register_reward("test_reflect_low_codes")
-def _low_codes(context, threshold: int = 32):
-    return lambda b: (np.asarray(b.image_tokens) < threshold).mean(axis=1).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def policy():
-    config = load_config("grpo:tiny")
-    model_config = janus.config_from_configdict(config.model)
-    params = jax.jit(janus.init_params, static_argnums=0)(model_config, jax.random.PRNGKey(0))
-    return params, model_config, make_tokenizer()
+# `policy`: the tiny random GRPO policy of tests/train/conftest.py
 
 
 def _config(max_images=3):
     c = load_config("grpo:tiny", ["--config.mesh.fsdp=1", "--config.sampling.max_think_tokens=2",
                                   f"--config.reflection.max_images={max_images}",
                                   "--config.grpo.cfg_mode=cfg", "--config.grpo.loss.beta=0.04"])
-    c.rewards = {"name": "test_reflect_low_codes"}
+    c.rewards = {"name": rl_test_setup.LOW_CODES}
     c.reflection.max_text_tokens = 48
     return c
 
@@ -84,8 +64,8 @@ def test_reflection_rollout_rows_answers_and_trajectory_advantages(policy, monke
     assert runner.rows == b * t
     seen = {}
     monkeypatch.setattr(runner, "update", lambda batch, it: seen.update(batch=batch) or {})
-    metrics = runner.iteration(0)
-    refl, batch = runner.last_reflection, seen["batch"]
+    out = runner.step(0)
+    metrics, refl, batch = out.metrics, out.reflection, seen["batch"]
     # round i is the plain sampler with key fold_in(rng, i)
     records = runner.prompts.batch(0, runner.num_prompts)
     texts = [r["prompt"] for r in records for _ in range(runner.group_size)]
