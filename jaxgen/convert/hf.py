@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.checkpoint.files import load_flat, save_tree
+from jaxgen.convert import hf_vision_vq
 from jaxgen.errors import CheckpointError, UserError
 from jaxgen.models import janus
 from jaxgen.models.config import ConfigError, JanusConfig, LlamaConfig, VisionConfig, VQConfig
@@ -279,7 +280,7 @@ def _own_expected_shapes(config: JanusConfig) -> Dict[tuple, tuple]:
     cfg = _unrolled_text(config)
 
     def init(rng):
-        return {k: janus._init_part(k, cfg, rng) for k in _OWN_PARTS}
+        return {k: janus.init_part(k, cfg, rng) for k in _OWN_PARTS}
 
     shapes = nn.meta.unbox(jax.eval_shape(init, jax.random.PRNGKey(0)))
     return {path: tuple(x.shape) for path, x in flatten_dict(shapes).items()}
@@ -297,7 +298,6 @@ def _split_prefix(tensors: Mapping[str, Any], prefix: str):
 def params_from_hf_tensors(tensors: Mapping[str, Any], config: JanusConfig,
                            tie_word_embeddings: bool = False) -> dict:
     """Full HF state dict (names as in model.safetensors) -> jaxgen params (numpy leaves)."""
-    from jaxgen.convert import hf_vision_vq
 
     vision_t, rest = _split_prefix(tensors, VISION_PREFIX)
     vq_t, rest = _split_prefix(rest, VQ_PREFIX)
@@ -333,7 +333,6 @@ def params_from_hf_tensors(tensors: Mapping[str, Any], config: JanusConfig,
 
 def params_to_hf_tensors(params, config: JanusConfig) -> Dict[str, np.ndarray]:
     """jaxgen params -> full HF state dict (numpy arrays, HF names and layouts)."""
-    from jaxgen.convert import hf_vision_vq
 
     if config.image_position_embeddings:
         raise UserError("this model has image_position_embeddings, which Hugging Face Janus does "

@@ -24,6 +24,8 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from jaxgen.errors import CheckpointError
 from jaxgen.models.config import VisionConfig, VQConfig
+from jaxgen.models.vision import VisionTower
+from jaxgen.models.vq import VQModel
 
 _LEVEL_PART = re.compile(r"^(down|up)_(\d+)_(block|attn)_(\d+)$")
 _SAMPLE_PART = re.compile(r"^(down|up)_(\d+)_(downsample|upsample)$")
@@ -124,13 +126,11 @@ def _to_hf(params, expected: Dict[tuple, tuple], what: str) -> Dict[str, np.ndar
 
 
 def _vision_shapes(config: VisionConfig):
-    from jaxgen.models.vision import VisionTower
     x = jnp.zeros((1, config.image_size, config.image_size, config.num_channels), jnp.float32)
     return _expected_shapes(lambda r: VisionTower(config).init(r, x))
 
 
 def _vq_shapes(config: VQConfig):
-    from jaxgen.models.vq import VQModel
     x = jnp.zeros((1, config.image_size, config.image_size, config.in_channels), jnp.float32)
     return _expected_shapes(lambda r: VQModel(config).init(r, x))
 

@@ -97,7 +97,8 @@ def draw_plan(objects, size: int, grid: int = PLAN_GRID) -> np.ndarray:
     return canvas
 
 
-def _words(text: str) -> set:
+def name_words(text: str) -> set:
+    """The lower-case words of an object name, with plural endings also dropped."""
     words = set(re.findall(r"[a-z]+", text.lower()))
     return words | {w[:-1] for w in words if w.endswith("s")} | \
         {w[:-2] for w in words if w.endswith("es")}
@@ -105,7 +106,7 @@ def _words(text: str) -> set:
 
 def name_matches(name: str, cls: str, colour: str | None = None) -> bool:
     """True when the planned name mentions the class (plural ok) and the colour, if given."""
-    words = _words(name)
+    words = name_words(name)
     if cls.lower() not in words:
         return False
     return colour is None or colour.lower() in words

@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from jaxgen.errors import UserError
+from jaxgen.eval import detector, geneval, scene_graph
 from jaxgen.rewards import plan as plan_lib
 from jaxgen.rewards.base import RewardBatch, register_reward
 
@@ -55,7 +56,6 @@ def make_geneval(context):
     """GenEval-style detector reward (Flow-GRPO): 1 if every constraint of the metadata holds."""
     def fn(batch):
         images = _need_images(batch, "geneval")
-        from jaxgen.eval import geneval  # the ShapesWorld evaluator (imported when used)
         return np.array([float(geneval.score(img, plan_lib.metadata_dict(md))["correct"])
                          for img, md in zip(images, batch.metadata)], np.float32)
     return fn
@@ -66,7 +66,6 @@ def make_scene_graph_iou(context, key: str = "sg_iou"):
     """SG-IoU (CompSG) between the graph extracted from the image and the prompt's graph."""
     def fn(batch):
         images = _need_images(batch, "scene_graph_iou")
-        from jaxgen.eval import scene_graph
         out = []
         for img, md in zip(images, batch.metadata):
             gt = plan_lib.metadata_dict(md).get("scene_graph")
@@ -134,7 +133,7 @@ def plan_image_iou(objects, detections, width: int, height: int) -> float:
     for i, o in enumerate(objects):
         pbox = plan_lib.to_pixels(o.box, width, height)
         for j, det in enumerate(detections):
-            words = plan_lib._words(o.name)
+            words = plan_lib.name_words(o.name)
             if str(det.shape).lower() not in words:
                 continue
             colour = str(getattr(det, "color", "") or "").lower()
@@ -158,7 +157,6 @@ def make_got_box_iou(context):
     """GoT-R1 R_RI: IoU between planned boxes and boxes the detector finds in the image."""
     def fn(batch):
         images = _need_images(batch, "got_box_iou")
-        from jaxgen.eval import detector
         out = []
         for img, text in zip(images, batch.reasoning):
             h, w = img.shape[:2]

@@ -34,6 +34,7 @@ from jaxgen import parallel
 from jaxgen.rewards.vlm_judge import DEFAULT_QUESTION
 from jaxgen.sampling import understanding
 from jaxgen.sampling.understanding import VLMJudge
+from jaxgen.train.policy_loss import clipped_surrogate
 from jaxgen.sampling import sampler as sampler_lib
 
 
@@ -170,7 +171,6 @@ def self_eval_loss(params, config, batch, adv_rows, keep_rows, s: SelfEvalSettin
     old_logp [R]); the image is decoded without gradient (the VQ stays as it is). wait: a zero
     scalar added to the pixels, so the pass starts after whatever computed it.
     """
-    from jaxgen.train.policy_loss import clipped_surrogate
     pixels = jax.lax.stop_gradient(understanding.decoded_pixels(params, config, batch["codes"]))
     pixels = pixels + wait
     logit = understanding.yes_no_logit(params, config, batch["question_ids"], batch["question_mask"],
