@@ -2,8 +2,8 @@
 
 XLA's CPU backend runs a convolution on one core, so the VQ tokenizer's encoder and decoder,
 called one batch at a time, leave the other cores idle. Batches issued from a few threads run
-side by side (the demo's 64-image encodes: 1.7x faster with two threads on two cores, session
-24; each batch's result is the same as when run alone).
+side by side (the demo's 64-image encodes: 1.7x faster with two threads on two cores, 2-core
+CPU, 2026-12-02; each batch's result is the same as when run alone).
 
     codes = map_batches(lambda x: np.asarray(encode(x)), images, batch=64)
 """

@@ -3,8 +3,8 @@
 XLA's CPU backend runs a convolution on one core, so a convolution-heavy step (the VQ
 tokenizer's) keeps a 2-core machine half idle on one device. Split into N "devices"
 (`--xla_force_host_platform_device_count=N`) with the batch sharded over them, it uses every
-core (session 20: a 3x3 conv's gradient 216.6 -> 117.4 ms on two devices; session 22: the demo's
-VQ stage 608 -> 481 s, docs/demo_experiments.md). JAX fixes the device
+core (2-core CPU: a 3x3 conv's gradient 216.6 -> 117.4 ms on two devices, 2026-11-25; the demo's
+VQ stage 608 -> 481 s, 2026-12-01, docs/experiments.md). JAX fixes the device
 count when its backend starts, so a process that runs other stages on one device (the demo)
 hands such a stage to a child process started with the flag.
 

@@ -78,7 +78,8 @@ def save_tree(path, tree, metadata: dict | None = None) -> pathlib.Path:
     """Write a params pytree (device or host arrays; dtypes kept) as flattened safetensors."""
     import safetensors.numpy
 
-    flat = {k: np.ascontiguousarray(np.asarray(jax.device_get(v))) for k, v in flatten(tree).items()}
+    flat = {k: np.ascontiguousarray(np.asarray(jax.device_get(v)))
+            for k, v in flatten(tree).items()}
     return atomic_write(path, lambda tmp: safetensors.numpy.save_file(flat, tmp, metadata=metadata))
 
 

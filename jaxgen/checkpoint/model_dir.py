@@ -75,7 +75,8 @@ def load_checkpoint(ckpt_dir):
     except (UserError, TypeError) as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"{path / CONFIG_FILE} is not a valid jaxgen model config: {e}") from None
+        raise CheckpointError(f"{path / CONFIG_FILE} is not a valid jaxgen model config: "
+                              f"{e}") from None
     params = jax.tree.map(jnp.asarray, load_tree(path / PARAMS_FILE, _REEXPORT))
     expected = jax.eval_shape(lambda r: janus.init_params(config, r), jax.random.PRNGKey(0))
     _check_shapes(params, expected, path / PARAMS_FILE, path / CONFIG_FILE)

@@ -91,7 +91,7 @@ def make_plan_layout(context, min_gap: float = 0.0, max_aspect: float = 0.0,
     """Layout sanity of the reasoning, read from the plan alone (no prompt, image or labels): 1
     when the plan is well formed and its boxes are pairwise apart by >= min_gap grid units, else
     0. Overlapping boxes hide one object behind another, which no drawing can fix: the demo's
-    SFT model plans them for 40-55% of its multi-object prompts (docs/demo_experiments.md).
+    SFT model plans them for 40-55% of its multi-object prompts (docs/experiments.md).
 
     Optional checks that close the shortcut of squeezing boxes apart (seen in GRPO at lr 1e-4):
     max_aspect (> 0): every box's longer side is at most max_aspect x its shorter side;

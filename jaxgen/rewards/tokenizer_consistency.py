@@ -6,8 +6,8 @@ neighbours (a malformed shape, a smear between two objects) decode to patches th
 as something else. The reward is the fraction of the N codes that survive the round trip,
 float32[B] in [0, 1]; it needs no judge, no labels and no evaluator, only the policy's VQ.
 
-Measured (docs/demo_experiments.md, session 8): on SFT rollouts of the demo's drawing
-categories (192 prompts x 8) it ranks evaluator-correct above wrong samples of the same prompt
+Measured (docs/experiments.md, "Which reward for the demo's GRPO?", 2026-11-23): on SFT
+rollouts of the demo's drawing categories (192 prompts x 8) it ranks evaluator-correct above wrong samples of the same prompt
 with within-prompt AUC 0.63, higher than any trained judge so far (0.59).
 """
 

@@ -80,10 +80,10 @@ def grpo_settings(config) -> GRPOSettings:
     # configs written before the field existed resume as plain GRPO
     negative_scale = adv_lib.check_negative_scale(g.get("negative_advantage_scale", 1.0))
     if negative_scale < 1.0 and g.cfg_mode == "conditional" and float(s.cfg_weight) != 1.0:
-        # Measured on the demo policy (docs/experiments.md): 8 positive-only steps on one
-        # rollout raise the rewarded samples' conditional log-prob by ~32 nats and lower their
-        # log-prob under the CFG sampler by ~32; the weights shared with the unconditional row
-        # move it too.
+        # Measured on the demo policy (docs/experiments.md: Which log-probs should GRPO
+        # update?): 8 positive-only steps on one rollout raise the rewarded samples'
+        # conditional log-prob by ~32 nats and lower their log-prob under the CFG sampler by
+        # ~32; the weights shared with the unconditional row move it too.
         warnings.warn("grpo.negative_advantage_scale < 1 with cfg_mode='conditional' trains "
                       "a distribution the CFG sampler does not draw from: the rewarded "
                       "samples can become less likely for the sampler. Use "

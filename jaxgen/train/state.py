@@ -118,7 +118,7 @@ def unroll_accumulation_default(mesh: Mesh) -> bool:
     XLA's CPU backend runs convolutions inside a while loop far slower than the same
     convolutions unrolled: the demo's VQ step in 2 micro-batches took 6.7-6.9 s as a scan
     against 0.41-0.48 s unrolled (0.50-0.62 s as one batch of 8; 2-core CPU, side by side,
-    session 21). On accelerators the scan bounds memory to one micro-batch's activations by
+    2026-12-01). On accelerators the scan bounds memory to one micro-batch's activations by
     construction, so it stays.
     """
     return mesh.devices.flat[0].platform == "cpu"
