@@ -56,7 +56,9 @@ def get_config(arg=None):
                   clip_eps=1e-4, beta=0.04 if shapes else 0.0,
                   # optimizer steps per rollout = inner_epochs x minibatches (Flow-GRPO: 1 x 2);
                   # docs/experiments.md: How many optimizer steps per Flow-GRPO rollout?
-                  inner_epochs=1, minibatches=2 if shapes else 1)
+                  inner_epochs=1, minibatches=2 if shapes else 1,
+                  # micro-batches per optimizer step (gradients summed: same update, less memory)
+                  grad_accum_steps=1)
     c.rewards = {"name": "geneval"} if shapes else {"name": "constant"}
     c.optim = dict(name="adamw", learning_rate=1e-4 if shapes else 1e-3, warmup_steps=0,
                    schedule="constant", end_lr_ratio=1.0, b1=0.9, b2=0.999, eps=1e-8,

@@ -78,6 +78,8 @@ def base_config():
         cfg_weight=3.0, uncond_hides="prompt_and_reasoning"))
     c.grpo = ml_collections.ConfigDict(dict(
         group_size=8, prompts_per_step=4, inner_epochs=1, minibatches=1,
+        # micro-batches per optimizer step (their gradients summed: the same update, less memory)
+        grad_accum_steps=1,
         advantage="grpo", per_reward_norm=False, dynamic_sampling=True, advantage_clip=0.0,
         # groups whose rewards spread by less than this carry no signal (a judge's P(yes) jitters
         # by ~1e-3 when it cannot tell the samples apart; normalising that would amplify noise)

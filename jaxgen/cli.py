@@ -71,23 +71,17 @@ def build_parser(argv_words=()) -> argparse.ArgumentParser:
 
 
 def _maybe_initialize_distributed() -> None:
-    """Multi-host runs (launch/) set JAXGEN_DISTRIBUTED=1 on every host.
+    """Multi-host runs (launch/) set JAXGEN_DISTRIBUTED=1 on every host; `jaxgen.launch` then
+    calls `jax.distributed.initialize` with what the environment gives (TPU pod, SLURM step, or
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)."""
+    from jaxgen.errors import UserError
+    from jaxgen.launch import maybe_initialize_distributed
 
-    `jax.distributed.initialize()` then finds the coordinator itself on TPU pods and under
-    SLURM; elsewhere set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
-    """
-    import os
-
-    if os.environ.get("JAXGEN_DISTRIBUTED") != "1":
-        return
-    import jax
-
-    kwargs = {}
-    if "JAX_COORDINATOR_ADDRESS" in os.environ:
-        kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                      num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                      process_id=int(os.environ["JAX_PROCESS_ID"]))
-    jax.distributed.initialize(**kwargs)
+    try:
+        maybe_initialize_distributed()
+    except UserError as e:
+        print(f"jaxgen: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxgen"
 # top layer wherever they live (they dispatch to anything below).
 LAYERS = [
     ["jaxgen.errors", "jaxgen.registry", "jaxgen.concurrent_batches", "jaxgen.cpu_devices",
-     "jaxgen.parallel"],
+     "jaxgen.parallel", "jaxgen.launch"],
     ["jaxgen.models", "jaxgen.data", "jaxgen.config"],
     ["jaxgen.checkpoint", "jaxgen.convert"],
     ["jaxgen.sampling"],

@@ -52,7 +52,8 @@ from jaxgen.train import advantages as adv_lib
 from jaxgen.data.tokenizer import tokenize_prompts
 from jaxgen.train import loop as loop_lib
 from jaxgen.train.grpo_stages import (PromptSource, group_advantages, mean_metrics,
-                                      minibatch_rows, reward_summary, score_rewards)
+                                      microbatch_sums, minibatch_rows, reward_summary,
+                                      score_rewards)
 from jaxgen.train.optim import make_optimizer
 from jaxgen.train.xla_options import train_step_compiler_options
 
@@ -67,6 +68,7 @@ class FlowUpdateSettings:
     window: tuple  # (first, last + 1) of the trained (stochastic) steps
     clip_eps: float
     beta: float
+    accum_steps: int = 1  # micro-batches of images whose gradients one optimizer step sums
 
 
 def step_means_and_logprobs(janus_params, flow_params, rollout, s: FlowUpdateSettings):
@@ -100,17 +102,25 @@ def step_means_and_logprobs(janus_params, flow_params, rollout, s: FlowUpdateSet
     return logp.reshape(k, b), mean.reshape(x_kb.shape), std_k
 
 
+def loss_denominator(keep_b, steps: int):
+    """What flow_grpo_loss divides by: the kept (step, image) pairs, at least 1."""
+    return jnp.maximum(jnp.broadcast_to(keep_b[None], (steps,) + keep_b.shape).sum(), 1.0)
+
+
 def flow_grpo_loss(logp_kb, old_logp_kb, adv_b, keep_b, clip_eps: float, beta: float,
-                   mean_kb=None, ref_mean_kb=None, std_k=None):
+                   mean_kb=None, ref_mean_kb=None, std_k=None, denom=None):
     """Clipped-ratio loss (and KL on the step means) averaged over steps and kept images.
 
-    logp / old_logp [K, B]; adv, keep [B]; means [K, B, ...], std [K]. Returns (loss, metrics).
+    logp / old_logp [K, B]; adv, keep [B]; means [K, B, ...], std [K]; denom: the whole
+    minibatch's `loss_denominator` when these images are one of its micro-batches (then the
+    micro-batches' losses and metrics sum to the minibatch's). Returns (loss, metrics).
     """
     ratio = jnp.exp(logp_kb - old_logp_kb)
     adv = adv_b[None]
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
     weight = jnp.broadcast_to(keep_b[None], ratio.shape)
-    denom = jnp.maximum(weight.sum(), 1.0)
+    if denom is None:
+        denom = jnp.maximum(weight.sum(), 1.0)
     policy = -(surrogate * weight).sum() / denom
     metrics = {"policy_loss": policy,
                "clip_frac": ((jnp.abs(ratio - 1.0) > clip_eps) * weight).sum() / denom,
@@ -147,17 +157,24 @@ def update_step(flow_params, opt_state, janus_params, ref_flow_params, batch, ro
     s = settings
     if rows is not None:
         batch = select_images(batch, rows)
-    ref_mean = None
-    if s.beta > 0:
-        _, ref_mean, _ = step_means_and_logprobs(janus_params, ref_flow_params, batch["rollout"], s)
-        ref_mean = jax.lax.stop_gradient(ref_mean)
 
-    def objective(fp):
-        logp, mean, std = step_means_and_logprobs(janus_params, fp, batch["rollout"], s)
-        return flow_grpo_loss(logp, batch["old_logp"], batch["adv"], batch["keep"], s.clip_eps,
-                              s.beta, mean, ref_mean, std)
+    def objective(fp, b, denom=None):
+        ref_mean = None
+        if s.beta > 0:
+            _, ref_mean, _ = step_means_and_logprobs(janus_params, ref_flow_params, b["rollout"], s)
+            ref_mean = jax.lax.stop_gradient(ref_mean)
+        logp, mean, std = step_means_and_logprobs(janus_params, fp, b["rollout"], s)
+        return flow_grpo_loss(logp, b["old_logp"], b["adv"], b["keep"], s.clip_eps, s.beta, mean,
+                              ref_mean, std, denom)
 
-    (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(flow_params)
+    if s.accum_steps > 1:  # micro-batches of images, each gathered inside the scan
+        denom = loss_denominator(batch["keep"], batch["old_logp"].shape[0])
+        images = jnp.arange(batch["keep"].shape[0], dtype=jnp.int32)
+        loss, metrics, grads = microbatch_sums(
+            lambda fp, idx: objective(fp, select_images(batch, idx), denom), flow_params, images,
+            s.accum_steps)
+    else:
+        (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(flow_params, batch)
     updates, opt_state = optimizer.update(grads, opt_state, flow_params)
     flow_params = optax.apply_updates(flow_params, updates)
     return flow_params, opt_state, dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
@@ -195,7 +212,8 @@ class FlowGRPORunner:
             noise_level=float(s.noise_level))
         self.settings = FlowUpdateSettings(self.jc, self.fc, float(s.cfg_weight),
                                            float(s.noise_level), self.window,
-                                           float(g.clip_eps), float(g.beta))
+                                           float(g.clip_eps), float(g.beta),
+                                           int(g.get("grad_accum_steps", 1)))
         if mesh is None:
             mesh, layout = parallel.mesh_from_config(config.mesh)
         else:
@@ -207,6 +225,10 @@ class FlowGRPORunner:
             raise UserError(f"grpo.minibatches={g.minibatches} must divide the "
                             f"{self.batch_size} images of a rollout (prompts_per_step x "
                             f"group_size), and grpo.inner_epochs={g.inner_epochs} be >= 1")
+        mb = self.batch_size // self.minibatches
+        if self.settings.accum_steps < 1 or mb % self.settings.accum_steps:
+            raise UserError(f"grpo.grad_accum_steps={self.settings.accum_steps} must be >= 1 and "
+                            f"divide the {mb} images of a minibatch")
         self.negative_scale = adv_lib.check_negative_scale(g.get("negative_advantage_scale", 1.0))
         self.optimizer = make_optimizer(config, int(config.total_steps))
         j_sh = parallel.param_shardings(janus_params, janus.param_logical_axes(self.jc), mesh,

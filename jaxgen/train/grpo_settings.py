@@ -40,6 +40,7 @@ class UpdateSettings:
     old_mode: str  # 'detached' | 'given'
     self_eval: reflection_lib.SelfEvalSettings | None = None  # the reflection loop's answers
     policy_loss: str = "grpo"  # a name in policy_loss.POLICY_LOSSES
+    accum_steps: int = 1  # micro-batches whose gradients one optimizer step sums
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ class GRPOSettings:
     score: ScoreSettings
     loss: loss_lib.LossConfig
     policy_loss: str
+    accum_steps: int
 
 
 def apply_aliases(config):
@@ -115,13 +117,20 @@ def grpo_settings(config) -> GRPOSettings:
         image_weight=float(lc.image_weight))
     policy_loss = str(lc.get("name", "grpo"))
     loss_lib.get_policy_loss(policy_loss)  # an unknown name fails here, before any loading
+    accum = int(g.get("grad_accum_steps", 1))
+    if accum < 1 or (rows // minibatches) % accum:
+        raise UserError(f"grpo.grad_accum_steps={accum} must be >= 1 and divide the "
+                        f"{rows // minibatches} rows of a minibatch")
+    if accum > 1 and max_images:
+        raise UserError("grpo.grad_accum_steps > 1 is not supported with the self-reflection "
+                        "loop (reflection.max_images > 0); use grpo.minibatches instead")
     return GRPOSettings(group_size, num_prompts, group_size * num_prompts, max_images, rows,
                         minibatches, inner_epochs, negative_scale, old_mode, options, score, loss,
-                        policy_loss)
+                        policy_loss, accum)
 
 
 def update_settings(settings: GRPOSettings, self_eval=None) -> UpdateSettings:
     """The jitted update's static settings (self_eval: the reflection loop's answer settings)."""
     return UpdateSettings(settings.score, settings.loss,
                           "detached" if settings.old_mode == "detached" else "given", self_eval,
-                          settings.policy_loss)
+                          settings.policy_loss, settings.accum_steps)

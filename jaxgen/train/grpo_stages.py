@@ -50,11 +50,12 @@ def score_rollout(params, config, rollout, s: ScoreSettings):
         temperature=s.temperature, image_temperature=s.image_temperature)
 
 
-def grpo_objective(params, config, batch, entropy_coefs, u: UpdateSettings):
+def grpo_objective(params, config, batch, entropy_coefs, u: UpdateSettings, normalisers=None):
     """Scalar loss and metrics of one minibatch's reasoning and image tokens.
 
     batch: dict(rollout, adv [B], keep [B], old_think, old_image (ignored when detached),
-    ref_think, ref_image (None without KL)).
+    ref_think, ref_image (None without KL)); normalisers: the whole minibatch's denominators
+    when `batch` is one of its micro-batches (policy_loss.loss_normalisers).
     """
     rollout = batch["rollout"]
     think_lp, image_lp, think_ent, image_ent = score_rollout(params, config, rollout, u.score)
@@ -68,7 +69,7 @@ def grpo_objective(params, config, batch, entropy_coefs, u: UpdateSettings):
                                 batch.get("ref_image"), image_ent)
     policy_loss = loss_lib.get_policy_loss(u.policy_loss)
     return policy_loss(text, image, batch["adv"], batch["keep"], u.loss, entropy_coefs[0],
-                       entropy_coefs[1])
+                       entropy_coefs[1], normalisers=normalisers)
 
 
 def self_eval_objective(params, config, batch, u: UpdateSettings, wait=0.0):
@@ -81,10 +82,45 @@ def self_eval_objective(params, config, batch, u: UpdateSettings, wait=0.0):
         u.self_eval, u.loss.eps_low, u.loss.eps_high, wait=wait)
 
 
+def microbatch_sums(loss_fn, params, batch, steps: int):
+    """(loss, metrics, grads) of `loss_fn(params, micro) -> (loss, metrics)` summed over `steps`
+    equal row slices of `batch` (a pytree with row-leading arrays), one slice's activations at a
+    time (a scan). The sums equal the whole batch's values when each slice's loss and metrics
+    are its share of the whole (normalised by the whole batch's denominators)."""
+    micro = jax.tree.map(lambda x: x.reshape((steps, x.shape[0] // steps) + x.shape[1:]), batch)
+
+    def one(p, mb):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, mb)
+        return loss, metrics, grads
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(one, params, first))
+
+    def body(acc, mb):
+        return jax.tree.map(jnp.add, acc, one(params, mb)), None
+
+    sums, _ = jax.lax.scan(body, zeros, micro)
+    return sums
+
+
+def grpo_normalisers(batch, cfg: loss_lib.LossConfig) -> dict:
+    """The whole minibatch's loss denominators (for gradient accumulation)."""
+    rollout = batch["rollout"]
+    return loss_lib.loss_normalisers(rollout.think_mask_bt, jnp.ones(rollout.image_ids_bn.shape),
+                                     batch["keep"], cfg)
+
+
 def update_step(params, opt_state, batch, entropy_coefs, *, config, settings, optimizer):
-    """One optimizer step on a minibatch: (params, opt_state, metrics)."""
-    (loss, metrics), grads = jax.value_and_grad(grpo_objective, has_aux=True)(
-        params, config, batch, entropy_coefs, settings)
+    """One optimizer step on a minibatch: (params, opt_state, metrics). With
+    settings.accum_steps > 1 the gradient is summed over that many micro-batches."""
+    if settings.accum_steps > 1:
+        norms = grpo_normalisers(batch, settings.loss)
+        loss, metrics, grads = microbatch_sums(
+            lambda p, mb: grpo_objective(p, config, mb, entropy_coefs, settings, norms), params,
+            batch, settings.accum_steps)
+    else:
+        (loss, metrics), grads = jax.value_and_grad(grpo_objective, has_aux=True)(
+            params, config, batch, entropy_coefs, settings)
     if settings.self_eval is not None:
         # The self-evaluation pass waits for a zero computed from all the policy pass's
         # gradients. Otherwise XLA may run it between the policy pass's forward and backward,

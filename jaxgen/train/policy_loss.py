@@ -11,6 +11,10 @@ c_image H_image, each H aggregated like the loss over its own tokens. ReasonGen-
 coefficients are c = clip(sinh(psi), -c_max, c_max) with psi moved toward the entropy target by
 `adaptive_entropy_update` once per update (outside the gradient).
 
+Gradient accumulation: `loss_normalisers` computes every aggregation's denominator over a whole
+minibatch; given them, each micro-batch's loss and metrics are its share of the minibatch's, so
+their sum over micro-batches (and the sum of their gradients) equals the whole-minibatch value.
+
 Text and image streams arrive separately (shapes [B,T] and [B,N]) and are concatenated along
 time, so one advantage covers the whole reasoning-then-image sequence (T2I-R1 BiCoT-GRPO), or,
 given a (text, image) pair of advantages and keep weights, each stream gets its own (a reward of
@@ -72,16 +76,47 @@ def clipped_surrogate(logp, old_logp, adv, eps_low, eps_high):
     return -jnp.minimum(unclipped, clipped), ratio
 
 
-def aggregate(values_bl, mask_bl, how: str):
-    """Masked mean of per-token values: 'token_mean' or 'sequence_mean' (see module doc)."""
+def normaliser(mask_bl, how: str):
+    """The denominator `aggregate` divides by: the token count ('token_mean') or the number of
+    sequences with a token ('sequence_mean'), at least 1."""
     mask = mask_bl.astype(jnp.float32)
     if how == "token_mean":
-        return (values_bl * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+        return jnp.maximum(mask.sum(), 1.0)
+    if how == "sequence_mean":
+        return jnp.maximum((mask.sum(axis=1) > 0).astype(jnp.float32).sum(), 1.0)
+    raise UserError(f"unknown aggregation {how!r}; choose one of {AGGREGATIONS}")
+
+
+def aggregate(values_bl, mask_bl, how: str, total=None):
+    """Masked mean of per-token values: 'token_mean' or 'sequence_mean' (see module doc).
+    total: the denominator of a whole minibatch (gradient accumulation); None: this batch's."""
+    mask = mask_bl.astype(jnp.float32)
+    if how == "token_mean":
+        return (values_bl * mask).sum() / (jnp.maximum(mask.sum(), 1.0) if total is None
+                                           else total)
     if how == "sequence_mean":
         per_seq = (values_bl * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
         has_tokens = (mask.sum(axis=1) > 0).astype(jnp.float32)
-        return (per_seq * has_tokens).sum() / jnp.maximum(has_tokens.sum(), 1.0)
+        return (per_seq * has_tokens).sum() / (jnp.maximum(has_tokens.sum(), 1.0) if total is None
+                                               else total)
     raise UserError(f"unknown aggregation {how!r}; choose one of {AGGREGATIONS}")
+
+
+def stream_masks(text_mask_bt, image_mask_bn, keep_b):
+    """(text, image) token masks with each sample's keep weight folded in."""
+    keep_text, keep_image = per_stream(keep_b)
+    tmask = text_mask_bt.astype(jnp.float32) * keep_text.astype(jnp.float32)[:, None]
+    imask = image_mask_bn.astype(jnp.float32) * keep_image.astype(jnp.float32)[:, None]
+    return tmask, imask
+
+
+def loss_normalisers(text_mask_bt, image_mask_bn, keep_b, cfg: "LossConfig") -> dict:
+    """Every denominator grpo_loss uses, over a whole minibatch (see module doc)."""
+    tmask, imask = stream_masks(text_mask_bt, image_mask_bn, keep_b)
+    mask = jnp.concatenate([tmask, imask], axis=1)
+    return {"tokens": normaliser(mask, "token_mean"), "loss": normaliser(mask, cfg.aggregation),
+            "text": normaliser(tmask, cfg.aggregation),
+            "image": normaliser(imask, cfg.aggregation)}
 
 
 def per_stream(x):
@@ -90,7 +125,7 @@ def per_stream(x):
 
 
 def grpo_loss(text: TokenBatch, image: TokenBatch, adv_b, keep_b, cfg: LossConfig,
-              entropy_coef_text=0.0, entropy_coef_image=0.0):
+              entropy_coef_text=0.0, entropy_coef_image=0.0, normalisers: dict | None = None):
     """Scalar GRPO loss over reasoning + image tokens, and a dict of metrics.
 
     Args:
@@ -98,12 +133,12 @@ def grpo_loss(text: TokenBatch, image: TokenBatch, adv_b, keep_b, cfg: LossConfi
       adv_b: float32[B] advantages, or a (text, image) pair of them; keep_b: float32[B] sample
         weights (dynamic sampling), or a pair.
       entropy_coef_text/_image: scalars (may be traced: adaptive coefficients).
+      normalisers: `loss_normalisers` of the whole minibatch this batch is a micro-batch of.
     """
+    n = normalisers or {}
     logp = jnp.concatenate([text.logp, image.logp], axis=1)
     old = jnp.concatenate([text.old_logp, image.old_logp], axis=1)
-    keep_text, keep_image = per_stream(keep_b)
-    tmask = text.mask.astype(jnp.float32) * keep_text.astype(jnp.float32)[:, None]
-    imask = image.mask.astype(jnp.float32) * keep_image.astype(jnp.float32)[:, None]
+    tmask, imask = stream_masks(text.mask, image.mask, keep_b)
     mask = jnp.concatenate([tmask, imask], axis=1)
     weight = jnp.concatenate([jnp.full_like(tmask, cfg.text_weight),
                               jnp.full_like(imask, cfg.image_weight)], axis=1)
@@ -120,20 +155,22 @@ def grpo_loss(text: TokenBatch, image: TokenBatch, adv_b, keep_b, cfg: LossConfi
         ref = jnp.concatenate([text.ref_logp, image.ref_logp], axis=1)
         kl = k3_kl(logp, ref)
         per_token = per_token + cfg.beta * kl
-        metrics["kl"] = aggregate(kl, mask, "token_mean")
-    loss = aggregate(per_token * weight, mask, cfg.aggregation)
+        metrics["kl"] = aggregate(kl, mask, "token_mean", n.get("tokens"))
+    loss = aggregate(per_token * weight, mask, cfg.aggregation, n.get("loss"))
     if text.entropy is not None and image.entropy is not None:
-        h_text = aggregate(text.entropy, tmask, cfg.aggregation)
-        h_image = aggregate(image.entropy, imask, cfg.aggregation)
+        h_text = aggregate(text.entropy, tmask, cfg.aggregation, n.get("text"))
+        h_image = aggregate(image.entropy, imask, cfg.aggregation, n.get("image"))
         loss = loss - entropy_coef_text * h_text - entropy_coef_image * h_image
         metrics["entropy_text"] = h_text
         metrics["entropy_image"] = h_image
     low = (ratio < 1.0 - cfg.eps_low) & (adv < 0)
     high = (ratio > 1.0 + cfg.eps_high) & (adv > 0)
-    metrics["clip_frac_low"] = aggregate(low.astype(jnp.float32), mask, "token_mean")
-    metrics["clip_frac_high"] = aggregate(high.astype(jnp.float32), mask, "token_mean")
-    metrics["ratio"] = aggregate(ratio, mask, "token_mean")
-    metrics["pg_loss"] = aggregate(pg, mask, cfg.aggregation)
+    metrics["clip_frac_low"] = aggregate(low.astype(jnp.float32), mask, "token_mean",
+                                         n.get("tokens"))
+    metrics["clip_frac_high"] = aggregate(high.astype(jnp.float32), mask, "token_mean",
+                                          n.get("tokens"))
+    metrics["ratio"] = aggregate(ratio, mask, "token_mean", n.get("tokens"))
+    metrics["pg_loss"] = aggregate(pg, mask, cfg.aggregation, n.get("loss"))
     return loss, metrics
 
 
