@@ -12,6 +12,7 @@ from jaxgen import api
 from jaxgen.data.templates import generation_prompt
 from jaxgen.errors import CheckpointError, PromptTooLongError, UserError
 from jaxgen.models import janus
+from tests.helpers.hf_reference import hf_greedy_image_tokens, with_begin_of_image
 
 PROMPTS = ["w10 w11 w12", "w13"]
 THINK = 4
@@ -66,6 +67,23 @@ def test_pretokenised_input_ids_give_the_same_images(gen, greedy_samples):
     again = gen.generate(input_ids=ids, attention_mask=mask, greedy=True, num_samples=2)
     np.testing.assert_array_equal(_tokens(again), _tokens(samples))
     assert again[2].prompt == gen.tokenizer.decode(rows[1], skip_special_tokens=True)
+
+
+def test_processor_style_ids_ending_with_begin_of_image_match_hugging_face(gen, hf_tiny_model):
+    """JanusProcessor(..., generation_mode="image") ends its prompts with <begin_of_image>: it is
+    recognised, not doubled, and the greedy CFG image equals transformers' on the same ids."""
+    cfg = gen.config
+    rows = [gen.tokenizer(generation_prompt(p, gen.tokenizer.bos_token),
+                          add_special_tokens=False)["input_ids"] for p in PROMPTS[:1]]
+    ids = with_begin_of_image(np.asarray(rows), cfg)
+    want = hf_greedy_image_tokens(hf_tiny_model, cfg, ids, 5.0)
+    got = gen.generate(input_ids=ids, greedy=True, cfg_weight=5.0)
+    np.testing.assert_array_equal(_tokens(got), want)
+    without = gen.generate(input_ids=ids[:, :-1], greedy=True, cfg_weight=5.0)
+    np.testing.assert_array_equal(_tokens(without), want)
+    mixed = np.concatenate([ids, np.concatenate([[[cfg.pad_token_id]], ids[:, :-1]], 1)])
+    with pytest.raises(UserError, match="some input_ids rows end with <begin_of_image>"):
+        gen.generate(input_ids=mixed, attention_mask=mixed != cfg.pad_token_id)
 
 
 def test_think_writes_decodable_reasoning(gen):

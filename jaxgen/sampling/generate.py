@@ -72,8 +72,11 @@ def _tokenize(tokenizer, prompts):
     return rows, [[True] * len(r) for r in rows]
 
 
-def prompt_rows(tokenizer, prompts=None, input_ids=None, attention_mask=None):
-    """(texts, unpadded id rows, mask rows) from prompt strings or left-padded input ids."""
+def prompt_rows(tokenizer, prompts=None, input_ids=None, attention_mask=None, boi_token_id=None):
+    """(texts, unpadded id rows, mask rows) from prompt strings or left-padded input ids.
+
+    A trailing <begin_of_image> (`boi_token_id`), as JanusProcessor(..., generation_mode="image")
+    ends its prompts, is dropped: the sampler writes it after the (optional) reasoning."""
     if (prompts is None) == (input_ids is None):
         raise UserError("pass exactly one of prompts (strings) or input_ids")
     if prompts is not None:
@@ -97,6 +100,13 @@ def prompt_rows(tokenizer, prompts=None, input_ids=None, attention_mask=None):
     # Drop the caller's left padding; it is re-added up to the length bucket.
     rows = [ids[i, np.argmax(mask[i]):].tolist() for i in range(len(ids))]
     masks = [mask[i, np.argmax(mask[i]):].tolist() for i in range(len(ids))]
+    if boi_token_id is not None:
+        ends = [bool(r) and r[-1] == boi_token_id for r in rows]
+        if any(ends) and not all(ends):
+            raise UserError("some input_ids rows end with <begin_of_image> and some do not; end "
+                            "all of them with it (as JanusProcessor writes them) or none")
+        if all(ends):
+            rows, masks = [r[:-1] for r in rows], [m[:-1] for m in masks]
     texts = ([tokenizer.decode(r, skip_special_tokens=True) for r in rows]
              if tokenizer is not None else [None] * len(rows))
     return texts, rows, masks
@@ -123,7 +133,8 @@ def generate(params, config: JanusConfig, tokenizer=None, prompts=None, input_id
     """Generate num_samples images per prompt (prompt-major order) -> list of Sample.
 
     prompts: a string or list of strings (templated, tokenised, left padded), or
-    input_ids / attention_mask: pre-tokenised prompts ending with '<|Assistant|>:'.
+    input_ids / attention_mask: pre-tokenised prompts ending with '<|Assistant|>:' (a trailing
+    <begin_of_image>, as the Hugging Face processor writes for image generation, is accepted).
     think: write a chain of thought (at most max_think_tokens; default: as many as fit, up to
     DEFAULT_MAX_THINK_TOKENS) before <begin_of_image>. temperature applies to reasoning and,
     unless image_temperature is given, to image tokens. return_rollout: also return the
@@ -131,7 +142,8 @@ def generate(params, config: JanusConfig, tokenizer=None, prompts=None, input_id
     """
     if num_samples < 1:
         raise UserError(f"num_samples must be >= 1, got {num_samples}")
-    texts, rows, masks = prompt_rows(tokenizer, prompts, input_ids, attention_mask)
+    texts, rows, masks = prompt_rows(tokenizer, prompts, input_ids, attention_mask,
+                                     config.boi_token_id)
     longest = max(len(r) for r in rows)
     budget = think_budget(config, think, max_think_tokens, longest)
     check_context(config, longest, budget)

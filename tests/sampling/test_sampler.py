@@ -1,7 +1,6 @@
 """Sampler: parity with Hugging Face image generation, determinism, compilation count, the
 reasoning phase's stopping rule, and log-probs against the teacher-forced scorer."""
 
-import copy
 import dataclasses
 import functools
 
@@ -15,6 +14,7 @@ from jaxgen.models import janus
 from jaxgen.sampling import sampler
 from jaxgen.sampling.sampler import SampleOptions, sample
 from jaxgen.sampling.scoring import sequence_logprobs, sequence_logprobs_and_entropy
+from tests.helpers.hf_reference import hf_greedy_image_tokens, with_begin_of_image
 
 LOGPROB_ATOL = 1e-5
 THINK_BUDGET = 6
@@ -38,18 +38,7 @@ def _prompts(config, lengths, seed=0):
 
 def _hf_greedy_image_tokens(model, config, ids, cfg_weight):
     """HF's image `generate` (greedy, CFG) on unpadded prompts; its prompts end with <boi>."""
-    import torch
-    gc = copy.deepcopy(model.generation_config)
-    gc.do_sample = False
-    gc.guidance_scale = cfg_weight
-    gc.bos_token_id, gc.pad_token_id = config.bos_token_id, config.pad_token_id
-    gc.generation_kwargs = {"boi_token_id": config.boi_token_id}
-    with_boi = np.concatenate([ids, np.full((len(ids), 1), config.boi_token_id)], 1)
-    with torch.no_grad():
-        out = model.generate(torch.tensor(with_boi, dtype=torch.long),
-                             attention_mask=torch.ones(with_boi.shape, dtype=torch.long),
-                             generation_config=gc, generation_mode="image")
-    return out.numpy()
+    return hf_greedy_image_tokens(model, config, with_begin_of_image(ids, config), cfg_weight)
 
 
 def test_greedy_cfg_matches_hugging_face(tiny_jax, hf_tiny_model):
