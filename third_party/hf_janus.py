@@ -60,12 +60,16 @@ def tiny_word_tokenizer(config):
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
         unk_token="w0", additional_special_tokens=["<image_placeholder>", "<begin_of_image>",
-                                                   "<end_of_image>"])
+                                                   "<end_of_image>"],
+        # the names JanusProcessor reads (tokenizer.image_token, ...)
+        extra_special_tokens={"image_token": "<image_placeholder>",
+                              "boi_token": "<begin_of_image>", "eoi_token": "<end_of_image>"})
 
 
 def save_random_hf_janus(config, path, seed: int = SEED, perturb_std: float = PERTURB_STD):
     """Save a random `JanusForConditionalGeneration` with `config`'s shapes (plus a word-level
-    tokenizer and a generation_config ready for image generate) to `path`; returns `path`."""
+    tokenizer, a JanusProcessor (PIL image processor) and a generation_config ready for image
+    generate) to `path`; returns `path`."""
     import torch
     import transformers
 
@@ -81,5 +85,9 @@ def save_random_hf_janus(config, path, seed: int = SEED, perturb_std: float = PE
     gen.generation_kwargs = {"boi_token_id": config.boi_token_id}
     gen._from_model_config = False  # else from_pretrained drops generation_kwargs on reload
     model.save_pretrained(path, safe_serialization=True)
-    tiny_word_tokenizer(config).save_pretrained(path)
+    size = config.vision.image_size
+    image_processor = transformers.JanusImageProcessorPil(
+        size={"height": size, "width": size}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    transformers.JanusProcessor(image_processor=image_processor, tokenizer=tiny_word_tokenizer(config),
+                                num_image_tokens=config.vision.num_image_tokens).save_pretrained(path)
     return path

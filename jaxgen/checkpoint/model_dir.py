@@ -4,6 +4,8 @@ A jaxgen checkpoint directory holds
   config.json          JanusConfig.to_dict()
   params.safetensors   the params pytree flattened with '/'-joined keys (dtypes kept)
   tokenizer files      tokenizer.json, ... (optional)
+  processor files      processor_config.json, ... of an imported Hugging Face directory
+                       (optional, kept verbatim for the export back; PROCESSOR_FILES)
 and, when it carries a flow decoder (the diffusion path),
   flow_config.json     FlowConfig.to_dict()
   flow.safetensors     the flow params, flattened the same way.
@@ -16,6 +18,7 @@ corrupted file into one CheckpointError naming the file and what to do.
 from __future__ import annotations
 
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +36,8 @@ TOKENIZER_FILE = "tokenizer.json"
 FLOW_CONFIG_FILE = "flow_config.json"
 FLOW_PARAMS_FILE = "flow.safetensors"
 VQ_PARAMS_FILE = "vq_params.safetensors"
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "chat_template.jinja",
+                   "chat_template.json")
 
 _REEXPORT = ("re-export it from the run that wrote it (`jaxgen train ... --workdir W` writes "
              "W/final again from its newest training checkpoint) or copy it again")
@@ -42,14 +47,31 @@ def is_jaxgen_checkpoint(path) -> bool:
     return (pathlib.Path(path) / PARAMS_FILE).exists()
 
 
-def save_checkpoint(ckpt_dir, params, config: JanusConfig, tokenizer=None) -> pathlib.Path:
-    """Write config.json, params.safetensors and (if given) the tokenizer files into ckpt_dir."""
+def copy_processor_files(src, dst) -> list[str]:
+    """Copy the processor files (PROCESSOR_FILES) `src` has into `dst`; returns their names."""
+    src, dst = pathlib.Path(src), pathlib.Path(dst)
+    copied = []
+    for name in PROCESSOR_FILES:
+        if (src / name).is_file() and src.resolve() != dst.resolve():
+            dst.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def save_checkpoint(ckpt_dir, params, config: JanusConfig, tokenizer=None,
+                    processor_from=None) -> pathlib.Path:
+    """Write config.json, params.safetensors and (if given) the tokenizer files into ckpt_dir;
+    processor_from: a directory whose processor files travel along (the checkpoint a trained
+    model started from)."""
     out = pathlib.Path(ckpt_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG_FILE, config.to_dict())
     save_tree(out / PARAMS_FILE, params)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
+    if processor_from:
+        copy_processor_files(processor_from, out)
     return out
 
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxgen.checkpoint.files import load_flat, save_tree
 from jaxgen.convert import hf_vision_vq
+from jaxgen.convert.hf_processor import write_processor
 from jaxgen.errors import CheckpointError, UserError
 from jaxgen.models import janus
 from jaxgen.models.config import ConfigError, JanusConfig, LlamaConfig, VisionConfig, VQConfig
@@ -460,8 +461,11 @@ def import_hf_dir(path, scan_layers: bool = False, remat_policy: str = "none",
     return params, config, tokenizer
 
 
-def export_hf_dir(params, config: JanusConfig, path, tokenizer=None) -> pathlib.Path:
-    """Write config.json, generation_config.json, model.safetensors (+ tokenizer files)."""
+def export_hf_dir(params, config: JanusConfig, path, tokenizer=None,
+                  processor_from=None) -> pathlib.Path:
+    """Write config.json, generation_config.json, model.safetensors and, with a tokenizer, the
+    tokenizer and processor files JanusProcessor.from_pretrained reads (`processor_from`'s
+    processor files when that directory has them, else settings derived from the config)."""
     path = pathlib.Path(path)
     hf_config = jaxgen_config_to_hf(config)  # validates before anything is written
     tensors = params_to_hf_tensors(params, config)
@@ -473,4 +477,5 @@ def export_hf_dir(params, config: JanusConfig, path, tokenizer=None) -> pathlib.
     save_tree(path / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
+        write_processor(path, config, processor_from)
     return path

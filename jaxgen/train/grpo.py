@@ -340,10 +340,12 @@ class GRPORunner:
 
 
 def export_policy(runner, out, name: str) -> pathlib.Path:
-    """Write the runner's policy as a jaxgen checkpoint (every host takes part in the gather)."""
+    """Write the runner's policy as a jaxgen checkpoint (every host takes part in the gather),
+    with the processor files of the checkpoint it started from."""
+    source = runner.config.get("policy_checkpoint") or None
     ckpt_lib.export_from_mesh(
-        name, lambda p: ckpt_lib.save_checkpoint(out, p, runner.model_config, runner.tokenizer),
-        runner.params)
+        name, lambda p: ckpt_lib.save_checkpoint(out, p, runner.model_config, runner.tokenizer,
+                                                 processor_from=source), runner.params)
     return pathlib.Path(out)
 
 
