@@ -13,8 +13,11 @@ import json
 import pathlib
 import time
 
+from jaxgen import cpu_devices
 from jaxgen.config import load_config
+from jaxgen.data.build import build_all
 from jaxgen.errors import UserError
+from jaxgen.eval import compare
 
 STAGES = ("data", "vq", "sft", "judge", "grpo", "eval")
 
@@ -73,15 +76,12 @@ def run(config, workdir: pathlib.Path, stages=STAGES) -> dict:
 # Stages. Each takes the demo config and the stage directories and returns a JSON summary.
 
 def _data(config, paths):
-    from jaxgen.data.build import build_all
     return dict(build_all(config.data, paths["data"]) or {})
 
 
 def _train(config, stage: str, target: str, stage_config, workdir: pathlib.Path) -> dict:
     """Call `target(stage_config, workdir)` ("module:function"): on a CPU-only host in a child
     process with config.cpu_devices[stage] CPU devices (jaxgen/cpu_devices.py), else here."""
-    from jaxgen import cpu_devices
-
     devices = int(config.get("cpu_devices", {}).get(stage, 1))
     if cpu_devices.cpu_split_applies(devices):
         return cpu_devices.run_with_cpu_devices(target, stage_config, workdir, devices,
@@ -133,7 +133,6 @@ def _grpo(config, paths):
 
 
 def _eval(config, paths):
-    from jaxgen.eval import compare
     return compare.evaluate_and_report(
         config.eval,
         data_dir=paths["data"],

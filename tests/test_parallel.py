@@ -1,12 +1,11 @@
 """Sharded training on 8 fake CPU devices matches one device; FSDP holds ~1/8 per device.
 
 The multi-device checks run in a subprocess (XLA_FLAGS must be set before jax is imported,
-and other test modules of the session may already have imported it).
+and other test modules of the same pytest run may already have imported it).
 """
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -15,8 +14,7 @@ import pytest
 
 from jaxgen import parallel
 from jaxgen.errors import UserError
-
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from tests.helpers import REPO_ROOT
 
 # Runs the tiny Janus model's SFT loss for a few AdamW steps on (a) one device, (b) FSDP over
 # 8 devices, (c) FSDP 4 x tensor 2, (d) FSDP with 2 gradient-accumulation micro-batches, and
@@ -29,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     from jaxgen import parallel
     from jaxgen.config import load_config
     from jaxgen.models import janus
-    from jaxgen.train import losses as L, optim, sft, state as st
+    from jaxgen.train import losses as L, optim, sft, sft_loss, sft_rows, state as st
 
     config = load_config("sft:tiny", ["--config.data.prompt_dropout=0.0"])
     mc = sft.model_config_for(config)
@@ -41,8 +39,8 @@ SCRIPT = textwrap.dedent("""
         is_img = np.zeros((B, L_), bool); is_img[:, L_ - n_img:] = True
         inputs[is_img] = rng.integers(0, mc.vq.num_embeddings, is_img.sum())
         targets = np.roll(inputs, -1, 1); t_img = np.roll(is_img, -1, 1)
-        kind = np.where(t_img, sft.KIND_IMAGE, sft.KIND_TEXT).astype(np.int8)
-        kind[:, :4] = sft.KIND_NONE
+        kind = np.where(t_img, sft_rows.KIND_IMAGE, sft_rows.KIND_TEXT).astype(np.int8)
+        kind[:, :4] = sft_rows.KIND_NONE
         region = np.zeros((B, L_), np.int8); region[:, 1:4] = 1
         return dict(inputs=inputs, input_is_image=is_img, targets=targets, target_is_image=t_img,
                     target_kind=kind, region=region, valid=np.ones((B, L_), bool))
@@ -68,7 +66,7 @@ SCRIPT = textwrap.dedent("""
     host_params = {"janus": jax.device_get(janus.init_params(mc, jax.random.PRNGKey(0))),
                    "mlp": jax.device_get(mlp_init(jax.random.PRNGKey(0)))}
     models = {"janus": (None, janus.param_logical_axes(mc),
-                        sft.make_loss_fn(mc, config), [janus_batch() for _ in range(2)]),
+                        sft_loss.make_loss_fn(mc, config), [janus_batch() for _ in range(2)]),
               "mlp": (mlp_init, mlp_axes, mlp_loss, [mlp_batch() for _ in range(3)])}
 
     def run(model, sizes, layout, accum=1):
@@ -106,7 +104,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def sharded_results():
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -221,7 +219,7 @@ def test_activation_constraints_split_the_batch_only_inside_the_context():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", CONSTRAINT_SCRIPT], env=env,
                           capture_output=True, text=True, timeout=300,
-                          cwd=pathlib.Path(__file__).resolve().parent.parent)
+                          cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["True"] == ["P(('data', 'fsdp'),)", 1]  # 8 rows over 8 devices

@@ -1,5 +1,7 @@
 """Benchmarks behind `jaxgen bench ...`: each prints jaxgen and its reference side by side."""
 
+from jaxgen.errors import UserError
+
 
 def require_torch():
     """The PyTorch module, or a clear error: the side-by-side benchmarks run `transformers` on
@@ -7,7 +9,6 @@ def require_torch():
     try:
         import torch
     except ImportError:
-        from jaxgen.errors import UserError
         raise UserError("this benchmark compares against PyTorch, which is not installed; run "
                         "`pip install -r requirements-test.txt` (pins a CPU torch build)") from None
     return torch

@@ -20,7 +20,18 @@ import statistics
 import tempfile
 import time
 
+import jax
 import numpy as np
+from tqdm import tqdm
+
+from jaxgen.bench import require_torch
+from jaxgen.config import load_config
+from jaxgen.convert.hf import (generation_config_dict, hf_compatible, import_hf_dir,
+                               jaxgen_config_to_hf)
+from jaxgen.errors import UserError
+from jaxgen.models.janus import config_from_configdict
+from jaxgen.sampling.sampler import SampleOptions
+from jaxgen.sampling.sampler import sample as jax_sample
 
 
 def sample_args(parser):
@@ -34,11 +45,10 @@ def sample_args(parser):
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _hf_model(config, seed):
+def hf_model(config, seed):
+    """A random Hugging Face JanusForConditionalGeneration of the jaxgen `config` (seeded)."""
     import torch
     import transformers
-
-    from jaxgen.convert.hf import generation_config_dict, jaxgen_config_to_hf
 
     torch.manual_seed(seed)
     hf_config = transformers.JanusConfig.from_dict(jaxgen_config_to_hf(config))
@@ -58,25 +68,13 @@ def _time_calls(fn, repeats):
 
 
 def sample(args) -> int:
-    import jax
-    from tqdm import tqdm
-
-    from jaxgen.bench import require_torch
-    from jaxgen.config import load_config
-    from jaxgen.convert.hf import import_hf_dir
-    from jaxgen.errors import UserError
-    from jaxgen.models.janus import config_from_configdict
-    from jaxgen.sampling.sampler import SampleOptions
-    from jaxgen.sampling.sampler import sample as jax_sample
-
     torch = require_torch()
     if args.batch < 1 or args.repeats < 1 or args.prompt_len < 1:
         raise UserError("--batch, --repeats and --prompt-len must be >= 1")
-    from jaxgen.convert.hf import hf_compatible
     config = hf_compatible(config_from_configdict(load_config(args.model_config,
                                                               args.config_overrides)))
     n = config.num_image_tokens
-    model = _hf_model(config, args.seed)
+    model = hf_model(config, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(pathlib.Path(tmp), safe_serialization=True)
         params, jconfig, _ = import_hf_dir(tmp)

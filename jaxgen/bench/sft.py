@@ -9,8 +9,8 @@ Llama decoder, lm_head and generation_head; the weighted cross-entropy of the SF
   - PyTorch: eager, torch.optim.AdamW; float32 on a CPU, bfloat16 autocast on a GPU; both heads
     at every position (what `model(...)` computes), the loss masked afterwards.
   - jaxgen: `jaxgen.train.state.make_train_step` (jit, donated state) with the SFT trainer's
-    loss, which evaluates each head only at its own target positions (sft.head_capacities) and
-    runs causal attention without a mask on these unpadded rows.
+    loss, which evaluates each head only at its own target positions
+    (sft_loss.head_capacities) and runs causal attention without a mask on these unpadded rows.
 Prints tokens/s of both and the ratio, and jaxgen's achieved FLOP/s (XLA cost analysis of the
 compiled step / step time) as a fraction of this machine's measured matmul peak. On a GPU both
 sides run there with bfloat16 compute and float32 master weights (PyTorch: autocast), and it
@@ -27,12 +27,29 @@ Goal on CPU: ratio >= 2x.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import os
 import pathlib
 import statistics
 import tempfile
 import time
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from tqdm import tqdm
+
+from jaxgen import parallel
+from jaxgen.bench import require_torch
+from jaxgen.bench.sample import hf_model
+from jaxgen.config import load_config
+from jaxgen.convert.hf import hf_compatible, import_hf_dir
+from jaxgen.errors import UserError
+from jaxgen.models.janus import config_from_configdict, param_logical_axes
+from jaxgen.train import optim, sft_loss, state as st
+from jaxgen.train.sft_rows import KIND_BOI, KIND_IMAGE, KIND_NONE, KIND_TEXT
 
 
 def sft_args(parser):
@@ -52,9 +69,8 @@ def sft_args(parser):
     parser.add_argument("--seed", type=int, default=0)
 
 
-def _batch(config, batch, text_len, seed):
+def synthetic_batch(config, batch, text_len, seed):
     """Host arrays for both implementations: a text part then the image codes."""
-    from jaxgen.train import sft
     rng = np.random.default_rng(seed)
     n = config.num_image_tokens
     length = text_len + 1 + n  # text, <begin_of_image>, codes (last code is the final target)
@@ -65,10 +81,10 @@ def _batch(config, batch, text_len, seed):
     is_img = np.zeros((batch, length), bool)
     is_img[:, text_len + 1:] = True
     toks[is_img] = rng.integers(0, config.vq.num_embeddings, is_img.sum())
-    kind = np.full((batch, length), sft.KIND_TEXT, np.int8)
-    kind[:, :text_len // 2] = sft.KIND_NONE  # the prompt half carries no loss
-    kind[:, text_len] = sft.KIND_BOI
-    kind[is_img] = sft.KIND_IMAGE
+    kind = np.full((batch, length), KIND_TEXT, np.int8)
+    kind[:, :text_len // 2] = KIND_NONE  # the prompt half carries no loss
+    kind[:, text_len] = KIND_BOI
+    kind[is_img] = KIND_IMAGE
     return {"inputs": toks[:, :-1], "input_is_image": is_img[:, :-1], "targets": toks[:, 1:],
             "target_is_image": is_img[:, 1:], "target_kind": kind[:, 1:],
             "region": np.zeros((batch, length - 1), np.int8),
@@ -77,8 +93,6 @@ def _batch(config, batch, text_len, seed):
 
 def _torch_step_fn(model, batch, lr, device="cpu"):
     """One eager AdamW step; on CUDA under bfloat16 autocast (float32 master weights)."""
-    import contextlib
-
     import torch
     weights = {1: 2.0, 3: 1.0}  # text, image (KIND_TEXT, KIND_IMAGE); boi 0
     on = lambda a, dtype=None: torch.tensor(a, dtype=dtype, device=device)
@@ -132,7 +146,7 @@ def model_flops(config, batch: int, seq_len: int, capacities: dict | None = None
     6 x matmul params x the positions they are applied at + 12 x L x (heads x hd) x S per token.
 
     The decoder layers and the generation aligner run at every position; lm_head and the
-    generation head at `capacities['text' / 'image']` positions per row (sft.head_capacities;
+    generation head at `capacities['text' / 'image']` positions per row (sft_loss.head_capacities;
     None: every position). Embedding lookups cost none.
     """
     t, vq = config.text, config.vq
@@ -151,7 +165,6 @@ def model_flops(config, batch: int, seq_len: int, capacities: dict | None = None
 
 def step_config(lr: float):
     """The SFT trainer's optimizer, data and loss config for the benchmark step."""
-    import ml_collections
     return ml_collections.ConfigDict(dict(
         optim=dict(learning_rate=lr, warmup_steps=0, schedule="constant", b1=0.9, b2=0.95,
                    weight_decay=0.05, grad_clip_norm=1.0,
@@ -164,8 +177,6 @@ def step_config(lr: float):
 
 def matmul_peak_flops(dtype_name: str = "float32", n: int = 2048, repeats: int = 5) -> float:
     """Best observed FLOP/s of an n x n matmul on the default device."""
-    import jax
-    import jax.numpy as jnp
     dtype = jnp.dtype(dtype_name)
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
     f = jax.jit(lambda x: x @ x)
@@ -179,22 +190,10 @@ def matmul_peak_flops(dtype_name: str = "float32", n: int = 2048, repeats: int =
 
 
 def sft(args) -> int:
-    import os
-    # PyTorch runs first on the same GPU: keep JAX from reserving most of its memory up front.
+    # PyTorch runs first on the same GPU: keep JAX from reserving most of its memory when its
+    # backend starts (read then, not at import).
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
-    import jax
-    from tqdm import tqdm
-
-    from jaxgen import parallel
-    from jaxgen.bench import require_torch
-    from jaxgen.bench.sample import _hf_model
-    from jaxgen.config import load_config
-    from jaxgen.convert.hf import import_hf_dir
-    from jaxgen.errors import UserError
-    from jaxgen.models.janus import config_from_configdict, param_logical_axes
-    from jaxgen.train import optim, sft as sft_lib, state as st
-
     torch = require_torch()
     torch_batch = args.batch if args.torch_batch is None else args.torch_batch
     if min(args.batch, args.text_len, args.repeats, args.accum) < 1 or torch_batch < 0:
@@ -203,18 +202,17 @@ def sft(args) -> int:
     if args.batch % args.accum:
         raise UserError(f"--batch {args.batch} must be a multiple of --accum {args.accum}")
     on_gpu = jax.default_backend() == "gpu"
-    from jaxgen.convert.hf import hf_compatible
     config = hf_compatible(config_from_configdict(load_config(args.model_config,
                                                               args.config_overrides)))
     torch_device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
-    model = _hf_model(config, args.seed).train()
+    model = hf_model(config, args.seed).train()
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(pathlib.Path(tmp), safe_serialization=True)
         t = config.text  # the requested execution options (scan, remat, dtype, attention)
         params, jconfig, _ = import_hf_dir(tmp, scan_layers=t.scan_layers,
                                            remat_policy=t.remat_policy, dtype=t.dtype,
                                            attention_impl=t.attention_impl)
-    batch = _batch(config, args.batch, args.text_len, args.seed)
+    batch = synthetic_batch(config, args.batch, args.text_len, args.seed)
     tokens = batch["inputs"].size
     lr = 1e-4
     print(f"model: {config.text.num_hidden_layers} layers x {config.text.hidden_size}, "
@@ -226,7 +224,7 @@ def sft(args) -> int:
 
     torch_times, torch_tokens = [], 0
     if torch_batch:
-        tb = _batch(config, torch_batch, args.text_len, args.seed)
+        tb = synthetic_batch(config, torch_batch, args.text_len, args.seed)
         torch_tokens = tb["inputs"].size
         torch_step = _torch_step_fn(model.to(torch_device), tb, lr, torch_device)
         torch_step()
@@ -239,7 +237,6 @@ def sft(args) -> int:
         del torch_step  # free the GPU for JAX (the optimizer's hooks hold a cycle)
     del model
     if torch_device == "cuda":
-        import gc
         gc.collect()
         torch.cuda.empty_cache()
 
@@ -248,8 +245,8 @@ def sft(args) -> int:
     mesh = parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
     state, sh = st.shard_state(st.create_state(params, opt, jax.random.PRNGKey(0)), mesh, "fsdp",
                                param_logical_axes(jconfig))
-    capacities = sft_lib.head_capacities([batch])
-    step = st.make_train_step(sft_lib.make_loss_fn(jconfig, cfg, capacities), opt, sh, mesh,
+    capacities = sft_loss.head_capacities([batch])
+    step = st.make_train_step(sft_loss.make_loss_fn(jconfig, cfg, capacities), opt, sh, mesh,
                               accum_steps=args.accum,
                               compute_dtype_name="bfloat16" if on_gpu else None)
     dev_batch = parallel.shard_batch(batch, mesh)

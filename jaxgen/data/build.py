@@ -19,12 +19,14 @@ import json
 import pathlib
 import time
 
+import grain
 import numpy as np
 from tqdm import tqdm
 
 from jaxgen.data import prompts, reasoning, shapes_world, templates
 from jaxgen.data import tfds_builders as tb
 from jaxgen.data import tokenizer as tok_lib
+from jaxgen.errors import UserError
 
 DATASETS = {"sft": "shapes_world_sft", "prompts": "shapes_world_prompts"}
 
@@ -33,8 +35,6 @@ def _categories(config) -> tuple:
     cats = tuple(config.categories) if config.get("categories") else prompts.CATEGORIES
     unknown = [c for c in cats if c not in prompts.CATEGORIES]
     if unknown:
-        from jaxgen.errors import UserError
-
         raise UserError(f"unknown categories {unknown} in config.categories; "
                         f"known: {prompts.CATEGORIES}")
     return cats
@@ -46,7 +46,7 @@ def sft_records(n: int, split: str, rng: np.random.Generator, image_size: int, c
     out = []
     for i in tqdm(range(n), desc=desc or f"sft/{split}", leave=False, disable=n < 200):
         cat = categories[i % len(categories)]
-        prompt, meta, scene = shapes_world.sample_prompt(rng, split, cat, canvas=image_size)
+        prompt, meta, scene = prompts.sample_prompt(rng, split, cat, canvas=image_size)
         out.append({"prompt": prompt, "category": cat,
                     "plan": reasoning.layout_plan(scene),
                     "caption": reasoning.detailed_caption(scene, meta),
@@ -110,7 +110,5 @@ def build_all(config, out_dir) -> dict:
 
 def load_split(data_dir, name: str, split: str):
     """grain.MapDataset of decoded records of dataset `name` ('sft', 'prompts' or a full name)."""
-    import grain
-
     full = DATASETS.get(name, name)
     return grain.MapDataset.source(tb.read_split(pathlib.Path(data_dir) / "tfds", full, split))

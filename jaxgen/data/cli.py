@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from jaxgen.config import load_config
+from jaxgen.data.build import build_all
+
 
 def build_args(parser):
     parser.add_argument("--config", default="configs/data.py:shapes",
@@ -13,9 +16,6 @@ def build_args(parser):
 
 
 def build(args) -> int:
-    from jaxgen.config import load_config
-    from jaxgen.data.build import build_all
-
     config = load_config(args.config, args.config_overrides)
     out_dir = args.out_dir or config.out_dir
     info = build_all(config, out_dir)

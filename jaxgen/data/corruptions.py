@@ -1,6 +1,6 @@
 """Malformed drawings made by the renderer: a judge's negatives that need no evaluator.
 
-The SFT policy fails mostly in shape quality (docs/demo_experiments.md): triangles drawn
+The SFT policy fails mostly in shape quality (docs/experiments.md, question 4): triangles drawn
 as trapezoids, squares with rounded or wobbly sides, an object fading from its colour into
 another, pieces missing or stray fragments. This module redraws one object of a ground-truth
 scene with such a defect, so a judge can learn "Malformed drawing." from labels that come from

@@ -1,7 +1,7 @@
 """Object crops: one planned object zoomed to fill an image, for a judge that reads shapes.
 
 A ShapesWorld object is 14-23 px on a 64 px canvas: two or three VQ codes across, too few for a
-small judge to read its shape (docs/demo_experiments.md, sessions 7-9). Cut out a square around
+small judge to read its shape (docs/experiments.md, question 5). Cut out a square around
 the object's box and scale it up to the judge's input size, and the same object spans most of
 the 8 x 8 code grid. The training crops (jaxgen.data.judge.crop_examples, around the renderer's
 boxes) and the reward's crops (rewards 'vlm_crop', around the policy's planned boxes, on device)

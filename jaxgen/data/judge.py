@@ -4,8 +4,9 @@ Three tasks (`data.judge_task` in configs/sft.py):
 - 'yes_no': a yes/no question about an image (the T2I-R1 / Janus-Pro-R1 judge). Positives: a
   record's image with its own prompt ('yes'). Negatives: the same image with a minimally
   perturbed prompt: one colour, shape, count or relation changed (`prompts.perturb_metadata`),
-  answer 'no'. Balanced 50/50; a negative is kept only when the pixel evaluator agrees that
-  the image does not satisfy it (so labels are never wrong).
+  answer 'no'. Balanced 50/50; given a `satisfies(image, metadata)` check (the trainer passes
+  the pixel evaluator's verdict), a negative is kept only when the image does not satisfy it
+  (so labels are never wrong).
 - 'crop': one object of a scene cut out and zoomed (`jaxgen.data.crops`) and named ("red
   circle"); a `corrupted_fraction` of the objects are redrawn malformed by the renderer first
   (answer "Malformed drawing.") and an `empty_fraction` of the records add a crop of plain
@@ -22,10 +23,15 @@ Three tasks (`data.judge_task` in configs/sft.py):
 from __future__ import annotations
 
 import json
+from typing import Callable, Optional
 
 import numpy as np
+from scipy import ndimage
 
+from jaxgen.data.corruptions import CORRUPTIONS, corrupt_image
+from jaxgen.data.crops import CROP_SCALE, crop_uint8
 from jaxgen.data.prompts import PERTURBATIONS, perturb_metadata
+from jaxgen.data.reasoning import from_grid, parse_plan
 
 QUESTION = "Does this image show {prompt}? Answer yes or no."
 DESCRIBE_QUESTION = "Describe this image."
@@ -59,18 +65,19 @@ def record_tag(rec) -> str:
     return _metadata(rec)["tag"]
 
 
-def judge_examples(records, rng: np.random.Generator, verify: bool = True,
+def judge_examples(records, rng: np.random.Generator,
+                   satisfies: Optional[Callable[[np.ndarray, dict], bool]] = None,
                    easy_negatives: float = 0.0) -> list:
     """list of dicts {image, prompt, question, answer ('yes'|'no'), category, perturbation}.
 
     records: sequence of SFT records ({'image', 'prompt', 'category', 'metadata' (json str or
     dict)}). Each record gives one positive and one negative (when some perturbation applies).
+    satisfies: (image, metadata) -> bool, e.g. the pixel evaluator's verdict; a candidate
+    negative the image satisfies is skipped (None: every candidate is kept).
     easy_negatives: fraction of negatives that use another record's prompt instead of a minimal
     perturbation (perturbation 'other_prompt'); easy pairs give a small judge a learning signal
     before the one-attribute differences do.
     """
-    from jaxgen.eval.geneval import score
-
     records = list(records)
     out = []
     for rec in records:
@@ -78,7 +85,8 @@ def judge_examples(records, rng: np.random.Generator, verify: bool = True,
         negative = None
         if easy_negatives > 0 and rng.random() < easy_negatives:
             other = _metadata(records[int(rng.integers(len(records)))])
-            if other["prompt"] != meta["prompt"] and not (verify and score(rec["image"], other)["correct"]):
+            if other["prompt"] != meta["prompt"] and not (satisfies is not None
+                                                          and satisfies(rec["image"], other)):
                 negative = ("other_prompt", other)
         kinds = list(PERTURBATIONS) if negative is None else []
         rng.shuffle(kinds)
@@ -86,7 +94,7 @@ def judge_examples(records, rng: np.random.Generator, verify: bool = True,
             cand = perturb_metadata(meta, rng, kind)
             if cand is None:
                 continue
-            if verify and score(rec["image"], cand)["correct"]:
+            if satisfies is not None and satisfies(rec["image"], cand):
                 continue
             negative = (kind, cand)
             break
@@ -140,8 +148,6 @@ def corrupted_examples(records, rng: np.random.Generator, fraction: float) -> li
     """Describe rows whose image is a record's scene with one object redrawn malformed by the
     renderer (`corruptions.corrupt_image`), answered DEGRADED_ANSWER; for a `fraction` of the
     records. perturbation = 'corrupt_<kind>'."""
-    from jaxgen.data.corruptions import corrupt_image
-
     out = []
     for rec in records:
         if fraction <= 0 or rng.random() >= fraction:
@@ -162,7 +168,6 @@ def crop_answer(obj: dict) -> str:
 
 def _empty_box(boxes, side: float, canvas: int, rng: np.random.Generator, tries: int = 50):
     """A `side`-pixel box whose crop window touches none of `boxes` (pixels), or None."""
-    from jaxgen.data.crops import CROP_SCALE
     win = min(CROP_SCALE * side, canvas)
     for _ in range(tries):
         x0, y0 = rng.uniform(0, canvas - win, size=2)
@@ -183,12 +188,6 @@ def crop_examples(records, rng: np.random.Generator, out_size: int,
     the policy draws them). kinds: the corruptions to draw from (default all); blur: a range of
     Gaussian blur sigmas in pixels, one drawn per scene and applied to it (clean or corrupted)
     before `prepare`, so soft edges alone do not read as malformed."""
-    from scipy import ndimage
-
-    from jaxgen.data.corruptions import CORRUPTIONS, corrupt_image
-    from jaxgen.data.crops import crop_uint8
-    from jaxgen.data.reasoning import from_grid, parse_plan
-
     scenes, boxes, meta_rows = [], [], []
     for rec in records:
         meta = _metadata(rec)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional
 
+import grain
+import jax
 import numpy as np
 
 from jaxgen.errors import UserError
@@ -37,10 +39,8 @@ def collate(records: list) -> dict:
 
 
 def host_shard():
-    """(process_index, process_count) of this JAX host (0, 1 without JAX)."""
+    """(process_index, process_count) of this JAX host (0, 1 when no JAX backend starts)."""
     try:
-        import jax
-
         return jax.process_index(), jax.process_count()
     except Exception:  # no jax backend available: single host
         return 0, 1
@@ -48,8 +48,6 @@ def host_shard():
 
 def read_ahead(threads: Optional[int] = None):
     """grain.ReadOptions: `threads` workers (default: the host's cores, at most 8), two batches each."""
-    import grain
-
     threads = threads or min(8, os.cpu_count() or 1)
     return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
 
@@ -60,8 +58,6 @@ def make_loader(source, *, batch_size: int, seed: int = 0, shuffle: bool = True,
                 drop_remainder: bool = True, read_options=None):
     """grain.IterDataset of batches over a random-access `source` (see module docstring);
     `read_options`: a grain.ReadOptions (default `read_ahead()`)."""
-    import grain
-
     if batch_size <= 0:
         raise UserError(f"batch_size must be positive, got {batch_size}")
     if shard_index is None or shard_count is None:

@@ -19,10 +19,13 @@ Metadata is GenEval's jsonl format: {"tag", "include": [{"class", "count", "colo
 "scene_graph": the prompt's graph (specified attributes only, stated relations, complete=False).
 
 Held-out compositions (never in the train split, and train scenes never render the colour-shape
-pairs): HELDOUT_COLOR_SHAPE, HELDOUT_RELATIONS (subject class, relation, reference class) and
-HELDOUT_COUNTS (count, class). The test split of a category that can contain one of them holds
-only prompts that do; categories that cannot (single_object, two_object, cb_shape, cb_texture)
-draw fresh samples of the same distribution for their test prompts.
+pairs): shapes_world.HELDOUT_COLOR_SHAPE, HELDOUT_RELATIONS (subject class, relation, reference
+class) and HELDOUT_COUNTS (count, class). The test split of a category that can contain one of
+them holds only prompts that do; categories that cannot (single_object, two_object, cb_shape,
+cb_texture) draw fresh samples of the same distribution for their test prompts.
+
+`sample_prompt(rng, split, category=None) -> (prompt, metadata, scene)` draws a prompt with a
+ground-truth ShapesWorld scene for it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from typing import Optional
 
 import numpy as np
 
-from jaxgen.data.shapes_world import COLOR_NAMES, OPPOSITE, RELATIONS, SHAPES, SIZES
+from jaxgen.data.shapes_world import (COLOR_NAMES, HELDOUT_COLOR_SHAPE, OPPOSITE, RELATIONS,
+                                      SHAPES, SIZES, Scene, scene_for)
 from jaxgen.errors import UserError
 
 GENEVAL_CATEGORIES = ("single_object", "two_object", "counting", "colors", "position",
@@ -40,7 +44,6 @@ GENEVAL_CATEGORIES = ("single_object", "two_object", "counting", "colors", "posi
 COMPBENCH_CATEGORIES = ("cb_color", "cb_shape", "cb_texture", "cb_spatial", "cb_complex")
 CATEGORIES = GENEVAL_CATEGORIES + COMPBENCH_CATEGORIES
 
-HELDOUT_COLOR_SHAPE = frozenset({("red", "triangle"), ("green", "circle"), ("blue", "square")})
 HELDOUT_RELATIONS = frozenset({("triangle", "above", "circle"), ("square", "left of", "triangle"),
                                ("circle", "below", "square")})
 HELDOUT_COUNTS = frozenset({(3, "circle"), (4, "triangle")})
@@ -211,6 +214,15 @@ def sample_metadata(rng: np.random.Generator, split: str, category: Optional[str
         if is_heldout(meta) == want_heldout:
             return finalize(meta)
     raise RuntimeError(f"no {split} prompt found for category {tag}")  # unreachable by design
+
+
+def sample_prompt(rng: np.random.Generator, split: str, category: Optional[str] = None,
+                  canvas: int = 64) -> tuple[str, dict, Scene]:
+    """(prompt, metadata dict, scene): a random prompt of `split` ('train' | 'test') and a
+    ground-truth scene for it (train scenes never show held-out colour-shape pairs)."""
+    metadata = sample_metadata(rng, split, category)
+    scene = scene_for(metadata, rng, canvas, avoid_heldout=(split == "train"))
+    return metadata["prompt"], metadata, scene
 
 
 def perturb_metadata(metadata: dict, rng: np.random.Generator, kind: str) -> Optional[dict]:

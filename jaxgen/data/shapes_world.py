@@ -13,16 +13,16 @@ Vocabulary (defaults of `WorldSpec`, chosen so a 64 px image survives an 8x8-cod
   sizes    small (0.22 of the canvas side: 14 px at 64), large (0.36: 23 px at 64)
   textures plain, striped (horizontal bands of a darker shade), dotted (darker dots)
 
-Public entry points: `sample_prompt(rng, split, category=None) -> (prompt, metadata, scene)`,
-`render_for(metadata, rng, size) -> uint8[size, size, 3]`, `render(scene) -> uint8 image`,
-`scene_graph(scene) -> dict`, `relative_position(box_a, box_b) -> set[str]`.
+Public entry points: `render_for(metadata, rng, size) -> uint8[size, size, 3]`,
+`render(scene) -> uint8 image`, `scene_graph(scene) -> dict`,
+`relative_position(box_a, box_b) -> set[str]` (a random prompt with its scene:
+`prompts.sample_prompt`).
 """
 
 from __future__ import annotations
 
 import colorsys
 import dataclasses
-from typing import Optional
 
 import numpy as np
 
@@ -42,6 +42,9 @@ SIZES = ("small", "large")
 TEXTURES = ("plain", "striped", "dotted")
 RELATIONS = ("left of", "right of", "above", "below")
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+# (colour, shape) pairs held out of training: train scenes never render them, and the test
+# split's prompts ask for them (prompts.py)
+HELDOUT_COLOR_SHAPE = frozenset({("red", "triangle"), ("green", "circle"), ("blue", "square")})
 
 # GenEval's position rule: offsets shrink by this fraction of the two boxes' sizes and a
 # relation holds when the remaining unit offset's component exceeds RELATION_COSINE.
@@ -258,10 +261,8 @@ def scene_for(metadata: dict, rng: np.random.Generator, canvas: int,
     """A scene satisfying GenEval-style `metadata` (include items with class/count/attributes
     and positions). Unspecified colours/sizes are drawn at random (one draw per include item);
     with `avoid_heldout`, colours never form a held-out (colour, shape) pair."""
-    from jaxgen.data import prompts  # late import: prompts imports this module
-
     if heldout_pairs is None:
-        heldout_pairs = prompts.HELDOUT_COLOR_SHAPE
+        heldout_pairs = HELDOUT_COLOR_SHAPE
     objects, first_index = [], []
     total = sum(int(item.get("count", 1)) for item in metadata["include"])
     for item in metadata["include"]:
@@ -312,13 +313,3 @@ def render_for(metadata: dict, rng: np.random.Generator, size: int = 64,
     """uint8[size, size, 3]: a ground-truth rendering of any prompt's metadata."""
     return render(scene_for(metadata, rng, size, avoid_heldout=avoid_heldout))
 
-
-def sample_prompt(rng: np.random.Generator, split: str, category: Optional[str] = None,
-                  canvas: int = 64):
-    """(prompt, metadata dict, scene): a random prompt of `split` ('train' | 'test') and a
-    ground-truth scene for it (train scenes never show held-out colour-shape pairs)."""
-    from jaxgen.data import prompts
-
-    metadata = prompts.sample_metadata(rng, split, category)
-    scene = scene_for(metadata, rng, canvas, avoid_heldout=(split == "train"))
-    return metadata["prompt"], metadata, scene

@@ -19,6 +19,8 @@ import types
 
 import numpy as np
 
+from jaxgen.errors import UserError
+
 SFT_FEATURES = {"prompt": "text", "category": "text", "plan": "text", "caption": "text",
                 "metadata": "text"}
 PROMPT_FEATURES = {"prompt": "text", "category": "text", "metadata": "text"}
@@ -107,8 +109,6 @@ class DecodedSource:
 def read_split(tfds_dir, name: str, split: str) -> DecodedSource:
     """The split of a dataset written by `write_dataset` as a decoded random-access source."""
     import tensorflow_datasets as tfds
-
-    from jaxgen.errors import UserError
 
     try:
         source = tfds.data_source(name, data_dir=str(tfds_dir), split=split)

@@ -18,6 +18,7 @@ import os
 import pathlib
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from jaxgen.data import templates
 from jaxgen.errors import PromptTooLongError, UserError
@@ -42,8 +43,6 @@ def build_tokenizer(corpus, out_dir=None, vocab_size: int = DEFAULT_VOCAB_SIZE):
 
     Returns a `transformers.PreTrainedTokenizerFast`.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
@@ -63,8 +62,6 @@ def build_tokenizer(corpus, out_dir=None, vocab_size: int = DEFAULT_VOCAB_SIZE):
 
 def load_tokenizer(path):
     """PreTrainedTokenizerFast from a directory holding tokenizer.json or the file itself."""
-    from transformers import PreTrainedTokenizerFast
-
     p = pathlib.Path(path)
     file = p / "tokenizer.json" if p.is_dir() else p
     if not file.exists():
@@ -74,8 +71,6 @@ def load_tokenizer(path):
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(p))
-    from tokenizers import Tokenizer
-
     return _wrap(Tokenizer.from_file(str(file)))
 
 

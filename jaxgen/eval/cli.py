@@ -13,8 +13,14 @@ from __future__ import annotations
 import json
 import pathlib
 
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
 from jaxgen.data.readers import read_jsonl
 from jaxgen.errors import UserError
+from jaxgen.eval import geneval, scene_graph
+from jaxgen.eval.report import category_table
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -52,12 +58,6 @@ def collect(directory, metadata_file=None) -> list:
 
 def evaluate(pairs) -> list:
     """Per-image result dicts: category, prompt, correct, reason, score (+ SG scores)."""
-    import numpy as np
-    from PIL import Image
-    from tqdm import tqdm
-
-    from jaxgen.eval import geneval, scene_graph
-
     results = []
     for path, meta in tqdm(pairs, desc="eval images"):
         if not path.exists():
@@ -79,8 +79,6 @@ def images_args(parser):
 
 
 def images(args) -> int:
-    from jaxgen.eval.report import category_table
-
     results = evaluate(collect(args.dir, args.metadata))
     text, table = category_table(results)
     print(text)

@@ -19,19 +19,28 @@ import json
 import pathlib
 from typing import Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
+from jaxgen.checkpoint import load_checkpoint, save_checkpoint
+from jaxgen.concurrent_batches import map_batches
+from jaxgen.convert.load import load_model
+from jaxgen.data import prompts as prompt_lib
+from jaxgen.data.shapes_world import render_for
 from jaxgen.eval import stats
+from jaxgen.eval.geneval import satisfies, score
 from jaxgen.eval.plan_ceiling import plan_ceiling
+from jaxgen.models import janus
+from jaxgen.sampling.generate import generate, pixels_to_uint8
 
 REWARD_KEYS = ("reward/mean", "reward_mean", "reward")
 
 
 def heldout_prompts(split: str, per_category: int, seed: int) -> list[dict]:
     """`per_category` prompts of every category from `split`, deterministic in `seed`."""
-    from jaxgen.data import prompts as prompt_lib
-
     rng = np.random.default_rng(seed)
     out = []
     for category in prompt_lib.CATEGORIES:
@@ -42,9 +51,6 @@ def heldout_prompts(split: str, per_category: int, seed: int) -> list[dict]:
 
 def generate_images(ckpt_dir, metadata: list[dict], eval_config, name: str = "") -> list:
     """Samples (jaxgen.sampling.generate.Sample) for every prompt, `samples_per_prompt` each, batched."""
-    from jaxgen.convert.load import load_model
-    from jaxgen.sampling.generate import generate
-
     params, config, tokenizer = load_model(ckpt_dir)
     prompts = [m["prompt"] for m in metadata]
     samples = []
@@ -65,8 +71,6 @@ def generate_images(ckpt_dir, metadata: list[dict], eval_config, name: str = "")
 
 
 def score_samples(samples, metadata, samples_per_prompt: int) -> list[dict]:
-    from jaxgen.eval.geneval import score
-
     results = []
     for i, s in enumerate(samples):
         meta = metadata[i // samples_per_prompt]
@@ -164,8 +168,6 @@ def _grid(images: list, cols: int) -> np.ndarray:
 
 
 def _sample_pages(name, samples, results, n, out_dir: pathlib.Path):
-    from PIL import Image
-
     idx = list(range(0, len(samples), max(1, len(samples) // n)))[:n]
     Image.fromarray(_grid([samples[i].image for i in idx], cols=8)).resize(
         (8 * 4 * (samples[0].image.shape[1] + 2), -(-len(idx) // 8) * 4 * (samples[0].image.shape[0] + 2)),
@@ -182,11 +184,6 @@ def _sample_pages(name, samples, results, n, out_dir: pathlib.Path):
 def untrained_checkpoint(like_ckpt, out_dir) -> pathlib.Path:
     """A randomly initialised model with `like_ckpt`'s config, tokenizer and VQ tokenizer: the
     baseline that shows what training added."""
-    import jax
-
-    from jaxgen.checkpoint import load_checkpoint, save_checkpoint
-    from jaxgen.models import janus
-
     params, config, tokenizer = load_checkpoint(like_ckpt)
     fresh = dict(jax.device_get(janus.init_params(config, jax.random.PRNGKey(0))))
     fresh["vqmodel"] = params["vqmodel"]
@@ -196,14 +193,6 @@ def untrained_checkpoint(like_ckpt, out_dir) -> pathlib.Path:
 def vq_roundtrip(ckpt_dir) -> tuple[Callable, int]:
     """(uint8[B,H,W,3] -> uint8[B,H,W,3] through the checkpoint's VQ encode -> decode, image
     size): how the tokenizer redraws a picture."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxgen.checkpoint import load_checkpoint
-    from jaxgen.sampling.generate import pixels_to_uint8
-    from jaxgen.concurrent_batches import map_batches
-    from jaxgen.models import janus
-
     params, config, _ = load_checkpoint(ckpt_dir)
     vq = {"vqmodel": params["vqmodel"]}
     jitted = jax.jit(lambda x: janus.vq_decode(vq, config, janus.vq_encode(vq, config, x)))
@@ -216,12 +205,9 @@ def vq_roundtrip(ckpt_dir) -> tuple[Callable, int]:
 def vq_ceiling(roundtrip: Callable, size: int, metadata: list[dict], seed: int) -> list[dict]:
     """Ground-truth renderings of the prompts passed through the VQ tokenizer (`vq_roundtrip`)
     and scored: the best accuracy any generator using this tokenizer can reach."""
-    from jaxgen.data.shapes_world import render_for
-    from jaxgen.eval.geneval import score
-
     rng = np.random.default_rng(seed)
     out = roundtrip(np.stack([render_for(m, rng, size=size) for m in metadata]))
-    return [dict(category=m["tag"], prompt=m["prompt"], correct=bool(score(img, m)["correct"]))
+    return [dict(category=m["tag"], prompt=m["prompt"], correct=satisfies(img, m))
             for img, m in zip(out, metadata)]
 
 

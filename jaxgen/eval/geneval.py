@@ -76,3 +76,8 @@ def score_detections(detections: list, metadata: dict) -> dict:
 def score(image: np.ndarray, metadata: dict) -> dict:
     """Score a uint8[H, W, 3] image against GenEval-style `metadata` (see module docstring)."""
     return score_detections(detect(image), metadata)
+
+
+def satisfies(image: np.ndarray, metadata: dict) -> bool:
+    """GenEval's verdict alone: whether the image shows everything `metadata` asks for."""
+    return bool(score(image, metadata)["correct"])

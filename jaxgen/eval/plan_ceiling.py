@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxgen.data.reasoning import from_grid, parse_plan
 from jaxgen.data.shapes_world import Obj, Scene, render
+from jaxgen.eval.geneval import score
 
 
 def render_plan(text: str, canvas: int) -> tuple[Optional[np.ndarray], str]:
@@ -43,8 +44,6 @@ def plan_ceiling(reasonings: list[str], metadata: list[dict], samples_per_prompt
     `metadata`; roundtrip: uint8[B,H,W,3] -> uint8[B,H,W,3] (the VQ encode -> decode), or None to
     score the renderings as they are.
     """
-    from jaxgen.eval.geneval import score
-
     drawn = [render_plan(text, canvas) for text in reasonings]
     images = [img for img, _ in drawn if img is not None]
     if images and roundtrip is not None:

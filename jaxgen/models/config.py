@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-
 from jaxgen.errors import UserError
 
 
@@ -18,7 +17,9 @@ class ConfigError(UserError, ValueError):
     """A configuration a user wrote is invalid (unknown key, impossible shape)."""
 
 
-def _from_dict(cls, d: Mapping[str, Any], where: str):
+def dataclass_from_dict(cls, d: Mapping[str, Any], where: str):
+    """`cls(**d)` with lists made tuples (hashable); ConfigError naming any unknown key and
+    `where` it was written."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -64,7 +65,7 @@ class LlamaConfig:
 
     @classmethod
     def from_dict(cls, d):
-        return _from_dict(cls, d, "text config")
+        return dataclass_from_dict(cls, d, "text config")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +103,7 @@ class VisionConfig:
 
     @classmethod
     def from_dict(cls, d):
-        return _from_dict(cls, d, "vision config")
+        return dataclass_from_dict(cls, d, "vision config")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +144,7 @@ class VQConfig:
 
     @classmethod
     def from_dict(cls, d):
-        return _from_dict(cls, d, "vq config")
+        return dataclass_from_dict(cls, d, "vq config")
 
 
 UNDERSTANDING_INPUTS = ("siglip", "vq_codes")
@@ -206,7 +207,7 @@ class JanusConfig:
             "vision": VisionConfig.from_dict(d.pop("vision", {})),
             "vq": VQConfig.from_dict(d.pop("vq", {})),
         }
-        return _from_dict(cls, {**d, **sub}, "model config")
+        return dataclass_from_dict(cls, {**d, **sub}, "model config")
 
     def replace(self, **kw) -> "JanusConfig":
         return dataclasses.replace(self, **kw)

@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import parallel
-from jaxgen.models import janus
-from jaxgen.models.config import ConfigError, JanusConfig, _from_dict
+from jaxgen.models import janus, vq
+from jaxgen.models.config import ConfigError, JanusConfig, dataclass_from_dict
 from jaxgen.models.llama import ACT_BLD
 
 
@@ -62,7 +62,7 @@ class FlowConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FlowConfig":
-        return _from_dict(cls, dict(d), "flow config")
+        return dataclass_from_dict(cls, dict(d), "flow config")
 
 
 def latent_shape(jc: JanusConfig) -> tuple:
@@ -250,15 +250,13 @@ def latent_scale(jc: JanusConfig) -> float:
 
 def codes_to_latents(janus_params, jc: JanusConfig, codes_bn):
     """Image codes [B, grid*grid] -> flow latents x0 [B, grid, grid, embed_dim]."""
-    from jaxgen.models import vq
-    rows = janus._vqmodel(jc).apply({"params": janus_params["vqmodel"]}, codes_bn,
-                                    method=vq.VQModel.lookup_codes)
+    rows = janus.vq_module(jc).apply({"params": janus_params["vqmodel"]}, codes_bn,
+                                     method=vq.VQModel.lookup_codes)
     return rows * latent_scale(jc)
 
 
 def latents_to_codes(janus_params, jc: JanusConfig, x_bhwc):
     """Flow latents [B, grid, grid, embed_dim] -> nearest codes [B, grid*grid] int32."""
-    from jaxgen.models import vq
     model = vq.VQModel(jc.vq, l2_norm_lookup=True)
     return model.apply({"params": janus_params["vqmodel"]}, x_bhwc / latent_scale(jc),
                        method=vq.VQModel.quantize)[1]
@@ -269,6 +267,5 @@ def latents_to_pixels(janus_params, jc: JanusConfig, x_bhwc, snap: bool = True):
     images the token path could also have drawn) or straight into the VQ decoder."""
     if snap:
         return janus.vq_decode(janus_params, jc, latents_to_codes(janus_params, jc, x_bhwc))
-    from jaxgen.models import vq
-    return janus._vqmodel(jc).apply({"params": janus_params["vqmodel"]}, vq.l2_normalize(x_bhwc),
-                                    method=vq.VQModel.decode_latents)
+    return janus.vq_module(jc).apply({"params": janus_params["vqmodel"]}, vq.l2_normalize(x_bhwc),
+                                     method=vq.VQModel.decode_latents)

@@ -28,6 +28,7 @@ Top-level param keys mirror Hugging Face: 'language_model', 'lm_head', 'vision_m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 
 from jaxgen import parallel
 from jaxgen.errors import PromptTooLongError, UserError
-from jaxgen.models import llama
+from jaxgen.models import llama, vision
 from jaxgen.models import vq as vq_lib
 from jaxgen.models.config import JanusConfig
 
@@ -109,8 +110,8 @@ def _lm_head(config):
                   None, use_bias=False)
 
 
-def _vision_model(config):
-    from jaxgen.models import vision  # written by the vision/VQ engineer
+def vision_module(config):
+    """The understanding path's vision tower (params key 'vision_model')."""
     return vision.VisionTower(config.vision)
 
 
@@ -119,9 +120,9 @@ def _aligner(config):
     return AlignerMLP(v.projection_dim, v.depth, t.dtype, t.param_dtype)
 
 
-def _vqmodel(config):
-    from jaxgen.models import vq  # written by the vision/VQ engineer
-    return vq.VQModel(config.vq)
+def vq_module(config):
+    """The VQ image tokenizer (params key 'vqmodel')."""
+    return vq_lib.VQModel(config.vq)
 
 
 def _generation_embeddings(config):
@@ -151,9 +152,9 @@ def _image_positions(config):
 _PARTS = {
     "language_model": _language_model,
     "lm_head": _lm_head,
-    "vision_model": _vision_model,
+    "vision_model": vision_module,
     "aligner": _aligner,
-    "vqmodel": _vqmodel,
+    "vqmodel": vq_module,
     "generation_embeddings": _generation_embeddings,
     "generation_aligner": _generation_aligner,
     "generation_head": _generation_head,
@@ -165,8 +166,8 @@ def _parts(config) -> list:
     return [k for k in _PARTS if k != "image_positions" or config.image_position_embeddings]
 
 
-def _init_part(key, config, rng):
-    """Boxed (nn.Partitioned) params of one part."""
+def init_part(key, config, rng):
+    """Boxed (nn.Partitioned) params of one top-level part (a key of `init_params`)."""
     module = _PARTS[key](config)
     t, v, q = config.text, config.vision, config.vq
     one = jnp.zeros((1, 1), jnp.int32)
@@ -180,10 +181,6 @@ def _init_part(key, config, rng):
     elif key == "aligner":
         variables = module.init(rng, jnp.zeros((1, v.hidden_size)))
     elif key == "vqmodel":
-        from jaxgen.models import vq
-        init_fn = getattr(vq, "init_vq_params", None)
-        if init_fn is not None:
-            return init_fn(config.vq, rng)
         # Weight shapes do not depend on the image side: the smallest input compiles fastest.
         variables = module.init(rng, jnp.zeros((1, q.downsample, q.downsample, q.in_channels)))
     elif key in ("generation_embeddings", "image_positions"):
@@ -200,7 +197,7 @@ def _boxed_params(config, rng):
     keys = dict(zip(fixed, jax.random.split(rng, len(fixed))))
     # the optional part's key comes from its own fold, so the others keep their init
     keys["image_positions"] = jax.random.fold_in(rng, len(fixed))
-    return {k: _init_part(k, config, keys[k]) for k in _parts(config)}
+    return {k: init_part(k, config, keys[k]) for k in _parts(config)}
 
 
 def init_params(config: JanusConfig, rng) -> dict:
@@ -264,7 +261,6 @@ def with_execution_options(params, config: JanusConfig, **options):
     """(params, config) running the same weights with other `EXECUTION_OPTIONS` of the language
     model: a checkpoint saved unrolled in float32 can train scanned with remat in bfloat16, and
     back. Layers are restacked when scan_layers changes; unset options keep the checkpoint's."""
-    import dataclasses
     unknown = sorted(set(options) - set(EXECUTION_OPTIONS))
     if unknown:
         raise UserError(f"unknown execution option(s) {unknown}; choose from {EXECUTION_OPTIONS}")
@@ -311,7 +307,7 @@ def codebook_embeddings(params):
 
 def embed_understanding_images(params, config: JanusConfig, pixels_bhwc):
     """Pixels in [-1, 1] -> SigLIP tower -> aligner: [B, N, D], N = vision num_image_tokens."""
-    feats = _vision_model(config).apply({"params": params["vision_model"]}, pixels_bhwc)
+    feats = vision_module(config).apply({"params": params["vision_model"]}, pixels_bhwc)
     return _aligner(config).apply({"params": params["aligner"]}, feats)
 
 
@@ -406,11 +402,11 @@ def image_logits(params, config: JanusConfig, hidden_bld):
 
 def vq_encode(params, config: JanusConfig, pixels_bhwc):
     """Pixels in [-1, 1] [B, H, W, 3] -> codes [B, grid*grid] int32, row-major."""
-    from jaxgen.models import vq
-    return _vqmodel(config).apply({"params": params["vqmodel"]}, pixels_bhwc, method=vq.VQModel.encode)
+    return vq_module(config).apply({"params": params["vqmodel"]}, pixels_bhwc,
+                                   method=vq_lib.VQModel.encode)
 
 
 def vq_decode(params, config: JanusConfig, codes_bn):
     """Codes [B, grid*grid] -> pixels [B, H, W, 3] float32 in about [-1, 1]."""
-    from jaxgen.models import vq
-    return _vqmodel(config).apply({"params": params["vqmodel"]}, codes_bn, method=vq.VQModel.decode)
+    return vq_module(config).apply({"params": params["vqmodel"]}, codes_bn,
+                                   method=vq_lib.VQModel.decode)

@@ -28,8 +28,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import topologies
 
+from jaxgen import parallel
+from jaxgen.config import load_config
 from jaxgen.errors import UserError
+from jaxgen.models import janus
+from jaxgen.train import optim, sft_loss
+from jaxgen.train import state as state_lib
+from jaxgen.train.sft import init_model_params, model_config_for
 
 GIB = float(2 ** 30)
 
@@ -39,7 +46,6 @@ GIB = float(2 ** 30)
 def target_devices(devices: str = "8", topology: str | None = None) -> list:
     """The devices to compile for: `topology` (TPU, via libtpu), 'local', or N CPU devices."""
     if topology:
-        from jax.experimental import topologies
         try:
             return list(topologies.get_topology_desc(topology, "tpu").devices)
         except RuntimeError as e:
@@ -69,7 +75,8 @@ def target_devices(devices: str = "8", topology: str | None = None) -> list:
 
 def abstract_sft_batch(config, mc) -> dict:
     """The global batch `jaxgen train sft` feeds its step, as ShapeDtypeStructs (mirrors
-    sft.MixedBatcher: generation rows, then understanding rows; packed rows carry segments)."""
+    sft_data.MixedBatcher: generation rows, then understanding rows; packed rows carry
+    segments)."""
     dc = config.data
     b, length = int(config.batch_size), int(dc.seq_len)
     mix = dc.task_mix
@@ -96,7 +103,7 @@ def abstract_sft_batch(config, mc) -> dict:
 
 
 def worst_case_capacities(config, mc, text_targets: int | None = None) -> dict:
-    """Per-row head capacities (sft.head_capacities) without data: at most every position that
+    """Per-row head capacities (sft_loss.head_capacities) without data: at most every position that
     is not one of a generation row's image tokens carries a text target, unless given."""
     length = int(config.data.seq_len)
     gen_only = float(config.data.task_mix.understanding) <= 0
@@ -124,12 +131,7 @@ def _global_bytes(tree) -> int:
 
 def plan_sft(config, devices, text_targets: int | None = None) -> dict:
     """Compile the SFT step of `config` for `devices` from shapes; returns sizes in bytes."""
-    from jaxgen import parallel
-    from jaxgen.models import janus
-    from jaxgen.train import optim, sft
-    from jaxgen.train import state as state_lib
-
-    mc = sft.model_config_for(config, None)
+    mc = model_config_for(config, None)
     mesh = parallel.make_mesh(config.mesh, devices=devices)
     layout = config.mesh.get("layout", "fsdp")
     parallel.check_batch_divides(int(config.batch_size), mesh)
@@ -139,14 +141,14 @@ def plan_sft(config, devices, text_targets: int | None = None) -> dict:
                         f"grad_accum_steps={accum} micro-batches")
     opt = optim.make_optimizer(config)
     abstract = jax.eval_shape(lambda r: state_lib.create_state(
-        sft.init_model_params(mc, r), opt, r), jax.random.PRNGKey(0))
+        init_model_params(mc, r), opt, r), jax.random.PRNGKey(0))
     shardings = state_lib.state_shardings(abstract, janus.param_logical_axes(mc), mesh, layout)
     state = state_lib.abstract_state(abstract, shardings)
     batch_sh = parallel.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
              for k, v in abstract_sft_batch(config, mc).items()}
     capacities = worst_case_capacities(config, mc, text_targets)
-    step = state_lib.make_train_step(sft.make_loss_fn(mc, config, capacities), opt, shardings,
+    step = state_lib.make_train_step(sft_loss.make_loss_fn(mc, config, capacities), opt, shardings,
                                      mesh, accum_steps=accum,
                                      compute_dtype_name=config.compute_dtype, layout=layout,
                                      # the accelerator's program, even when planned on CPU
@@ -238,7 +240,6 @@ def sft_args(parser):
 
 
 def sft(args) -> int:
-    from jaxgen.config import load_config
     devices = target_devices(args.devices, args.topology)  # before anything starts the backend
     config = load_config(args.config, args.config_overrides)
     plan = plan_sft(config, devices, args.text_targets)

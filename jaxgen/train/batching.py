@@ -21,7 +21,8 @@ import numpy as np
 from jaxgen.errors import UserError
 
 
-def _process_slice(global_batch: int, process_index: int | None, process_count: int | None):
+def process_slice(global_batch: int, process_index: int | None, process_count: int | None):
+    """This process's rows of a global batch (default: this JAX process of all of them)."""
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
     if global_batch % pc:
@@ -47,7 +48,7 @@ class ArrayBatcher:
         self.batch_size = batch_size
         self.seed = int(seed)
         self.shuffle = shuffle
-        self.rows = _process_slice(batch_size, process_index, process_count)
+        self.rows = process_slice(batch_size, process_index, process_count)
         self.epoch, self.pos = 0, 0
         self._perm = self._permutation(0)
 
@@ -85,7 +86,7 @@ class IndexedBatcher:
                  process_index: int | None = None, process_count: int | None = None):
         self.make_example = make_example
         self.batch_size = batch_size
-        self.rows = _process_slice(batch_size, process_index, process_count)
+        self.rows = process_slice(batch_size, process_index, process_count)
         self.next_index = 0
 
     def __iter__(self):

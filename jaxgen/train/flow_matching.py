@@ -10,7 +10,8 @@ The query tokens, connector and DiT train; the LLM is frozen unless `train_llm` 
 the MLLM frozen so the reasoning it writes is untouched), and the VQ always is. Parameters are
 {**the Janus params, 'flow': flow params} so the shared loop (jaxgen.train.loop) gives sharding,
 exact resume, SIGTERM and NaN handling as for SFT. The result, `<workdir>/final`, is the unified
-model's checkpoint directory plus flow_config.json and flow.safetensors (`load_flow_checkpoint`).
+model's checkpoint directory plus flow_config.json and flow.safetensors (read back by
+`jaxgen.checkpoint.load_flow_checkpoint`).
 """
 
 from __future__ import annotations
@@ -22,16 +23,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import parallel
-from jaxgen.checkpoint import load_checkpoint, load_flow_checkpoint, save_flow_checkpoint
+from jaxgen.checkpoint import load_checkpoint, save_flow_checkpoint
 from jaxgen.data import templates
+from jaxgen.data.images import images_to_codes, resize_images
+from jaxgen.data.pipeline import make_loader
 from jaxgen.data.tokenizer import detokenize_reasoning, tokenize_prompts
 from jaxgen.errors import CheckpointError, PromptTooLongError, UserError
+from jaxgen.eval import geneval
 from jaxgen.models import flow, janus
 from jaxgen.sampling import flow_generate
 from jaxgen.sampling.generate import pixels_to_uint8
 from jaxgen.train import loop as loop_lib
 from jaxgen.train import optim
 from jaxgen.train import state as state_lib
+from jaxgen.train.metrics import save_image_grid
+from jaxgen.train.sft_data import RowSource, heldout_metadata, load_records
+from jaxgen.train.sft_rows import encode_text, reasoning_text
 
 TIMESTEP_SAMPLING = ("logit_normal", "uniform")
 
@@ -40,9 +47,8 @@ TIMESTEP_SAMPLING = ("logit_normal", "uniform")
 
 def text_row(tokenizer, jc, prompt: str, reasoning: str, text_len: int):
     """[prompt; reasoning; <boi>] ids left-padded to text_len: (ids int32 [L], mask bool [L])."""
-    from jaxgen.train.sft import _encode
-    toks = _encode(tokenizer, templates.generation_prompt(prompt, tokenizer.bos_token))
-    toks += (_encode(tokenizer, reasoning) if reasoning else []) + [jc.boi_token_id]
+    toks = encode_text(tokenizer, templates.generation_prompt(prompt, tokenizer.bos_token))
+    toks += (encode_text(tokenizer, reasoning) if reasoning else []) + [jc.boi_token_id]
     if len(toks) > text_len:
         raise PromptTooLongError(f"prompt + reasoning of {prompt!r} is {len(toks)} tokens, more "
                                  f"than data.text_len={text_len}; raise --config.data.text_len")
@@ -55,20 +61,19 @@ def text_row(tokenizer, jc, prompt: str, reasoning: str, text_len: int):
 
 def build_dataset(config, tokenizer, jc, janus_params) -> dict:
     """{'ids' [n, L], 'mask' [n, L], 'codes' [n, h*w]} from the SFT records of config.data."""
-    from jaxgen.train import sft
     dc = config.data
-    records = sft.load_records(config, "train", int(dc.num_examples), int(dc.seed))
-    rows = [text_row(tokenizer, jc, r["prompt"], sft._reasoning(r, dc.reasoning),
+    records = load_records(config, "train", int(dc.num_examples), int(dc.seed))
+    rows = [text_row(tokenizer, jc, r["prompt"], reasoning_text(r, dc.reasoning),
                      int(dc.text_len)) for r in records]
-    images = sft.resize_images(np.stack([np.asarray(r["image"], np.uint8) for r in records]),
-                               jc.vq.image_size)
+    images = resize_images(np.stack([np.asarray(r["image"], np.uint8) for r in records]),
+                           jc.vq.image_size)
     encode = jax.jit(lambda x: janus.vq_encode(janus_params, jc, x))
     ids, mask = np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows])
     # text_len is a bound: keep only the columns the longest row needs (rounded up to 8), so
     # the LLM does not run over padding every step
     width = min(int(dc.text_len), -(-int(mask.sum(1).max()) // 8) * 8)
     return {"ids": ids[:, -width:], "mask": mask[:, -width:],
-            "codes": sft.images_to_codes(encode, images)}
+            "codes": images_to_codes(encode, images)}
 
 
 # ---------------------------------------------------------------------------------- loss
@@ -132,9 +137,6 @@ def flow_accuracy(janus_params, jc, flow_params, fc, tokenizer, num_prompts: int
                   split: str = "test") -> dict:
     """GenEval-style accuracy (pixel-only evaluator) of flow-decoded images for ShapesWorld
     prompts of `split`. Returns {'accuracy', 'images' uint8 [n, H, W, 3], 'reasoning'}."""
-    from jaxgen.eval import geneval
-    from jaxgen.train.sft import heldout_metadata
-
     metas = heldout_metadata(num_prompts, seed, split, jc.vq.image_size)
     key = jax.random.PRNGKey(seed)
     correct, images, reasoning = [], [], []
@@ -147,7 +149,7 @@ def flow_accuracy(janus_params, jc, flow_params, fc, tokenizer, num_prompts: int
         imgs = pixels_to_uint8(pixels)
         reasoning += detokenize_reasoning(tokenizer, out.think_ids_bt, out.think_mask_bt)
         for img, m in zip(imgs, chunk):
-            correct.append(bool(geneval.score(img, m)["correct"]))
+            correct.append(geneval.satisfies(img, m))
             images.append(img)
     return {"accuracy": float(np.mean(correct)), "images": np.stack(images),
             "reasoning": reasoning}
@@ -197,9 +199,7 @@ def train(config, workdir) -> dict:
         compute_dtype_name=config.get("compute_dtype", "float32"),
         learning_rate_fn=optim.make_schedule(config.optim, int(config.total_steps)),
         layout=layout)
-    from jaxgen.data.pipeline import make_loader
-    from jaxgen.train.sft import _RowSource
-    loader = iter(make_loader(_RowSource(data), batch_size=int(config.batch_size),
+    loader = iter(make_loader(RowSource(data), batch_size=int(config.batch_size),
                               seed=int(config.data.seed)))
 
     def split(params):
@@ -209,7 +209,6 @@ def train(config, workdir) -> dict:
         ec = config.eval
         if int(ec.num_prompts) <= 0:
             return {}
-        from jaxgen.train.metrics import save_image_grid
         jp, fp = split(parallel.to_host(st.params))
         res = flow_accuracy(jp, jc, fp, fc, tokenizer, int(ec.num_prompts), int(ec.seed),
                             sample_options(config), int(ec.batch_size))

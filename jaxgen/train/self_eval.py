@@ -17,18 +17,22 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxgen.checkpoint import load_checkpoint
+from jaxgen.data import judge as judge_data
+from jaxgen.data.images import images_to_codes, resize_images
+from jaxgen.errors import UserError
 from jaxgen.models import janus
+from jaxgen.train.sft_loss import forward_hidden
+from jaxgen.train.sft_rows import KIND_IMAGE, generation_row, reasoning_text, stack_rows
 
 
 def teacher_forced_samples(params, mc, batch, rng, temperature: float, num_codes: int):
     """Image codes sampled at every image position of teacher-forced generation rows.
 
-    batch: generation rows (sft.generation_row, stacked; right-padded, unpacked) [B, L];
+    batch: generation rows (sft_rows.generation_row, stacked; right-padded, unpacked) [B, L];
     returns int32 [B, num_codes], the policy's sample for each image target given the true
     prefix (prompt, plan and the ground-truth codes before it).
     """
-    from jaxgen.train.sft import KIND_IMAGE, forward_hidden
-
     hidden = forward_hidden(params, mc, batch)  # [B, L, D]
     is_image = batch["target_kind"] == KIND_IMAGE
     # stable argsort puts each row's image-target positions first, in order
@@ -76,11 +80,6 @@ def degraded_examples(config, records, tokenizer, mc, vq_params, fraction: float
     """Describe rows for a `fraction` of `records` whose image is the policy-degraded copy and
     whose answer is judge.DEGRADED_ANSWER. The policy is config.init_checkpoint (the SFT model
     the judge starts from, as in the demo)."""
-    from jaxgen.checkpoint import load_checkpoint
-    from jaxgen.data import judge as judge_data
-    from jaxgen.errors import UserError
-    from jaxgen.train import sft
-
     dc = config.data
     if not config.get("init_checkpoint"):
         raise UserError("data.degraded_fraction > 0 draws degraded images with the policy: set "
@@ -93,17 +92,16 @@ def degraded_examples(config, records, tokenizer, mc, vq_params, fraction: float
     vq_model = {"vqmodel": jax.tree.map(jnp.asarray, vq_params)}
     encode = jax.jit(lambda x: janus.vq_encode(vq_model, pmc, x))
     images = np.stack([np.asarray(r["image"], np.uint8) for r in chosen])
-    codes = sft.images_to_codes(encode, sft.resize_images(images, pmc.vq.image_size))
+    codes = images_to_codes(encode, resize_images(images, pmc.vq.image_size))
     # room for the longest prompt + plan + image; rows are unpacked (plain causal attention)
     seq_len = int(config.get("degraded_seq_len", 0)) or 256
-    rows = sft._stack([sft.generation_row(tokenizer, pmc, r["prompt"],
-                                          sft._reasoning(r, dc.reasoning), c, seq_len,
-                                          config.loss) for r, c in zip(chosen, codes)])
+    rows = stack_rows([generation_row(tokenizer, pmc, r["prompt"], reasoning_text(r, dc.reasoning),
+                                      c, seq_len, config.loss) for r, c in zip(chosen, codes)])
     pixels = degraded_images(policy, pmc, rows, codes, int(dc.seed) + 4,
                              float(dc.get("degraded_temperature", 1.0)),
                              tuple(dc.get("degraded_code_fraction", (0.25, 1.0))))
     # back at the records' size, so clean and degraded rows go through the same resize
-    pixels = sft.resize_images(pixels, images.shape[1])
+    pixels = resize_images(pixels, images.shape[1])
     return [{"image": im, "prompt": r["prompt"], "question": judge_data.DESCRIBE_QUESTION,
              "answer": judge_data.DEGRADED_ANSWER, "category": judge_data.record_tag(r),
              "perturbation": "degraded"} for im, r in zip(pixels, chosen)]

@@ -8,8 +8,8 @@ a linear head per attribute. Labels come from the renderer's plan, never from th
 
     tower_params, metrics = pretrain_tower(model_config, records, PretrainSettings(steps=600))
 
-Measured (docs/demo_experiments.md, session 8): 600 steps (~95 s on a 2-core CPU) reach
-89% held-out shape accuracy on object patches with the conv stem.
+Measured (docs/experiments.md, question 5; 2026-11-23, 2-core CPU): 600 steps (~95 s) reach 89%
+held-out shape accuracy on object patches with the conv stem.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jaxgen.data.images import resize_images
 from jaxgen.data.reasoning import GRID, parse_plan
 from jaxgen.data.shapes_world import COLOR_NAMES, SHAPES
 from jaxgen.errors import UserError
@@ -78,7 +79,6 @@ class _PatchHeads(nn.Module):
 
 def patch_label_arrays(mc: JanusConfig, records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixels float32[R, S, S, 3] in [-1, 1] at the tower's size, shape and colour labels [R, N]."""
-    from jaxgen.train.sft import resize_images
     side = mc.vision.image_size // mc.vision.patch_size
     images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
     pixels = resize_images(images, mc.vision.image_size).astype(np.float32) / 127.5 - 1.0
@@ -87,7 +87,7 @@ def patch_label_arrays(mc: JanusConfig, records) -> tuple[np.ndarray, np.ndarray
 
 
 def make_loss_fn(mc: JanusConfig):
-    tower, heads = janus._vision_model(mc), _PatchHeads()
+    tower, heads = janus.vision_module(mc), _PatchHeads()
 
     def loss_fn(params, pixels, shape_bn, colour_bn):
         """Mean per-patch cross-entropy of shape plus colour; aux: correct-shape mask [B, N]."""

@@ -2,14 +2,19 @@
 
 import json
 
+import grain
 import numpy as np
 import pytest
 from PIL import Image
 
+from jaxgen.cli import main
 from jaxgen.config import load_config
 from jaxgen.data import build, judge, pipeline, readers
+from jaxgen.data import tfds_builders as tb
 from jaxgen.data.prompts import CATEGORIES
 from jaxgen.errors import UserError
+from jaxgen.eval.geneval import satisfies
+from jaxgen.rewards.plan import parse_plan
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,6 @@ def test_loader_deterministic_sharded_and_resumable(data_dir):
     assert a == b and a != c
     # the bounded read-ahead changes when batches are built, not which: grain's default
     # ReadOptions give the same batches in the same order
-    import grain
     default = pipeline.make_loader(source, batch_size=4, seed=7, shard_index=0, shard_count=1,
                                    read_options=grain.ReadOptions())
     assert pipeline.read_ahead(3).num_threads == 3
@@ -114,11 +118,9 @@ def test_loader_errors(data_dir):
 
 
 def test_judge_examples_balanced_and_correct(data_dir):
-    from jaxgen.eval.geneval import score
-
     out, _, _ = data_dir
     records = list(build.load_split(out, "sft", "test"))
-    ex = judge.judge_examples(records, np.random.default_rng(0))
+    ex = judge.judge_examples(records, np.random.default_rng(0), satisfies)
     yes = [e for e in ex if e["answer"] == "yes"]
     no = [e for e in ex if e["answer"] == "no"]
     assert len(yes) == len(no) >= len(records) * 0.9
@@ -129,26 +131,22 @@ def test_judge_examples_balanced_and_correct(data_dir):
     # negatives are images that do not satisfy the perturbed prompt; positives that do
     for e in yes[:10]:
         rec = next(r for r in records if r["prompt"] == e["prompt"])
-        assert score(e["image"], json.loads(rec["metadata"]))["correct"]
+        assert satisfies(e["image"], json.loads(rec["metadata"]))
 
 
 def test_judge_easy_negatives_use_other_prompts_the_image_fails(data_dir):
-    from jaxgen.eval.geneval import score
-
     out, _, _ = data_dir
     records = list(build.load_split(out, "sft", "test"))
-    ex = judge.judge_examples(records, np.random.default_rng(1), easy_negatives=1.0)
+    ex = judge.judge_examples(records, np.random.default_rng(1), satisfies, easy_negatives=1.0)
     no = [e for e in ex if e["answer"] == "no"]
     easy = [e for e in no if e["perturbation"] == "other_prompt"]
     assert len(easy) >= 0.8 * len(no)  # the rest: another prompt happened to fit the image
     metas = {r["prompt"]: json.loads(r["metadata"]) for r in records}
     for e in easy:
-        assert not score(e["image"], metas[e["prompt"]])["correct"]
+        assert not satisfies(e["image"], metas[e["prompt"]])
 
 
 def test_caption_examples_answer_with_the_layout_plan(data_dir):
-    from jaxgen.rewards.plan import parse_plan
-
     out, _, _ = data_dir
     records = list(build.load_split(out, "sft", "test"))
     ex = judge.caption_examples(records, np.random.default_rng(2), fraction=0.5)
@@ -163,8 +161,6 @@ def test_caption_examples_answer_with_the_layout_plan(data_dir):
 
 
 def test_data_build_cli(tmp_path, capsys):
-    from jaxgen.cli import main
-
     rc = main(["data", "build", "--config", "configs/data.py:tiny", "--out_dir",
                str(tmp_path / "d"), "--config.num_sft_train=11", "--config.num_sft_test=11",
                "--config.num_prompts_train=11", "--config.num_prompts_test=11"])
@@ -231,8 +227,6 @@ def test_read_laion_sg(tmp_path):
 
 
 def test_user_records_write_as_tfds(tmp_path):
-    from jaxgen.data import tfds_builders as tb
-
     (tmp_path / "color_val.txt").write_text("a green bench\na red car\n")
     recs = readers.read_t2i_compbench(tmp_path / "color_val.txt")
     tb.write_dataset("compbench_prompts", tb.PROMPT_FEATURES, {"test": recs}, tmp_path / "tfds")

@@ -52,7 +52,7 @@ def test_scenes_satisfy_their_metadata(category):
     rng = np.random.default_rng(1)
     for split in ("train", "test"):
         for _ in range(10):
-            prompt, meta, scene = sw.sample_prompt(rng, split, category)
+            prompt, meta, scene = prompts.sample_prompt(rng, split, category)
             assert prompt == meta["prompt"] == prompts.describe(meta)
             assert meta["tag"] == category
             counts = {}
@@ -82,12 +82,12 @@ def test_heldout_split():
     rng = np.random.default_rng(2)
     for category in prompts.CATEGORIES:
         for _ in range(30):
-            _, meta, scene = sw.sample_prompt(rng, "train", category)
+            _, meta, scene = prompts.sample_prompt(rng, "train", category)
             assert not prompts.is_heldout(meta)
             # train renderings never show a held-out colour-shape pair
-            assert all((o.color, o.shape) not in prompts.HELDOUT_COLOR_SHAPE
+            assert all((o.color, o.shape) not in sw.HELDOUT_COLOR_SHAPE
                        for o in scene.objects)
-            _, meta, _ = sw.sample_prompt(rng, "test", category)
+            _, meta, _ = prompts.sample_prompt(rng, "test", category)
             assert prompts.is_heldout(meta) == (category in prompts.CAN_HOLD_OUT)
     with pytest.raises(UserError, match="unknown split"):
         prompts.sample_metadata(rng, "dev")
@@ -132,7 +132,7 @@ def test_perturb_metadata_changes_the_prompt():
 def test_layout_plan_round_trip():
     rng = np.random.default_rng(6)
     for category in prompts.CATEGORIES:
-        _, meta, scene = sw.sample_prompt(rng, "train", category)
+        _, meta, scene = prompts.sample_prompt(rng, "train", category)
         plan = reasoning.layout_plan(scene)
         parsed = reasoning.parse_plan(plan)
         assert parsed.ok, parsed.error
@@ -162,7 +162,7 @@ def test_malformed_plans_fail_cleanly(bad):
 
 def test_detailed_caption_mentions_objects_and_relations():
     rng = np.random.default_rng(7)
-    _, meta, scene = sw.sample_prompt(rng, "train", "cb_spatial")
+    _, meta, scene = prompts.sample_prompt(rng, "train", "cb_spatial")
     cap = reasoning.detailed_caption(scene, meta)
     for o in scene.objects:
         assert o.describe() in cap

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxgen.data import build, reasoning, shapes_world as sw, templates, tokenizer as T
+from jaxgen.data import build, prompts, reasoning, templates, tokenizer as T
 from jaxgen.data.prompts import CATEGORIES
 from jaxgen.errors import UserError
 
@@ -14,7 +14,7 @@ def corpus_and_dir(tmp_path_factory):
     texts = []
     for i in range(300):
         split = "train" if i % 2 else "test"
-        prompt, meta, scene = sw.sample_prompt(rng, split, CATEGORIES[i % len(CATEGORIES)])
+        prompt, meta, scene = prompts.sample_prompt(rng, split, CATEGORIES[i % len(CATEGORIES)])
         texts += [prompt, reasoning.layout_plan(scene), reasoning.detailed_caption(scene, meta)]
     out = tmp_path_factory.mktemp("tok")
     T.build_tokenizer(build.tokenizer_corpus([{"prompt": t} for t in texts]), out)
@@ -55,7 +55,7 @@ def test_every_generated_string_round_trips(corpus_and_dir):
     # fresh strings (not in the training corpus) plus full templated sequences
     fresh = []
     for i in range(200):
-        prompt, meta, scene = sw.sample_prompt(rng, "test" if i % 3 else "train")
+        prompt, meta, scene = prompts.sample_prompt(rng, "test" if i % 3 else "train")
         plan = reasoning.layout_plan(scene)
         cap = reasoning.detailed_caption(scene, meta)
         fresh += [prompt, plan, cap,

@@ -1,11 +1,17 @@
 """The demo's report helpers and stage bookkeeping (no models: pure functions and fakes)."""
 
 import json
+from types import SimpleNamespace
 
+import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxgen import demo
+from jaxgen.config import load_config
+from jaxgen.data.reasoning import layout_plan
+from jaxgen.data.shapes_world import render, scene_for
 from jaxgen.errors import UserError
 from jaxgen.eval import compare
 
@@ -44,7 +50,6 @@ def test_reward_streams_and_their_plot(tmp_path):
     assert compare.read_reward_streams(tmp_path / "missing.jsonl") == {}
     compare._plots({"SFT": {"a": 0.5, "overall": 0.5}}, compare.read_reward_curve(path),
                    tmp_path, streams)
-    from PIL import Image
     w, h = Image.open(tmp_path / "reward_curve.png").size
     assert h > w * 0.8  # three stacked panels: total, caption, consistency
 
@@ -79,8 +84,6 @@ def test_demo_rejects_unknown_stage(tmp_path):
 def test_grpo_stage_config_points_at_the_workdir_models(tmp_path):
     """The demo's GRPO stage (and `jaxgen bench grpo --demo-workdir`) reads the SFT policy and
     judge of the work directory; an unfinished stage is a clear error naming the command."""
-    from jaxgen.config import load_config
-
     config = load_config("demo")
     (tmp_path / "sft" / "final").mkdir(parents=True)
     with pytest.raises(UserError, match="judge stage has not finished.*--stages data,vq,sft,judge"):
@@ -95,12 +98,6 @@ def test_grpo_stage_config_points_at_the_workdir_models(tmp_path):
 def test_report_has_a_plan_ceiling_per_trained_model(tmp_path, monkeypatch):
     """evaluate_and_report adds '<name> plan ceiling': the same samples' plans drawn perfectly.
     Fakes: 'SFT' plans right but draws nothing, 'GRPO' draws ground truth under a broken plan."""
-    import ml_collections
-    from types import SimpleNamespace
-
-    from jaxgen.data.reasoning import layout_plan
-    from jaxgen.data.shapes_world import render, scene_for
-
     def fake_samples(ckpt, metadata, cfg, name=""):
         rng = np.random.default_rng(0)
         out = []

@@ -19,12 +19,16 @@ same prompts are 100% correct with no component rejected, and each test of the r
 the shape it is meant to.
 """
 
+import jax
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from jaxgen.data import prompts, shapes_world as sw
 from jaxgen.eval import detector, geneval
+from jaxgen.models import vq
+from jaxgen.models.config import VQConfig
+from jaxgen.sampling.generate import pixels_to_uint8
 
 N_IMAGES = 100
 SIZE = 64
@@ -109,12 +113,6 @@ def field_image(rng, size=SIZE):
 
 def random_vq_images(n: int, seed: int) -> np.ndarray:
     """uint8[n, 64, 64, 3]: a randomly initialised small VQ decoder (8x8 codes) on random codes."""
-    import jax
-
-    from jaxgen.api import pixels_to_uint8
-    from jaxgen.models import vq
-    from jaxgen.models.config import VQConfig
-
     config = VQConfig(embed_dim=8, num_embeddings=64, latent_channels=32, base_channels=32,
                       channel_multiplier=(1, 1, 1, 1), num_res_blocks=1, image_size=SIZE,
                       projection_dim=64, image_token_embed_dim=64)

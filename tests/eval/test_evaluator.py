@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxgen.cli import main
 from jaxgen.data import prompts, shapes_world as sw
 from jaxgen.eval import detector, geneval, perturb, report, scene_graph
 
@@ -21,7 +22,7 @@ N_PER_CATEGORY = 100
 
 def _scenes(category, seed, n=N_PER_CATEGORY):
     rng = np.random.default_rng(seed)
-    return rng, [sw.sample_prompt(rng, "test", category) for _ in range(n)]
+    return rng, [prompts.sample_prompt(rng, "test", category) for _ in range(n)]
 
 
 @pytest.mark.parametrize("category", prompts.CATEGORIES)
@@ -47,7 +48,7 @@ def test_detections_match_scene_attributes():
     rng = np.random.default_rng(0)
     hits = total = 0
     for _ in range(60):
-        _, _, scene = sw.sample_prompt(rng, "train", "cb_texture" if rng.random() < 0.3 else
+        _, _, scene = prompts.sample_prompt(rng, "train", "cb_texture" if rng.random() < 0.3 else
                                        "cb_shape")
         dets = detector.detect(sw.render(scene))
         assert len(dets) == len(scene.objects)
@@ -62,7 +63,7 @@ def test_detections_match_scene_attributes():
 def test_detector_at_256_pixels():
     rng = np.random.default_rng(1)
     for cat in ("color_attr", "cb_texture", "counting"):
-        _, meta, scene = sw.sample_prompt(rng, "test", cat, canvas=256)
+        _, meta, scene = prompts.sample_prompt(rng, "test", cat, canvas=256)
         img = sw.render(scene)
         assert geneval.score(img, meta)["correct"]
         assert geneval.score(perturb.generator_like(img, rng), meta)["correct"]
@@ -89,7 +90,7 @@ def test_geneval_reasons_and_soft_score():
 def test_scene_graph_iou_values():
     rng = np.random.default_rng(3)
     for _ in range(10):
-        _, _, scene = sw.sample_prompt(rng, "train", "cb_complex")
+        _, _, scene = prompts.sample_prompt(rng, "train", "cb_complex")
         img = sw.render(scene)
         gt = sw.scene_graph(scene)
         full = scene_graph.score_image(img, gt)
@@ -116,7 +117,7 @@ def test_scene_graph_iou_values():
 
 def test_scene_graph_against_prompt_graph_and_wrong_image():
     rng = np.random.default_rng(4)
-    _, meta, scene = sw.sample_prompt(rng, "test", "cb_spatial")
+    _, meta, scene = prompts.sample_prompt(rng, "test", "cb_spatial")
     pg = meta["scene_graph"]
     assert pg["complete"] is False and len(pg["relations"]) == 1
     good = scene_graph.score_image(sw.render(scene), pg)
@@ -140,14 +141,12 @@ def test_category_table():
 
 
 def test_eval_images_cli_both_layouts(tmp_path, capsys):
-    from jaxgen.cli import main
-
     rng = np.random.default_rng(5)
     flat = tmp_path / "flat"
     flat.mkdir()
     lines = []
     for i, cat in enumerate(["colors", "position", "counting", "cb_complex"]):
-        _, meta, scene = sw.sample_prompt(rng, "test", cat)
+        _, meta, scene = prompts.sample_prompt(rng, "test", cat)
         Image.fromarray(sw.render(scene)).save(flat / f"{i}.png")
         lines.append(json.dumps({**meta, "file": f"{i}.png"}))
         gdir = tmp_path / "geneval" / f"{i:05d}"

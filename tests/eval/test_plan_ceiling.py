@@ -5,7 +5,8 @@ import pytest
 
 from jaxgen.data import prompts
 from jaxgen.data.reasoning import layout_plan
-from jaxgen.data.shapes_world import render, sample_prompt
+from jaxgen.data.prompts import sample_prompt
+from jaxgen.data.shapes_world import render
 from jaxgen.eval.plan_ceiling import plan_ceiling, render_plan
 
 

@@ -6,13 +6,20 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from jaxgen import checkpoint as ckpt_lib
 from jaxgen.config import load_config
+from jaxgen.convert.hf import import_hf_dir
+from jaxgen.data import tokenizer as tok_lib
 from jaxgen.errors import UserError
 from jaxgen.models import janus
 from jaxgen.models.config import ConfigError
+from jaxgen.rewards import RewardContext
+from jaxgen.rewards.vlm_judge import load_judge
+from jaxgen.train import grpo, sft
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +73,11 @@ def test_bad_options_are_clear_errors(unrolled):
 
 
 def test_grpo_policy_and_sft_init_take_the_options(unrolled, tmp_path):
-    import ml_collections
-
-    from jaxgen import api
-    from jaxgen.data import tokenizer as tok_lib
-    from jaxgen.train import grpo, sft
-
     params, mc = unrolled
     tok_lib.build_tokenizer(["a red circle", "two blue squares"], tmp_path / "tok",
                             vocab_size=200)
     tok = tok_lib.load_tokenizer(tmp_path / "tok")
-    api.save_checkpoint(tmp_path / "ckpt", params, mc, tok)
+    ckpt_lib.save_checkpoint(tmp_path / "ckpt", params, mc, tok)
     config = ml_collections.ConfigDict(dict(
         policy_checkpoint=str(tmp_path / "ckpt"),
         model_options=dict(scan_layers=True, remat_policy="dots_saveable")))
@@ -90,7 +91,7 @@ def test_grpo_policy_and_sft_init_take_the_options(unrolled, tmp_path):
     assert pmc == mc and "layers_0" in p["language_model"]
     # SFT starting from the unrolled checkpoint with a scanned model
     smc = mc.replace(text=dataclasses.replace(mc.text, scan_layers=True))
-    init = sft._checkpoint_init_fn(tmp_path / "ckpt", smc, params["vqmodel"])
+    init = sft.checkpoint_init_fn(tmp_path / "ckpt", smc, params["vqmodel"])
     got = init(jax.random.PRNGKey(0))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                  got["language_model"], restacked["language_model"])
@@ -99,13 +100,6 @@ def test_grpo_policy_and_sft_init_take_the_options(unrolled, tmp_path):
 def test_grpo_policy_and_judge_from_a_hugging_face_directory(hf_tiny_dir):
     """A Hugging Face Janus directory serves as GRPO policy (with execution options) and as a
     reward judge, as a jaxgen checkpoint does."""
-    import ml_collections
-
-    from jaxgen.convert.hf import import_hf_dir
-    from jaxgen.rewards import RewardContext
-    from jaxgen.rewards.vlm_judge import load_judge
-    from jaxgen.train import grpo
-
     want, want_config, _ = import_hf_dir(str(hf_tiny_dir), scan_layers=True)
     config = ml_collections.ConfigDict(dict(policy_checkpoint=str(hf_tiny_dir),
                                             model_options=dict(scan_layers=True)))

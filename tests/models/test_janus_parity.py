@@ -14,6 +14,7 @@ import torch
 
 from jaxgen.convert.hf import import_hf_dir
 from jaxgen.models import janus
+from third_party.hf_janus import tiny_janus_config
 
 ATOL = 1e-4
 BATCH = 2
@@ -47,7 +48,6 @@ def _text_ids(config, length, seed):
 
 
 def test_config_matches_tiny_config(converted):
-    from third_party.hf_janus import tiny_janus_config
     _, config, tokenizer = converted
     assert config == tiny_janus_config()
     assert tokenizer is not None and tokenizer.convert_tokens_to_ids("<begin_of_image>") == config.boi_token_id

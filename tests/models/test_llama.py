@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgen.models import llama
+from jaxgen.errors import PromptTooLongError, UserError
+from jaxgen.models import janus, llama
 from jaxgen.models.config import ConfigError, LlamaConfig
+from third_party.hf_janus import tiny_janus_config
 
 ATOL = 1e-5
 CFG = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -163,10 +165,6 @@ def test_causal_only_equals_the_padding_mask_on_right_padded_rows(setup):
 
 
 def test_decode_shape_errors_are_user_errors():
-    from third_party.hf_janus import tiny_janus_config
-    from jaxgen.errors import PromptTooLongError, UserError
-    from jaxgen.models import janus
-
     config = tiny_janus_config()
     params = {"language_model": None}  # the checks run before any parameter is touched
     emb = jnp.zeros((2, 3, config.text.hidden_size))

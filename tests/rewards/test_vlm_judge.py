@@ -120,7 +120,7 @@ def test_vq_codes_judge_matches_the_training_rows(tiny):
     reward path (pixels -> in-graph VQ encode -> generation embeddings at the placeholders, left
     padded) equals the teacher-forced probabilities of the SFT understanding row that holds the
     same codes inline."""
-    from jaxgen.train import sft
+    from jaxgen.train import sft_loss, sft_rows
     config, params, tok, _ = tiny
     config = config.replace(understanding_input="vq_codes")
     judge = understanding.VLMJudge(params, config, tok, max_text_tokens=64)
@@ -131,11 +131,11 @@ def test_vq_codes_judge_matches_the_training_rows(tiny):
     codes = np.asarray(janus.vq_encode(params, config, jnp.asarray(images) / 127.5 - 1.0))
     yes_id, no_id = judge.yes_ids, judge.no_ids
     for i, q in enumerate(questions):
-        row = sft.understanding_row(tok, config, q, "yes", 160, codes[i])
+        row = sft_rows.understanding_row(tok, config, q, "yes", 160, codes[i])
         assert row["input_is_image"].sum() == config.num_understanding_tokens
         batch = {k: jnp.asarray(row[k])[None] for k in ("inputs", "input_is_image", "valid")}
-        text_lg, _ = sft.forward_logits(params, config, batch)
-        last = int(np.argmax(row["target_kind"] == sft.KIND_ANSWER))  # first answer target
+        text_lg, _ = sft_loss.forward_logits(params, config, batch)
+        last = int(np.argmax(row["target_kind"] == sft_rows.KIND_ANSWER))  # first answer target
         p = np.asarray(jax.nn.softmax(text_lg[0, last]), np.float64)
         want = p[list(yes_id)].sum() / (p[list(yes_id)].sum() + p[list(no_id)].sum())
         np.testing.assert_allclose(got[i], want, rtol=2e-5, atol=1e-6)

@@ -1,7 +1,6 @@
 """`jaxgen aot sft`: the SFT step compiled from shapes for a target mesh, and its memory report."""
 
 import json
-import pathlib
 import subprocess
 import sys
 
@@ -9,15 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "rewards"))
-from tiny_tokenizer import make_tokenizer  # noqa: E402
-
-from jaxgen.config import load_config  # noqa: E402
-from jaxgen.errors import UserError  # noqa: E402
-from jaxgen.models import janus  # noqa: E402
-from jaxgen.train import aot, sft  # noqa: E402
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from jaxgen.config import load_config
+from jaxgen.errors import UserError
+from jaxgen.models import janus
+from jaxgen.train import aot, sft, sft_data
+from tests.helpers import REPO_ROOT
+from tests.helpers.tiny_tokenizer import make_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +21,7 @@ def eight_device_plan():
     """`jaxgen aot sft` on 8 CPU devices (a fresh process: the device count is set at start)."""
     cmd = [sys.executable, "-m", "jaxgen.cli", "aot", "sft", "--config", "configs/sft.py:tiny",
            "--devices", "8", "--config.batch_size=8", "--device-memory-gib", "1", "--json"]
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -83,9 +79,9 @@ def test_abstract_batch_is_the_batch_the_trainer_feeds(overrides):
     tok = make_tokenizer()
     mc = sft.model_config_for(config, tok)
     vq_params = janus.init_params(mc, jax.random.PRNGKey(0))["vqmodel"]
-    data = sft.build_dataset(config, tok, mc, vq_params)
-    real = next(sft.MixedBatcher(data, int(config.batch_size), config.data.task_mix, 0,
-                                 mc.vision.image_size))
+    data = sft_data.build_dataset(config, tok, mc, vq_params)
+    real = next(sft_data.MixedBatcher(data, int(config.batch_size), config.data.task_mix, 0,
+                                      mc.vision.image_size))
     want = {k: (v.shape, np.dtype(v.dtype)) for k, v in real.items()}
     got = {k: (v.shape, np.dtype(v.dtype)) for k, v in aot.abstract_sft_batch(config, mc).items()}
     assert got == want

@@ -1,24 +1,22 @@
 """The diffusion path's training: flow matching on a frozen unified model, and Flow-GRPO."""
 
 import json
-import pathlib
-import sys
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "rewards"))
-from tiny_tokenizer import make_tokenizer  # noqa: E402
-
-from jaxgen import checkpoint as ckpt_lib  # noqa: E402
-from jaxgen.config import load_config  # noqa: E402
-from jaxgen.errors import CheckpointError, PromptTooLongError, UserError  # noqa: E402
-from jaxgen.models import flow, janus  # noqa: E402
-from jaxgen.rewards import register_reward  # noqa: E402
-from jaxgen.sampling import flow_generate  # noqa: E402
-from jaxgen.train import flow_grpo, flow_matching  # noqa: E402
+from jaxgen import checkpoint as ckpt_lib
+from jaxgen.cli import main
+from jaxgen.config import load_config
+from jaxgen.errors import CheckpointError, PromptTooLongError, UserError
+from jaxgen.models import flow, janus
+from jaxgen.rewards import register_reward
+from jaxgen.sampling import flow_generate
+from jaxgen.train import flow_grpo, flow_matching
+from tests.helpers.tiny_tokenizer import make_tokenizer
 
 
 @register_reward("test_dark_image")
@@ -93,7 +91,6 @@ def test_flow_matching_learns_and_leaves_the_unified_model_alone(policy_dir, flo
 def test_flow_matching_resumes_exactly(flow_run, tmp_path):
     """Lose the run's last checkpoint and its result, rerun the command: it resumes from step 20
     and ends bitwise where the uninterrupted run ended."""
-    import shutil
     wd, out, config = flow_run
     copy = tmp_path / "run"
     shutil.copytree(wd, copy)
@@ -152,7 +149,6 @@ def test_flow_errors(policy_dir, tmp_path):
 
 
 def test_flow_checkpoint_with_wrong_shapes_is_refused(flow_run, tmp_path):
-    import shutil
     out = flow_run[1]
     broken = tmp_path / "broken"
     shutil.copytree(out["checkpoint"], broken)
@@ -241,7 +237,8 @@ def test_updates_raise_the_probability_of_rewarded_transitions(flow_run):
     runner = flow_grpo.FlowGRPORunner(_grpo_config(
         out["checkpoint"], 1, **{"grpo.clip_eps": 10.0, "optim.learning_rate": 3e-3}))
     rollout, texts, metadata = runner.rollout(0, runner.prompts.batch(0, runner.num_prompts))
-    _, streams, weights, _ = runner.rewards(rollout, texts, metadata)
+    rw = runner.rewards(rollout, texts, metadata)
+    streams, weights = rw.streams, rw.weights
     adv, keep = runner.advantages(streams, weights)
     batch = dict(rollout=rollout, old_logp=rollout.log_probs, adv=jnp.asarray(adv),
                  keep=jnp.asarray(keep))
@@ -269,7 +266,8 @@ def test_a_minibatch_step_equals_the_full_step_with_the_other_images_masked(mini
     params as a step on the whole rollout with keep = 0 outside R (same loss denominators)."""
     runner = minibatch_runner
     rollout, texts, metadata = runner.rollout(0, runner.prompts.batch(0, runner.num_prompts))
-    _, streams, weights, _ = runner.rewards(rollout, texts, metadata)
+    rw = runner.rewards(rollout, texts, metadata)
+    streams, weights = rw.streams, rw.weights
     adv, keep = runner.advantages(streams, weights)
     first, stop = runner.window
     rows = np.array([0, 3, 5, 6], np.int32)
@@ -347,7 +345,6 @@ def test_flow_grpo_config_errors(flow_run, tmp_path):
 
 
 def test_cli_samples_with_the_flow_decoder(flow_run, tmp_path, capsys):
-    from jaxgen.cli import main
     out = flow_run[1]
     rc = main(["sample", "--ckpt", out["checkpoint"], "--prompt", "a red circle", "--prompt",
                "a blue square", "--num-samples", "2", "--decoder", "flow", "--flow-steps", "3",

@@ -7,18 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxgen import checkpoint as ckpt_lib
 from jaxgen.config import load_config
 from jaxgen.data import judge as judge_data
+from jaxgen.data import tokenizer as tok_lib
+from jaxgen.data.build import tokenizer_corpus
 from jaxgen.errors import UserError
 from jaxgen.models import janus
-from jaxgen.train import self_eval, sft
+from jaxgen.train import self_eval, sft, sft_data, sft_loss, sft_rows
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    from jaxgen.data import tokenizer as tok_lib
-    from jaxgen.data.build import tokenizer_corpus
-    recs = sft.procedural_records(48, 0, "train", 64)
+    recs = sft_data.procedural_records(48, 0, "train", 64)
     corpus = tokenizer_corpus(recs) + [judge_data.DESCRIBE_QUESTION, judge_data.DEGRADED_ANSWER]
     out = tmp_path_factory.mktemp("tok")
     tok_lib.build_tokenizer(corpus, out, vocab_size=256)
@@ -26,7 +27,7 @@ def tokenizer(tmp_path_factory):
 
 
 def _rows(tok, mc, config, codes_bn, prompts):
-    rows = [sft.generation_row(tok, mc, p, "a large red circle", c, 192, config.loss)
+    rows = [sft_rows.generation_row(tok, mc, p, "a large red circle", c, 192, config.loss)
             for p, c in zip(prompts, codes_bn)]
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
@@ -44,9 +45,10 @@ def test_teacher_forced_samples_read_the_image_head_at_each_code(tokenizer):
                                           "a blue triangle left of a green square"])
     got = self_eval.teacher_forced_samples(params, mc, batch, jax.random.PRNGKey(1), 1e-6,
                                            mc.num_image_tokens)
-    _, img_logits = sft.forward_logits(params, mc, {k: jnp.asarray(v) for k, v in batch.items()})
+    _, img_logits = sft_loss.forward_logits(params, mc,
+                                            {k: jnp.asarray(v) for k, v in batch.items()})
     for b in range(3):
-        at = np.flatnonzero(batch["target_kind"][b] == sft.KIND_IMAGE)
+        at = np.flatnonzero(batch["target_kind"][b] == sft_rows.KIND_IMAGE)
         assert len(at) == mc.num_image_tokens
         np.testing.assert_array_equal(np.asarray(got[b]),
                                       np.argmax(np.asarray(img_logits[b, at]), -1))
@@ -66,7 +68,6 @@ def test_degrade_codes_replaces_the_drawn_fraction():
 def test_describe_dataset_gains_degraded_rows(tokenizer, tmp_path):
     """degraded_fraction: that share of records adds a row showing the policy-degraded image
     with the answer "Malformed drawing."; without init_checkpoint it is a clear error."""
-    from jaxgen import api
     tok, tok_dir = tokenizer
     overrides = ["--config.data.judge_task=describe", "--config.data.task_mix.generation=0.0",
                  "--config.data.task_mix.understanding=1.0", "--config.data.num_examples=24",
@@ -76,13 +77,13 @@ def test_describe_dataset_gains_degraded_rows(tokenizer, tmp_path):
     mc = sft.model_config_for(config, tok)
     params = janus.init_params(mc, jax.random.PRNGKey(0))
     with pytest.raises(UserError, match="init_checkpoint"):
-        sft.build_dataset(config, tok, mc, params["vqmodel"])
-    api.save_checkpoint(tmp_path / "policy", params, mc, tok)
+        sft_data.build_dataset(config, tok, mc, params["vqmodel"])
+    ckpt_lib.save_checkpoint(tmp_path / "policy", params, mc, tok)
     config.init_checkpoint = str(tmp_path / "policy")
-    data = sft.build_dataset(config, tok, mc, params["vqmodel"])["understanding"]
+    data = sft_data.build_dataset(config, tok, mc, params["vqmodel"])["understanding"]
     n = len(data["targets"])
     assert 24 + 6 <= n <= 24 + 18  # ~half of the 24 records add a degraded row
-    answers = [tok.decode(t[k == sft.KIND_ANSWER][:-1]).strip()
+    answers = [tok.decode(t[k == sft_rows.KIND_ANSWER][:-1]).strip()
                for t, k in zip(data["targets"], data["target_kind"])]
     assert answers.count(judge_data.DEGRADED_ANSWER) == n - 24
     assert all(a != judge_data.DEGRADED_ANSWER for a in answers[:24])

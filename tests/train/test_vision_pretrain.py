@@ -10,7 +10,7 @@ from jaxgen.config import load_config
 from jaxgen.data.shapes_world import COLOR_NAMES, SHAPES
 from jaxgen.errors import UserError
 from jaxgen.models import janus
-from jaxgen.train import sft
+from jaxgen.train import sft, sft_data
 from jaxgen.train import vision_pretrain as vp
 
 
@@ -46,7 +46,7 @@ def test_pretraining_teaches_the_tower_the_patch_labels(conv_tiny):
     """A few dozen steps lower the per-patch loss on the training records well below its
     starting value; a tower the judge does not read through is refused."""
     mc = conv_tiny
-    records = sft.procedural_records(40, 0, "train", 64)
+    records = sft_data.procedural_records(40, 0, "train", 64)
     pixels, shapes, colours = vp.patch_label_arrays(mc, records)
     side = mc.vision.image_size // mc.vision.patch_size
     assert pixels.shape == (40, mc.vision.image_size, mc.vision.image_size, 3)
@@ -74,7 +74,7 @@ def test_sft_keeps_the_pretrained_tower_for_a_resumed_run(conv_tiny, tmp_path, m
                                       "--config.vision_pretrain.batch_size=4",
                                       "--config.data.num_examples=12"])
     base_init = lambda r: janus.init_params(mc, r)  # noqa: E731
-    init = sft._with_pretrained_tower(base_init, config, mc, tmp_path)
+    init = sft.with_pretrained_tower(base_init, config, mc, tmp_path)
     assert (tmp_path / sft.VISION_PRETRAIN_FILE).exists()
     first = init(jax.random.PRNGKey(5))
     plain = base_init(jax.random.PRNGKey(5))
@@ -87,5 +87,5 @@ def test_sft_keeps_the_pretrained_tower_for_a_resumed_run(conv_tiny, tmp_path, m
     def no_training(*a, **k):
         raise AssertionError("the tower was trained again")
     monkeypatch.setattr(vp, "pretrain_tower", no_training)
-    again = sft._with_pretrained_tower(base_init, config, mc, tmp_path)(jax.random.PRNGKey(5))
+    again = sft.with_pretrained_tower(base_init, config, mc, tmp_path)(jax.random.PRNGKey(5))
     jax.tree.map(np.testing.assert_array_equal, again["vision_model"], first["vision_model"])

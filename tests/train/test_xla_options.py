@@ -8,7 +8,7 @@ from jaxgen import parallel
 from jaxgen.bench import sft as bench_sft
 from jaxgen.config import load_config
 from jaxgen.models import janus
-from jaxgen.train import optim, sft, xla_options
+from jaxgen.train import optim, sft_loss, xla_options
 from jaxgen.train import state as state_lib
 
 
@@ -24,9 +24,9 @@ def _sft_run(monkeypatch, use_options, steps=3):
     state, shardings = state_lib.shard_state(
         state_lib.create_state(params, opt, jax.random.PRNGKey(1)), mesh, "fsdp",
         janus.param_logical_axes(mc))
-    batch = bench_sft._batch(mc, 4, 24, seed=0)
-    step = state_lib.make_train_step(sft.make_loss_fn(mc, cfg, sft.head_capacities([batch])),
-                                     opt, shardings, mesh)
+    batch = bench_sft.synthetic_batch(mc, 4, 24, seed=0)
+    step = state_lib.make_train_step(
+        sft_loss.make_loss_fn(mc, cfg, sft_loss.head_capacities([batch])), opt, shardings, mesh)
     dev_batch = parallel.shard_batch(batch, mesh)
     hlo = step.lower(state, dev_batch).compile().as_text()
     losses = []
