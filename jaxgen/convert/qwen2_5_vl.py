@@ -276,7 +276,8 @@ def import_qwen2_5_vl_dir(path, dtype: str = "float32", param_dtype: str = "floa
                             scan_layers=scan_layers, remat_policy=remat_policy)
     files = weight_files(path)
 
-    expected = flatten(qwen2_5_vl.param_shapes(config))
+    shapes = qwen2_5_vl.param_shapes(config)
+    expected = flatten(shapes)
     # scanned layers are stacked on the host after every file is read, so they are placed then
     shard_of = flatten(shardings) if shardings is not None else {}
     place_now = lambda key: not (scan_layers and key.startswith("language_model/layers_"))
@@ -299,10 +300,11 @@ def import_qwen2_5_vl_dir(path, dtype: str = "float32", param_dtype: str = "floa
         except ValueError as e:
             raise CheckpointError(f"{path}: the decoder layers' tensors differ in names or "
                                   f"shapes ({e}); {_FIX}") from None
-        lm["layers"] = unflatten({k: _place(a, shard_of.get("language_model/layers/" + k),
-                                            None, None) for k, a in stacked.items()})
+        key = "language_model/layers/"
+        lm["layers"] = unflatten({k: _place(a, shard_of.get(key + k), key + k, expected)
+                                  for k, a in stacked.items()})
         params["language_model"] = lm
-    problems = shape_problems(params, qwen2_5_vl.param_shapes(config))
+    problems = shape_problems(params, shapes)
     if unknown:
         problems.append(f"{len(unknown)} tensors of no Qwen2.5-VL weight (e.g. {unknown[:3]})")
     if problems:
