@@ -240,21 +240,7 @@ def param_logical_axes(config: JanusConfig) -> dict:
 EXECUTION_OPTIONS = ("scan_layers", "remat_policy", "dtype", "attention_impl")
 
 
-def stack_layers(lm: dict, n_layers: int) -> dict:
-    """Language-model params with layers_0..layers_{n-1} stacked into one scanned `layers`."""
-    lm = dict(lm)
-    layers = [lm.pop(f"layers_{i}") for i in range(n_layers)]
-    lm["layers"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
-    return lm
-
-
-def unstack_layers(lm: dict, n_layers: int) -> dict:
-    """The inverse of `stack_layers`."""
-    lm = dict(lm)
-    stacked = lm.pop("layers")
-    for i in range(n_layers):
-        lm[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: x[i], stacked)
-    return lm
+stack_layers, unstack_layers = llama.stack_layers, llama.unstack_layers
 
 
 def with_execution_options(params, config: JanusConfig, **options):

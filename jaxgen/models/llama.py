@@ -130,19 +130,8 @@ class Attention(nn.Module):
             # ([layers, ...], this layer's row `layer`); unrolled layers get their own arrays,
             # so no layer is sliced out (a copy of its whole cache per token).
             k_new, v_new = k.transpose(0, 2, 3, 1), v.transpose(0, 2, 1, 3)
-            if k_cache.ndim == 5:
-                k_cache = jax.lax.dynamic_update_slice(
-                    k_cache, k_new[None].astype(k_cache.dtype), (layer, 0, 0, 0, cache_index))
-                v_cache = jax.lax.dynamic_update_slice(
-                    v_cache, v_new[None].astype(v_cache.dtype), (layer, 0, 0, cache_index, 0))
-                k_all = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)
-                v_all = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)
-            else:
-                k_cache = jax.lax.dynamic_update_slice(
-                    k_cache, k_new.astype(k_cache.dtype), (0, 0, 0, cache_index))
-                v_cache = jax.lax.dynamic_update_slice(
-                    v_cache, v_new.astype(v_cache.dtype), (0, 0, cache_index, 0))
-                k_all, v_all = k_cache, v_cache
+            k_cache, v_cache, k_all, v_all = write_kv_cache(k_cache, v_cache, k_new, v_new,
+                                                            layer, cache_index)
             out = _cached_attention(q, k_all.astype(dtype), v_all.astype(dtype), mask_bls,
                                     dtype).reshape(b, l, h * hd)
         elif _use_cudnn(cfg.attention_impl, dtype):
@@ -151,6 +140,61 @@ class Attention(nn.Module):
             out = _xla_attention(q, k, v, mask_bls, dtype).reshape(b, l, h * hd)
         out = proj("o_proj", cfg.hidden_size, ("heads", "embed"))(out)
         return out, k_cache, v_cache
+
+
+def run_layers(layers, scan_layers: bool, num_layers: int, x, cos, sin, mask, cache, cache_index):
+    """Run a decoder stack: one nn.scan'd module (scan_layers) or a list of layers, each
+    (carry (x, k_cache, v_cache), cos, sin, mask, cache_index, layer) -> (carry, None).
+    Returns (x, the new cache {'k', 'v'} or None)."""
+    if scan_layers:
+        carry = (x, None, None) if cache is None else (x, cache["k"], cache["v"])
+        (x, k_new, v_new), _ = layers(carry, cos, sin, mask, cache_index, jnp.arange(num_layers))
+    else:
+        k_new, v_new = [], []
+        for i, layer in enumerate(layers):
+            carry = (x, None, None) if cache is None else (x, cache["k"][i], cache["v"][i])
+            (x, k_i, v_i), _ = layer(carry, cos, sin, mask, cache_index, i)
+            k_new.append(k_i)
+            v_new.append(v_i)
+        k_new, v_new = tuple(k_new), tuple(v_new)
+    return x, None if cache is None else {"k": k_new, "v": v_new}
+
+
+def write_kv_cache(k_cache, v_cache, k_new, v_new, layer, cache_index):
+    """Write L new keys [B, KV, hd, L] and values [B, KV, L, hd] at cache_index, in place.
+
+    Caches are [B, KV, hd, S] / [B, KV, S, hd], or with a leading [layers] axis for scanned
+    layers (this layer's row `layer`). Returns (k_cache, v_cache, this layer's keys, values)."""
+    if k_cache.ndim == 5:
+        k_cache = jax.lax.dynamic_update_slice(
+            k_cache, k_new[None].astype(k_cache.dtype), (layer, 0, 0, 0, cache_index))
+        v_cache = jax.lax.dynamic_update_slice(
+            v_cache, v_new[None].astype(v_cache.dtype), (layer, 0, 0, cache_index, 0))
+        k_all = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)
+        v_all = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)
+        return k_cache, v_cache, k_all, v_all
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k_new.astype(k_cache.dtype),
+                                           (0, 0, 0, cache_index))
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v_new.astype(v_cache.dtype),
+                                           (0, 0, cache_index, 0))
+    return k_cache, v_cache, k_cache, v_cache
+
+
+def stack_layers(lm: dict, n_layers: int) -> dict:
+    """Language-model params with layers_0..layers_{n-1} stacked into one scanned `layers`."""
+    lm = dict(lm)
+    layers = [lm.pop(f"layers_{i}") for i in range(n_layers)]
+    lm["layers"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
+    return lm
+
+
+def unstack_layers(lm: dict, n_layers: int) -> dict:
+    """The inverse of `stack_layers`."""
+    lm = dict(lm)
+    stacked = lm.pop("layers")
+    for i in range(n_layers):
+        lm[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: x[i], stacked)
+    return lm
 
 
 def _use_cudnn(impl: str, dtype) -> bool:
@@ -296,21 +340,9 @@ class LlamaModel(nn.Module):
         cos, sin = rope_cos_sin(positions_bl, cfg.head_dim, cfg.rope_theta, dtype)
         mask = None if causal_only else attention_mask(kv_mask_bs, x.shape[1], cache_index,
                                                        segment_ids_bl)
-        if cfg.scan_layers:
-            carry = (x, None, None) if cache is None else (x, cache["k"], cache["v"])
-            (x, k_new, v_new), _ = self.layers(carry, cos, sin, mask, cache_index,
-                                               jnp.arange(cfg.num_hidden_layers))
-        else:
-            k_new, v_new = [], []
-            for i, layer in enumerate(self.layers):
-                carry = (x, None, None) if cache is None else (x, cache["k"][i], cache["v"][i])
-                (x, k_i, v_i), _ = layer(carry, cos, sin, mask, cache_index, i)
-                k_new.append(k_i)
-                v_new.append(v_i)
-            k_new, v_new = tuple(k_new), tuple(v_new)
-        x = self.norm(x)
-        new_cache = None if cache is None else {"k": k_new, "v": v_new}
-        return x, new_cache
+        x, new_cache = run_layers(self.layers, cfg.scan_layers, cfg.num_hidden_layers, x, cos,
+                                  sin, mask, cache, cache_index)
+        return self.norm(x), new_cache
 
 
 def cache_logical_axes():

@@ -18,6 +18,7 @@ import numpy as np
 from jaxgen import parallel
 from jaxgen.errors import UserError
 from jaxgen.models import llama
+from jaxgen.models.llama import stack_layers, unstack_layers
 from jaxgen.models.qwen2_5_vl import text, vision
 from jaxgen.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 
@@ -78,22 +79,6 @@ def param_logical_axes(config: Qwen2_5_VLConfig) -> dict:
 # Execution options: the same weights run scanned or unrolled, rematerialised, in another dtype.
 
 EXECUTION_OPTIONS = ("scan_layers", "remat_policy", "dtype", "param_dtype")
-
-
-def stack_layers(lm: dict, n_layers: int) -> dict:
-    """Language-model params with layers_0..layers_{n-1} stacked into one scanned `layers`."""
-    lm = dict(lm)
-    layers = [lm.pop(f"layers_{i}") for i in range(n_layers)]
-    lm["layers"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *layers)
-    return lm
-
-
-def unstack_layers(lm: dict, n_layers: int) -> dict:
-    lm = dict(lm)
-    stacked = lm.pop("layers")
-    for i in range(n_layers):
-        lm[f"layers_{i}"] = jax.tree_util.tree_map(lambda x: x[i], stacked)
-    return lm
 
 
 def with_execution_options(params, config: Qwen2_5_VLConfig, **options):

@@ -31,10 +31,18 @@ from jaxgen.models import llama
 from jaxgen.models.qwen2_5_vl.config import TextConfig
 
 
-def _dense(features, axes, dtype, pdtype, name, use_bias=False):
+def dense(features, axes, dtype, pdtype, name, use_bias=False):
+    """nn.Dense with logical axes on its kernel (and bias)."""
     return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=pdtype, name=name,
                     kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
+
+
+def activation(name: str):
+    """The activation a Hugging Face config names."""
+    return {"silu": nn.silu, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+            "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+            "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x)}[name]
 
 
 def mrope_cos_sin(positions_3bl, cfg: TextConfig, dtype):
@@ -72,44 +80,39 @@ class Attention(nn.Module):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         h, kv, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         b, l, _ = x_bld.shape
-        q = _dense(h * hd, ("embed", "heads"), dtype, pdtype, "q_proj", True)(x_bld)
-        k = _dense(kv * hd, ("embed", "kv_heads"), dtype, pdtype, "k_proj", True)(x_bld)
-        v = _dense(kv * hd, ("embed", "kv_heads"), dtype, pdtype, "v_proj", True)(x_bld)
+        q = dense(h * hd, ("embed", "heads"), dtype, pdtype, "q_proj", True)(x_bld)
+        k = dense(kv * hd, ("embed", "kv_heads"), dtype, pdtype, "k_proj", True)(x_bld)
+        v = dense(kv * hd, ("embed", "kv_heads"), dtype, pdtype, "v_proj", True)(x_bld)
         q = llama.apply_rope(q.reshape(b, l, h, hd), cos, sin)
         k = llama.apply_rope(k.reshape(b, l, kv, hd), cos, sin)
         k_new, v_new = k.transpose(0, 2, 3, 1), v.reshape(b, l, kv, hd).transpose(0, 2, 1, 3)
         if k_cache is None:
             k_all, v_all = k_new, v_new
-        elif k_cache.ndim == 5:  # scanned: every layer's cache stacked, this layer is row `layer`
-            k_cache = jax.lax.dynamic_update_slice(
-                k_cache, k_new[None].astype(k_cache.dtype), (layer, 0, 0, 0, cache_index))
-            v_cache = jax.lax.dynamic_update_slice(
-                v_cache, v_new[None].astype(v_cache.dtype), (layer, 0, 0, cache_index, 0))
-            k_all = jax.lax.dynamic_index_in_dim(k_cache, layer, 0, keepdims=False)
-            v_all = jax.lax.dynamic_index_in_dim(v_cache, layer, 0, keepdims=False)
-        else:
-            k_cache = jax.lax.dynamic_update_slice(
-                k_cache, k_new.astype(k_cache.dtype), (0, 0, 0, cache_index))
-            v_cache = jax.lax.dynamic_update_slice(
-                v_cache, v_new.astype(v_cache.dtype), (0, 0, cache_index, 0))
-            k_all, v_all = k_cache, v_cache
+        else:  # janus's cache layout (llama.write_kv_cache)
+            k_cache, v_cache, k_all, v_all = llama.write_kv_cache(k_cache, v_cache, k_new, v_new,
+                                                                  layer, cache_index)
         out = attend(q, k_all.astype(dtype), v_all.astype(dtype), mask_bls, dtype)
-        out = _dense(cfg.hidden_size, ("heads", "embed"), dtype, pdtype, "o_proj")(
+        out = dense(cfg.hidden_size, ("heads", "embed"), dtype, pdtype, "o_proj")(
             out.reshape(b, l, h * hd))
         return out, k_cache, v_cache
 
 
-class MLP(nn.Module):
-    config: TextConfig
+class GatedMLP(nn.Module):
+    """down(act(gate(x)) * up(x)), the SwiGLU MLP of the text and vision blocks."""
+    hidden_size: int
+    intermediate_size: int
+    act: str
+    use_bias: bool
+    dtype: str
+    param_dtype: str
 
     @nn.compact
     def __call__(self, x):
-        cfg = self.config
-        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        gate = _dense(cfg.intermediate_size, ("embed", "mlp"), dtype, pdtype, "gate_proj")(x)
-        up = _dense(cfg.intermediate_size, ("embed", "mlp"), dtype, pdtype, "up_proj")(x)
-        return _dense(cfg.hidden_size, ("mlp", "embed"), dtype, pdtype, "down_proj")(
-            nn.silu(gate) * up)
+        dtype, pdtype, bias = jnp.dtype(self.dtype), jnp.dtype(self.param_dtype), self.use_bias
+        gate = dense(self.intermediate_size, ("embed", "mlp"), dtype, pdtype, "gate_proj", bias)(x)
+        up = dense(self.intermediate_size, ("embed", "mlp"), dtype, pdtype, "up_proj", bias)(x)
+        return dense(self.hidden_size, ("mlp", "embed"), dtype, pdtype, "down_proj", bias)(
+            activation(self.act)(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -128,7 +131,9 @@ class DecoderLayer(nn.Module):
             norm("input_layernorm")(x_bld), cos, sin, mask_bls, k_cache, v_cache, cache_index,
             layer)
         x_bld = x_bld + attn_out
-        x_bld = x_bld + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_bld))
+        mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, "silu", False, cfg.dtype,
+                       cfg.param_dtype, name="mlp")
+        x_bld = x_bld + mlp(norm("post_attention_layernorm")(x_bld))
         return (parallel.constrain(x_bld, llama.ACT_BLD), k_cache, v_cache), None
 
 
@@ -178,17 +183,6 @@ class TextModel(nn.Module):
         x = emb_bld.astype(dtype)
         cos, sin = mrope_cos_sin(positions_3bl, cfg, dtype)
         mask = llama.attention_mask(kv_mask_bs, x.shape[1], cache_index)
-        if cfg.scan_layers:
-            carry = (x, None, None) if cache is None else (x, cache["k"], cache["v"])
-            (x, k_new, v_new), _ = self.layers(carry, cos, sin, mask, cache_index,
-                                               jnp.arange(cfg.num_hidden_layers))
-        else:
-            k_new, v_new = [], []
-            for i, layer in enumerate(self.layers):
-                carry = (x, None, None) if cache is None else (x, cache["k"][i], cache["v"][i])
-                (x, k_i, v_i), _ = layer(carry, cos, sin, mask, cache_index, i)
-                k_new.append(k_i)
-                v_new.append(v_i)
-            k_new, v_new = tuple(k_new), tuple(v_new)
-        new_cache = None if cache is None else {"k": k_new, "v": v_new}
+        x, new_cache = llama.run_layers(self.layers, cfg.scan_layers, cfg.num_hidden_layers, x,
+                                        cos, sin, mask, cache, cache_index)
         return self.norm(x), new_cache

@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxgen.models.llama import RMSNorm
 from jaxgen.models.qwen2_5_vl.config import VisionConfig
+from jaxgen.models.qwen2_5_vl.text import GatedMLP, dense
 
 _PAD = -100  # HF's marker for the padded cells of a window grid
 
@@ -116,16 +117,8 @@ def vision_plan(config: VisionConfig, grid_thw) -> dict:
     }
 
 
-def _act(name: str):
-    return {"silu": nn.silu, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-            "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-            "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x)}[name]
-
-
 def _dense(features, axes, dtype, pdtype, name, use_bias=True):
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=pdtype, name=name,
-                    kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), axes),
-                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
+    return dense(features, axes, dtype, pdtype, name, use_bias)
 
 
 def rotary_cos_sin(positions_n2, head_dim: int, theta: float):
@@ -180,19 +173,6 @@ class VisionAttention(nn.Module):
         return _dense(d, ("heads", "embed"), dtype, pdtype, "proj")(out)
 
 
-class VisionMLP(nn.Module):
-    config: VisionConfig
-
-    @nn.compact
-    def __call__(self, x):
-        cfg = self.config
-        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-        gate = _dense(cfg.intermediate_size, ("embed", "mlp"), dtype, pdtype, "gate_proj")(x)
-        up = _dense(cfg.intermediate_size, ("embed", "mlp"), dtype, pdtype, "up_proj")(x)
-        return _dense(cfg.hidden_size, ("mlp", "embed"), dtype, pdtype, "down_proj")(
-            _act(cfg.hidden_act)(gate) * up)
-
-
 class VisionBlock(nn.Module):
     config: VisionConfig
 
@@ -202,7 +182,9 @@ class VisionBlock(nn.Module):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name=name)
         x_nd = x_nd + VisionAttention(cfg, name="attn")(norm("norm1")(x_nd), cos, sin, seg)
-        return x_nd + VisionMLP(cfg, name="mlp")(norm("norm2")(x_nd))
+        mlp = GatedMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, True, cfg.dtype,
+                       cfg.param_dtype, name="mlp")
+        return x_nd + mlp(norm("norm2")(x_nd))
 
 
 class PatchMerger(nn.Module):
