@@ -2,26 +2,24 @@
 
 `hf_tiny_dir`: a tiny random Hugging Face `JanusForConditionalGeneration` built OFFLINE (no hub),
 saved with safetensors + config.json + generation_config.json + a tiny word-level tokenizer to a
-session temp dir. Its shapes equal `configs/janus.py:tiny`, so `import_hf_dir(hf_tiny_dir)` gives
-that config. `hf_tiny_model`: the same model loaded in PyTorch (eval mode, float32).
+temp dir made once per test run. Its shapes equal `configs/janus.py:tiny`, so
+`import_hf_dir(hf_tiny_dir)` gives that config. `hf_tiny_model`: the same model loaded in PyTorch
+(eval mode, float32). `tiny_janus`: a random `janus:tiny` model in jaxgen, once per test module.
+
+The repository root is on sys.path (pyproject.toml: `pythonpath`), so the tests import their
+helpers as `tests.helpers.<module>` and `third_party` as it is.
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 import shutil
-import sys
 import tempfile
 import uuid
 
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from third_party.hf_janus import save_random_hf_janus, tiny_janus_config  # noqa: E402
+from third_party.hf_janus import save_random_hf_janus, tiny_janus_config
 
 # One XLA compilation cache per test run, shared by the xdist workers and by the subprocesses the
 # tests start (all inherit this environment): the suite compiles the same tiny programs many
@@ -60,7 +58,7 @@ def pytest_unconfigure(config):
         shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
-def pytest_collection_modifyitems(session, config, items):
+def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable sort
 
@@ -76,3 +74,10 @@ def hf_tiny_model(hf_tiny_dir):
     """The fixture model reloaded in PyTorch (float32, eval)."""
     import transformers
     return transformers.JanusForConditionalGeneration.from_pretrained(hf_tiny_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_janus():
+    """(JanusConfig, params) of a random `janus:tiny` model from PRNGKey(0)."""
+    from tests.helpers import tiny_models  # imports jax: after the cache is set up above
+    return tiny_models.tiny_janus()

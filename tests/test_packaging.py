@@ -5,7 +5,6 @@ simulated: the package is copied with jaxgen/configs dereferenced, the way a whe
 configs are loaded from another working directory with only that copy importable.
 """
 
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -13,21 +12,22 @@ import textwrap
 
 import pytest
 
+from tests.helpers import REPO_ROOT
+
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _pyproject():
-    return tomllib.loads((REPO / "pyproject.toml").read_text())
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 
 
 def test_package_data_globs_cover_every_config_file():
     globs = _pyproject()["tool"]["setuptools"]["package-data"]["jaxgen"]
-    package = REPO / "jaxgen"
+    package = REPO_ROOT / "jaxgen"
     shipped = {p for g in globs for p in package.glob(g)}
-    configs = {package / "configs" / p.relative_to(REPO / "configs")
-               for p in (REPO / "configs").rglob("*.py")}
+    configs = {package / "configs" / p.relative_to(REPO_ROOT / "configs")
+               for p in (REPO_ROOT / "configs").rglob("*.py")}
     assert configs and configs <= shipped, sorted(map(str, configs - shipped))
 
 
@@ -35,7 +35,7 @@ def test_dependencies_come_from_the_pinned_requirements():
     project = _pyproject()
     assert "dependencies" in project["project"]["dynamic"]
     assert project["tool"]["setuptools"]["dynamic"]["dependencies"]["file"] == ["requirements.txt"]
-    lines = [l.split("#")[0].strip() for l in (REPO / "requirements.txt").read_text().splitlines()]
+    lines = [l.split("#")[0].strip() for l in (REPO_ROOT / "requirements.txt").read_text().splitlines()]
     pins = [l for l in lines if l]
     # setuptools reads the file itself: no pip options or nested files allowed there
     assert pins and all("==" in p and not p.startswith("-") for p in pins), pins
@@ -44,7 +44,7 @@ def test_dependencies_come_from_the_pinned_requirements():
 
 def test_installed_layout_loads_configs_from_any_directory(tmp_path):
     site = tmp_path / "site"
-    shutil.copytree(REPO / "jaxgen", site / "jaxgen", symlinks=False,
+    shutil.copytree(REPO_ROOT / "jaxgen", site / "jaxgen", symlinks=False,
                     ignore=shutil.ignore_patterns("__pycache__"))
     assert not (site / "jaxgen" / "configs").is_symlink()
     elsewhere = tmp_path / "elsewhere"

@@ -2,28 +2,23 @@
 process); save both runs' flow params (by checkpoint name), stats, compile counts and XLA's
 temporaries per device of the first iteration's rollout and update.
 
-Usage: python flow_mesh_script.py N WORKDIR OUT.npz   (sets XLA_FLAGS before importing jax;
-the random policy is written to WORKDIR/policy)
+Usage (from the repository root): python -m tests.helpers.flow_mesh_script N WORKDIR OUT.npz
+(sets XLA_FLAGS before importing jax; the random policy is written to WORKDIR/policy)
 """
-import os
 import sys
 
-from jaxgen.cpu_devices import xla_flags_with_devices  # imports no jax
+from tests.helpers.fake_devices import use_cpu_devices
 
 n = int(sys.argv[1])
-os.environ["XLA_FLAGS"] = xla_flags_with_devices(n)
-os.environ["JAX_PLATFORMS"] = "cpu"
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "rewards"))
-sys.path.insert(0, os.path.join(HERE, "..", ".."))
+use_cpu_devices(n)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import rl_test_setup  # noqa: E402
 from jaxgen import checkpoint as ckpt_lib, parallel  # noqa: E402
 from jaxgen.train import flow_grpo  # noqa: E402
-from xla_memory import temporaries_mib  # noqa: E402
+from tests.helpers import rl_test_setup  # noqa: E402
+from tests.helpers.xla_memory import temporaries_mib  # noqa: E402
 
 STATS = ("reward_mean", "loss", "kl", "ratio_mean")
 

@@ -3,29 +3,25 @@ plain and with the self-reflection loop; save each run's params (by checkpoint n
 compile counts and XLA's temporaries per device of the first iteration's jits (sampler,
 reference scoring, update; in the reflection runs the policy judging its images, and update).
 
-Usage: python grpo_mesh_script.py N OUT.npz   (sets XLA_FLAGS before importing jax)
+Usage (from the repository root): python -m tests.helpers.grpo_mesh_script N OUT.npz
+(sets XLA_FLAGS before importing jax)
 """
-import os
 import sys
 
-from jaxgen.cpu_devices import xla_flags_with_devices  # imports no jax
+from tests.helpers.fake_devices import use_cpu_devices
 
 n = int(sys.argv[1])
-os.environ["XLA_FLAGS"] = xla_flags_with_devices(n)
-os.environ["JAX_PLATFORMS"] = "cpu"
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "rewards"))
-sys.path.insert(0, os.path.join(HERE, "..", ".."))
+use_cpu_devices(n)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-import rl_test_setup  # noqa: E402
 from jaxgen import checkpoint as ckpt_lib, parallel  # noqa: E402
-from jaxgen.rewards import vlm_judge  # noqa: E402
+from jaxgen.sampling import understanding  # noqa: E402
 from jaxgen.sampling import sampler  # noqa: E402
 from jaxgen.train import grpo  # noqa: E402
-from xla_memory import temporaries_mib  # noqa: E402
+from tests.helpers import rl_test_setup  # noqa: E402
+from tests.helpers.xla_memory import temporaries_mib  # noqa: E402
 
 STATS = ("reward_mean", "loss", "kl", "entropy_coef_text", "entropy_coef_image")
 
@@ -38,7 +34,7 @@ def run(config, policy, devices, prefix, out, memory=()):
     first = lambda: stats.append(runner.iteration(0))  # noqa: E731
     if memory:
         owners = {"_update": runner, "_score": runner, "_sample_jit": sampler,
-                  "yes_no_logit_from_codes": vlm_judge}
+                  "yes_no_logit_from_codes": understanding}
         mem = temporaries_mib([(owners[name], name) for name in memory], first)
         for name, mib in mem.items():
             out[f"{prefix}_mem_{name}"] = mib
@@ -57,7 +53,7 @@ def run(config, policy, devices, prefix, out, memory=()):
 
 def main():
     plain, reflect = rl_test_setup.grpo_config(False), rl_test_setup.grpo_config(True)
-    policy = rl_test_setup.grpo_policy(plain)
+    policy = rl_test_setup.grpo_policy()
     out = {}
     for devices, suffix in ((jax.devices()[:1], "one"), (jax.devices()[:n], "many")):
         run(plain, policy, devices, suffix, out, memory=("_update", "_score", "_sample_jit"))

@@ -1,16 +1,16 @@
-"""Start rl_multihost_script.py as several processes sharing 8 fake CPU devices (two hosts), and
+"""Start rl_multihost_script as several processes sharing 8 fake CPU devices (two hosts), and
 read what the runs and the mesh scripts saved."""
 import json
 import os
 import pathlib
 import socket
 import subprocess
-import sys
 
 import numpy as np
 import safetensors.numpy
 
-SCRIPT = pathlib.Path(__file__).with_name("rl_multihost_script.py")
+from tests.helpers import REPO_ROOT, script_command
+
 TIMEOUT = 600
 
 
@@ -26,8 +26,8 @@ def run(mode, workdir, steps: int, hosts: int, policy="") -> list:
     port = free_port() if hosts > 1 else 0
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("JAXGEN_DISTRIBUTED", None)
-    procs = [subprocess.Popen([sys.executable, str(SCRIPT), mode, str(i), str(hosts), str(port),
-                               str(workdir), str(steps), str(policy)], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(script_command("rl_multihost_script", mode, i, hosts, port, workdir,
+                                             steps, policy), cwd=REPO_ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env)
              for i in range(hosts)]
     outs = [p.communicate(timeout=TIMEOUT) for p in procs]

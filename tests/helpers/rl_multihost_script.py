@@ -2,21 +2,17 @@
 processes (8 / NPROC fake CPU devices each, `jax.distributed` over a local coordinator when
 NPROC > 1), on one mesh over all 8 devices, checkpointing every iteration.
 
-Usage: python rl_multihost_script.py MODE PID NPROC PORT WORKDIR TOTAL_STEPS [FLOW_POLICY]
+Usage (from the repository root): python -m tests.helpers.rl_multihost_script MODE PID NPROC
+PORT WORKDIR TOTAL_STEPS [FLOW_POLICY]
 MODE: grpo (the self-reflection loop) or flow (Flow-GRPO of FLOW_POLICY).
 """
-import os
 import sys
 
-from jaxgen.cpu_devices import xla_flags_with_devices  # imports no jax
+from tests.helpers.fake_devices import use_cpu_devices
 
 mode, pid, nproc, port, workdir, total = (sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
                                           sys.argv[4], sys.argv[5], int(sys.argv[6]))
-os.environ["XLA_FLAGS"] = xla_flags_with_devices(8 // nproc)
-os.environ["JAX_PLATFORMS"] = "cpu"
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "rewards"))
-sys.path.insert(0, os.path.join(HERE, "..", ".."))
+use_cpu_devices(8 // nproc)
 
 import jax  # noqa: E402
 
@@ -26,12 +22,12 @@ if nproc > 1:
     # heartbeat (seen once, at the shutdown barrier, with two tests' processes side by side)
     jax.distributed.initialize(f"127.0.0.1:{port}", nproc, pid, heartbeat_timeout_seconds=600)
 
-import rl_test_setup  # noqa: E402
 from jaxgen.train import flow_grpo, grpo  # noqa: E402
+from tests.helpers import rl_test_setup  # noqa: E402
 
 RUN = [f"--config.total_steps={total}", "--config.checkpoint_every=1"]
 if mode == "flow":
     flow_grpo.train(rl_test_setup.flow_config(sys.argv[7], RUN), workdir)
 else:
     config = rl_test_setup.grpo_config(True, RUN)
-    grpo.train(config, workdir, policy=rl_test_setup.grpo_policy(config))
+    grpo.train(config, workdir, policy=rl_test_setup.grpo_policy())

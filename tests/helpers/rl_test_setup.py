@@ -8,12 +8,16 @@ import numpy as np
 
 from jaxgen import checkpoint as ckpt_lib
 from jaxgen.config import load_config
-from jaxgen.models import flow, janus
+from jaxgen.models import flow
 from jaxgen.rewards import register_reward
-from jaxgen.train import flow_matching
+from tests.helpers.tiny_models import tiny_janus
+from tests.helpers.tiny_tokenizer import make_tokenizer
 
 
-@register_reward("low_codes")
+LOW_CODES = "low_codes"
+
+
+@register_reward(LOW_CODES)
 def _low_codes(context, threshold: int = 32):
     """Fraction of image tokens below `threshold`: a NumPy reward the policy can learn."""
     return lambda b: (np.asarray(b.image_tokens) < threshold).mean(axis=1).astype(np.float32)
@@ -37,30 +41,27 @@ def grpo_config(reflect: bool, overrides=()):
         "--config.grpo.prompts_per_step=8", "--config.grpo.entropy.adaptive=True",
         "--config.optim.name=sgd", "--config.optim.learning_rate=1.0",
         "--config.sampling.max_think_tokens=2", *extra, *overrides])
-    config.rewards = {"name": "low_codes"}
+    config.rewards = {"name": LOW_CODES}
     return config
 
 
-def grpo_policy(config):
-    """(params, JanusConfig, tokenizer) of a random tiny policy."""
-    from tiny_tokenizer import make_tokenizer
-    mc = janus.config_from_configdict(config.model)
-    params = jax.jit(janus.init_params, static_argnums=0)(mc, jax.random.PRNGKey(0))
-    return params, mc, make_tokenizer()
+def grpo_policy():
+    """(params, JanusConfig, tokenizer) of a random tiny policy: `janus:tiny` (the model of
+    `grpo:tiny`) from PRNGKey(0), with the test tokenizer."""
+    config, params = tiny_janus()
+    return params, config, make_tokenizer()
 
 
 def flow_policy(workdir) -> str:
     """Write a random tiny flow checkpoint to <workdir>/policy (its decoder already predicts
     something: fresh output layers are zero) and return its path."""
-    from tiny_tokenizer import make_tokenizer
-    jc = janus.config_from_configdict(load_config("janus:tiny").model)
+    jc, params = tiny_janus()
     fc = flow.FlowConfig.from_dict(load_config("flow:tiny").flow)
-    params = jax.jit(janus.init_params, static_argnums=0)(jc, jax.random.PRNGKey(0))
     fp = flow.init_flow_params(fc, jc, jax.random.PRNGKey(1))
     fp["decoder"]["patch_out"]["kernel"] = 0.05 * jax.random.normal(
         jax.random.PRNGKey(2), fp["decoder"]["patch_out"]["kernel"].shape)
     return str(ckpt_lib.save_flow_checkpoint(os.path.join(workdir, "policy"), params, jc,
-                                                  make_tokenizer(), fp, fc))
+                                             make_tokenizer(), fp, fc))
 
 
 def flow_config(policy: str, overrides=()):

@@ -1,6 +1,6 @@
 """A small trainer on a stand-in MLP language model, run as a subprocess by the resume tests.
 
-    python tests/train/standin_trainer.py WORKDIR TOTAL_STEPS [--nan-at STEP]
+    python -m tests.helpers.standin_trainer WORKDIR TOTAL_STEPS [--nan-at STEP]
 
 Uses the real machinery (TrainState, sharded jitted step, ArrayBatcher, loop.run with
 checkpoints and SIGTERM handling) and writes WORKDIR/final_params.npz at the end. Env
@@ -12,15 +12,13 @@ import pathlib
 import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-
-from jaxgen import parallel  # noqa: E402
-from jaxgen.train import batching, loop, losses, optim, state as st  # noqa: E402
+from jaxgen import parallel
+from jaxgen.train import batching, loop, losses, optim, state as st
 
 V, D, M, B, L = 32, 16, 32, 8, 6
 

@@ -1,22 +1,19 @@
 """The 'vlm_crop' reward on a tiny random judge: each planned object's crop scored against an
 unpadded single-row forward pass written out here; in-graph VQ decoding against host images."""
 
-import pathlib
-import sys
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from test_vlm_judge import _codes_and_host_images, _row_logits, tiny  # noqa: E402,F401
+from jaxgen.data import judge as judge_data
+from jaxgen.data import templates
+from jaxgen.data.crops import crop_uint8
+from jaxgen.data.reasoning import from_grid
+from jaxgen.errors import UserError
+from jaxgen.rewards import RewardBatch, RewardContext, make_reward
+from tests.helpers.tiny_judge import decoding_context, row_logits
 
-from jaxgen.data import judge as judge_data  # noqa: E402
-from jaxgen.data import templates  # noqa: E402
-from jaxgen.data.crops import crop_uint8  # noqa: E402
-from jaxgen.data.reasoning import from_grid  # noqa: E402
-from jaxgen.errors import UserError  # noqa: E402
-from jaxgen.rewards import RewardBatch, RewardContext, make_reward  # noqa: E402
+# `tiny`: (config, params, tokenizer, judge) of the tiny random model, tests/rewards/conftest.py
 
 PLANS = [
     "<obj>large red square</obj><box>(60,60),(440,440)</box>"
@@ -37,7 +34,7 @@ def _manual_object_score(params, config, tok, crop_uint8_hwc, name):
                                           config.vision.num_image_tokens)
     prompt = tok.encode(text, add_special_tokens=False)
     ans = tok.encode(name, add_special_tokens=False) + [config.eos_token_id]
-    logits = np.asarray(_row_logits(params, config, jnp.asarray([prompt + ans], jnp.int32),
+    logits = np.asarray(row_logits(params, config, jnp.asarray([prompt + ans], jnp.int32),
                                     jnp.asarray(crop_uint8_hwc) / 127.5 - 1), np.float64)
     logp = logits - logits.max(-1, keepdims=True)
     logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
@@ -65,10 +62,7 @@ def test_crop_reward_matches_manual_per_object_scores(tiny):
 
 
 def test_crop_reward_decodes_codes_in_graph(tiny):
-    config, params, tok, judge = tiny
-    codes, host = _codes_and_host_images(params, config, 6)
-    ctx = RewardContext(judges={"tiny": judge}, policy_config=config,
-                        policy_params_fn=lambda: params)
+    ctx, codes, host = decoding_context(tiny, 6)
     fn = make_reward("vlm_crop", ctx, judge="tiny")
     kw = dict(prompts=["p"] * 2, reasoning=[PLANS[0], PLANS[2]], metadata=[{}] * 2)
     np.testing.assert_allclose(np.asarray(fn(RewardBatch(image_tokens=codes, **kw))),

@@ -1,21 +1,12 @@
 """The 'vq_consistency' reward: share of image codes that survive decode -> uint8 -> encode."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgen.config import load_config
 from jaxgen.errors import UserError
 from jaxgen.models import janus
 from jaxgen.rewards import RewardBatch, RewardContext, make_reward
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    config = janus.config_from_configdict(load_config("janus:tiny"))
-    params = jax.jit(janus.init_params, static_argnums=0)(config, jax.random.PRNGKey(0))
-    return config, params
 
 
 def _host_round_trip_fraction(params, config, codes):
@@ -26,8 +17,8 @@ def _host_round_trip_fraction(params, config, codes):
     return (again == codes).mean(-1)
 
 
-def test_reward_is_the_share_of_codes_surviving_a_saved_image_round_trip(tiny):
-    config, params = tiny
+def test_reward_is_the_share_of_codes_surviving_a_saved_image_round_trip(tiny_janus):
+    config, params = tiny_janus
     n, k = config.num_image_tokens, config.vq.num_embeddings
     rng = np.random.default_rng(0)
     random_codes = rng.integers(0, k, (6, n)).astype(np.int32)
@@ -45,8 +36,8 @@ def test_reward_is_the_share_of_codes_surviving_a_saved_image_round_trip(tiny):
     assert got[6:].mean() > got[:6].mean()
 
 
-def test_reward_needs_the_policy_tokenizer_and_image_tokens(tiny):
-    config, params = tiny
+def test_reward_needs_the_policy_tokenizer_and_image_tokens(tiny_janus):
+    config, params = tiny_janus
     with pytest.raises(UserError, match="policy's VQ tokenizer"):
         make_reward("vq_consistency", RewardContext())
     reward = make_reward("vq_consistency",

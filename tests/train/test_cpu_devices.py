@@ -1,15 +1,17 @@
 """A stage run in a child process with the CPU split into two JAX devices (jaxgen/cpu_devices.py),
 as the demo's VQ stage runs on a CPU host: same model as in this process, clear errors."""
 
+import json
+
 import ml_collections
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from jaxgen import cpu_devices, demo
+from jaxgen import checkpoint as ckpt_lib, cpu_devices, demo
 from jaxgen.config import load_config
 from jaxgen.errors import UserError
-from jaxgen.train import vq
+from jaxgen.train import grpo, vq
 
 
 def _tiny_vq(*overrides):
@@ -50,34 +52,18 @@ def test_child_failure_is_one_clear_error(tmp_path):
         cpu_devices.run_with_cpu_devices("jaxgen.train.vq:train", bad, tmp_path / "vq", 2)
 
 
-def test_demo_grpo_stage_runs_data_parallel_in_a_two_device_child(tmp_path):
+def test_demo_grpo_stage_runs_data_parallel_in_a_two_device_child(tmp_path, policy):
     """The demo's GRPO stage on a CPU host: a child with two devices, the demo's data-parallel
     mesh; its first rollout and rewards are the in-process run's (the sampler's draws do not
     depend on how the batch is split)."""
     if not cpu_devices.cpu_split_applies(2):
         pytest.skip("needs a single-device CPU process on a machine with >= 2 cores")
-    import json
-    import pathlib
-    import sys
-
-    import jax
-
-    from jaxgen import api
-    from jaxgen.models import janus
-    from jaxgen.train import grpo
-
-    sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "rewards"))
-    from tiny_tokenizer import make_tokenizer
-
     c = load_config("grpo:tiny", ["--config.total_steps=2", "--config.checkpoint_every=2",
                                   "--config.sampling.max_think_tokens=2"])
     c.rewards = {"name": "vq_consistency"}  # the demo's on-device term: varies per sample
     c.mesh = load_config("configs/demo.py").grpo.mesh  # data-parallel over every device
-    model_config = janus.config_from_configdict(c.model)
-    params = jax.jit(janus.init_params, static_argnums=0)(model_config, jax.random.PRNGKey(0))
-    for stage in ("sft", "judge"):
-        api.save_checkpoint(tmp_path / "demo" / stage / "final", params, model_config,
-                            make_tokenizer())
+    for stage in ("sft", "judge"):  # the tiny random policy (tests/train/conftest.py)
+        ckpt_lib.save_checkpoint(tmp_path / "demo" / stage / "final", *policy)
     here = grpo.train(demo.grpo_stage_config(ml_collections.ConfigDict(dict(grpo=c)),
                                              tmp_path / "demo"), tmp_path / "here")
     config = ml_collections.ConfigDict(dict(grpo=c, cpu_devices=dict(grpo=2)))

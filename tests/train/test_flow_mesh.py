@@ -3,24 +3,21 @@
 and update once across iterations and keeps their activations split over the devices; two
 processes x 4 devices (two hosts) give the same run, and process 0 writes the export."""
 
-import pathlib
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-import rl_hosts
+from tests.helpers import REPO_ROOT, rl_hosts, script_command
 
-SCRIPT = pathlib.Path(__file__).with_name("flow_mesh_script.py")
 STATS = ("reward_mean", "loss", "kl", "ratio_mean")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("flow_mesh")
-    subprocess.run([sys.executable, str(SCRIPT), "8", str(workdir), str(workdir / "runs.npz")],
-                   check=True, timeout=900)
+    subprocess.run(script_command("flow_mesh_script", 8, workdir, workdir / "runs.npz"),
+                   cwd=REPO_ROOT, check=True, timeout=900)
     return dict(np.load(workdir / "runs.npz")), workdir / "policy"
 
 
@@ -41,8 +38,8 @@ def test_eight_devices_match_one(runs):
 
 def test_activations_split_over_the_devices(runs):
     """The rollout and the update keep their activations split over the batch on 8 devices:
-    XLA's temporaries per device under 0.2 of the one-device program's. Before the constraints
-    were traced in (session 18) XLA gathered the batch: 0.52 / 0.60 of one device's."""
+    XLA's temporaries per device under 0.2 of the one-device program's. Without the activation
+    constraints traced in, XLA gathers the batch: 0.52 / 0.60 of one device's."""
     r, _ = runs
     assert int(r["one_rows"]) == 32
     for name in ("_update", "_rollout"):

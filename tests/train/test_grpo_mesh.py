@@ -5,23 +5,21 @@ iterations, and keeps every jit's activations split over the devices; so does th
 self-reflection loop (reflection.max_images=2). Two processes x 4 devices (two hosts) run the
 self-reflection loop as one process does, and a run stopped on 2 hosts resumes on 1."""
 
-import pathlib
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-import rl_hosts
+from tests.helpers import REPO_ROOT, rl_hosts, script_command
 
-SCRIPT = pathlib.Path(__file__).with_name("grpo_mesh_script.py")
 STATS = ("reward_mean", "loss", "kl", "entropy_coef_text", "entropy_coef_image")
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo_mesh") / "runs.npz"
-    subprocess.run([sys.executable, str(SCRIPT), "8", str(out)], check=True, timeout=900)
+    subprocess.run(script_command("grpo_mesh_script", 8, out), cwd=REPO_ROOT, check=True,
+                   timeout=900)
     return dict(np.load(out))
 
 
@@ -51,11 +49,12 @@ def test_activations_split_over_the_devices(runs):
     loop the policy judging its own images, and the update with the self-evaluation pass)
     keeps its activations split over the batch on 8 devices: XLA's temporaries per device are
     under 0.15 of the one-device program's for the updates and scoring, 0.2 for the sampler and
-    judge (1/8 = 0.125 plus the gathered FSDP weights, a large share for these tiny models). Measured, 32 rows: update 0.12 (16 rows per minibatch),
-    scoring 0.09, sampler 0.16, judge 0.19, reflection update 0.11 (32 rows per minibatch).
-    Before the constraints were traced in (session 18) XLA gathered the batch: 0.24-0.37; before
-    the self-evaluation pass waited for the policy pass's gradients (session 20) the two passes'
-    activations were alive together: 0.19."""
+    judge (1/8 = 0.125 plus the gathered FSDP weights, a large share for these tiny models).
+    Measured, 32 rows: update 0.12 (16 rows per minibatch), scoring 0.09, sampler 0.16, judge
+    0.19, reflection update 0.11 (32 rows per minibatch).
+    Without the activation constraints traced in, XLA gathers the batch: 0.24-0.37; were the
+    self-evaluation pass not to wait for the policy pass's gradients, the two passes'
+    activations would be alive together: 0.19."""
     assert int(runs["one_rows"]) == 32 and int(runs["reflect_one_rows"]) == 64
     for run, name, most in (("", "_update", 0.15), ("", "_score", 0.15),
                             ("", "_sample_jit", 0.2), ("reflect_", "yes_no_logit_from_codes", 0.2),

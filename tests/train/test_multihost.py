@@ -6,7 +6,6 @@ two hosts: test_grpo_mesh.py and test_flow_mesh.py beside it."""
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -19,9 +18,9 @@ from jaxgen.config import load_config
 from jaxgen.cpu_devices import xla_flags_with_devices
 from jaxgen.models import janus
 from jaxgen.train import vq as vq_lib
-from rl_hosts import free_port
+from tests.helpers import REPO_ROOT
+from tests.helpers.rl_hosts import free_port
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT = 600
 
 
@@ -38,7 +37,7 @@ def inputs(tmp_path_factory):
     """The tiny ShapesWorld data and a random tiny VQ tokenizer."""
     d = tmp_path_factory.mktemp("mh_inputs")
     subprocess.run([sys.executable, "-m", "jaxgen.cli", "data", "build", "--config",
-                    "configs/data.py:tiny", "--out", str(d / "data")], cwd=ROOT, check=True,
+                    "configs/data.py:tiny", "--out", str(d / "data")], cwd=REPO_ROOT, check=True,
                    capture_output=True, timeout=TIMEOUT)
     mc = janus.config_from_configdict(load_config("janus:tiny").model)
     vq = vq_lib.export_params(janus.init_params(mc, jax.random.PRNGKey(0))["vqmodel"],
@@ -68,12 +67,12 @@ def _params(workdir):
 
 def test_two_hosts_train_like_one_and_resume_on_one(inputs, tmp_path):
     one, two = tmp_path / "one_host", tmp_path / "two_hosts"
-    single = subprocess.run(_sft_cmd(one, inputs, 6), cwd=ROOT, env=_env(8),
+    single = subprocess.run(_sft_cmd(one, inputs, 6), cwd=REPO_ROOT, env=_env(8),
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert single.returncode == 0, single.stderr[-3000:]
 
     port = free_port()
-    procs = [subprocess.Popen(_sft_cmd(two, inputs, 4), cwd=ROOT, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(_sft_cmd(two, inputs, 4), cwd=REPO_ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=_env(
                                   4, JAXGEN_DISTRIBUTED="1",
                                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
@@ -91,7 +90,7 @@ def test_two_hosts_train_like_one_and_resume_on_one(inputs, tmp_path):
     assert set(four) == set(_params(one))
 
     # the 2-host run's last checkpoint (step 4) resumes on one host with 8 devices
-    resumed = subprocess.run(_sft_cmd(two, inputs, 6), cwd=ROOT, env=_env(8),
+    resumed = subprocess.run(_sft_cmd(two, inputs, 6), cwd=REPO_ROOT, env=_env(8),
                              capture_output=True, text=True, timeout=TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     l2 = _losses(two)

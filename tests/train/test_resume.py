@@ -6,13 +6,13 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-TRAINER = pathlib.Path(__file__).with_name("standin_trainer.py")
+from tests.helpers import REPO_ROOT, script_command
+
 TOTAL = 24
 
 
@@ -22,7 +22,7 @@ def _env(tmp_path, sleep=0.0):
 
 
 def _run(workdir, env, *extra):
-    return subprocess.run([sys.executable, str(TRAINER), str(workdir), str(TOTAL), *extra],
+    return subprocess.run(script_command("standin_trainer", workdir, TOTAL, *extra), cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -35,8 +35,8 @@ def _logged_step(workdir) -> int:
 
 
 def _start_and_signal(workdir, env, sig, at_step):
-    proc = subprocess.Popen([sys.executable, str(TRAINER), str(workdir), str(TOTAL)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(script_command("standin_trainer", workdir, TOTAL), cwd=REPO_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     while _logged_step(workdir) < at_step and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)

@@ -1,0 +1,1 @@
+"""jaxgen's tests (a package, so that `tests.helpers` is imported from this tree)."""
