@@ -50,7 +50,9 @@ def pytest_configure(config):
 # processes) run first, so with `-n 2 --dist loadfile` (the README's command) neither worker is
 # left running one of them alone at the end.
 SLOW_FIRST = ("test_grpo_mesh.py", "test_flow_mesh.py", "test_multihost.py", "test_parallel.py",
-              "test_flow_training.py", "test_sft.py", "test_grpo.py", "test_bench.py")
+              "test_flow_training.py", "test_sft.py", "test_rl_accumulation.py", "test_grpo.py",
+              "test_cpu_devices.py", "test_rl_loop.py", "test_grpo_recipes.py",
+              "test_hf_export.py", "test_bench.py")
 
 
 def pytest_unconfigure(config):
