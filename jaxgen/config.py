@@ -14,6 +14,7 @@ import pathlib
 import ml_collections
 
 from jaxgen.models.config import ConfigError
+from jaxgen.models.janus import EXECUTION_OPTIONS
 
 # The repository's top-level configs/ ships inside the package as jaxgen/configs (a symlink in the
 # repository, real files in a wheel), so `configs/sft.py:shapes` works from any working directory
@@ -76,3 +77,14 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     config = module.get_config(arg) if arg else module.get_config()
     return apply_overrides(config, overrides)
+
+
+def use_janus_policy(config: ml_collections.ConfigDict, size: str) -> ml_collections.ConfigDict:
+    """Point an RL config at a real Janus-Pro policy of `size` ('1b' | '7b'): its model config,
+    its execution options for the loaded checkpoint (configs/janus.py: 7b scanned, 1b unrolled;
+    rematerialised; bfloat16, whatever layout the checkpoint was stored in) and prompts from a
+    JSONL file (--config.data.path)."""
+    config.model = load_config(f"janus:{size}").model
+    config.model_options = {k: config.model.text[k] for k in EXECUTION_OPTIONS}
+    config.data.update(dict(source="jsonl", path="", max_prompt_tokens=128))
+    return config

@@ -23,8 +23,7 @@ Variants:
 
 import ml_collections
 
-from jaxgen.config import load_config
-from jaxgen.models.janus import EXECUTION_OPTIONS
+from jaxgen.config import load_config, use_janus_policy
 from jaxgen.models.config import ConfigError
 
 
@@ -42,11 +41,7 @@ def get_config(arg=None):
     c.optim.update(dict(learning_rate=5e-6, schedule="constant", weight_decay=0.0))
     c.total_steps = 400
     if arg in ("7b", "1b"):
-        c.model = load_config(f"janus:{arg}").model
-        # run the loaded policy with the size's execution options (configs/janus.py: 7b scanned,
-        # 1b unrolled; rematerialised; bfloat16), whatever layout the checkpoint was stored in
-        c.model_options = {k: c.model.text[k] for k in EXECUTION_OPTIONS}
-        c.data.update(dict(source="jsonl", path="", max_prompt_tokens=128))
+        use_janus_policy(c, arg)
         return c
     if arg == "shapes":
         c.total_steps = 30
