@@ -314,15 +314,9 @@ def params_from_hf_tensors(tensors: Mapping[str, Any], config: JanusConfig,
     if unexpected:
         raise CheckpointError(f"checkpoint has unexpected tensor(s) {unexpected}; it does not "
                               "match config.json (check the model sizes there).")
-    flat = {}
-    for name, path in by_hf.items():
-        x = np.asarray(rest[name])
-        want = _hf_shape(path, expected[path])
-        if tuple(x.shape) != want:
-            raise CheckpointError(
-                f"tensor '{name}' has shape {tuple(x.shape)} in the checkpoint but the config "
-                f"expects {want}; fix config.json (or the checkpoint) so they agree.")
-        flat[path] = np.ascontiguousarray(x.T if _is_linear_kernel(path, x.ndim) else x)
+    flat = hf_vision_vq.checked_arrays(
+        rest, by_hf, expected, _hf_shape,
+        lambda path, x: x.T if _is_linear_kernel(path, x.ndim) else x, "language model")
     params = unflatten_dict(flat)
     if config.text.scan_layers:
         params["language_model"] = janus.stack_layers(params["language_model"],

@@ -96,16 +96,24 @@ def _from_hf(tensors: Mapping[str, np.ndarray], expected: Dict[tuple, tuple], wh
     if unexpected:
         raise CheckpointError(f"{what}: unexpected tensor(s) {unexpected}; the checkpoint does not "
                               "match the config (check the model sizes in config.json).")
+    return unflatten_dict(checked_arrays(tensors, by_hf, expected, _hf_shape, _from_hf_array, what))
+
+
+def checked_arrays(tensors, by_hf: dict, expected: dict, hf_shape: Callable, from_hf: Callable,
+                   what: str) -> dict:
+    """{jaxgen path: array in jaxgen's layout} for every `by_hf` (HF name -> path) tensor, each
+    checked against the shape the config implies (`hf_shape(path, expected[path])`, HF layout)
+    and converted by `from_hf(path, x)`; CheckpointError naming the first misshapen one."""
     flat = {}
     for hf_name, path in by_hf.items():
         x = np.asarray(tensors[hf_name])
-        want = _hf_shape(path, expected[path])
+        want = hf_shape(path, expected[path])
         if tuple(x.shape) != want:
             raise CheckpointError(
                 f"{what}: tensor '{hf_name}' has shape {tuple(x.shape)} but the config expects "
-                f"{want}; fix the config (or the checkpoint) so they agree.")
-        flat[path] = np.ascontiguousarray(_from_hf_array(path, x))
-    return unflatten_dict(flat)
+                f"{want}; fix config.json (or the checkpoint) so they agree.")
+        flat[path] = np.ascontiguousarray(from_hf(path, x))
+    return flat
 
 
 def _to_hf(params, expected: Dict[tuple, tuple], what: str) -> Dict[str, np.ndarray]:
