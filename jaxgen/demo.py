@@ -13,6 +13,9 @@ import json
 import pathlib
 import time
 
+import jax
+import jax.numpy as jnp
+
 from jaxgen import cpu_devices
 from jaxgen.config import load_config
 from jaxgen.data.build import build_all
@@ -37,8 +40,25 @@ def demo(args) -> int:
     if unknown:
         raise UserError(f"unknown demo stage(s) {unknown}; choose from {list(STAGES)}")
     summary = run(config, pathlib.Path(args.workdir), stages)
-    print(f"\nReport: {summary['eval']['report_dir']}" if "eval" in summary else "")
+    seconds = {name: round(s.get("seconds", 0)) for name, s in summary.items()}
+    # the machine's speed beside the time, so runs on different hosts compare
+    print(f"\n[demo] stages (s): {seconds}; total {sum(seconds.values()) / 60:.1f} min on a "
+          f"machine whose float32 2048^3 matmul runs at {matmul_gflops():.0f} GFLOP/s")
+    print(f"Report: {summary['eval']['report_dir']}" if "eval" in summary else "")
     return 0
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 n^3 matmul rate on JAX's default device (best of `repeats`)."""
+    x = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
 
 
 def _stage_done(path: pathlib.Path):

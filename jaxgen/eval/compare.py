@@ -219,6 +219,26 @@ def paired_differences(per_sample: dict, samples_per_prompt: int, seed: int) -> 
         per_sample[names[0]], per_sample[n], samples_per_prompt, seed=seed) for n in names[1:]}
 
 
+def model_blocks(tables: dict, differences: dict) -> dict:
+    """report.json's block per model, keyed by its lower-case name ('sft', 'grpo', ...):
+    {'overall', 'per_category', 'plan_ceiling' (overall, when measured), 'change' (its paired
+    difference over the first model, when it is a later one)}, so a script can read any run."""
+    blocks = {}
+    for name, table in tables.items():
+        if name.endswith(" plan ceiling") or name == "VQ ceiling":
+            continue
+        block = {"overall": table["overall"],
+                 "per_category": {k: v for k, v in table.items() if k != "overall"}}
+        if f"{name} plan ceiling" in tables:
+            block["plan_ceiling"] = tables[f"{name} plan ceiling"]["overall"]
+        change = [d for key, d in differences.items() if key.startswith(f"{name} - ")]
+        if change:
+            block["change"] = change[0]
+        blocks[name.lower().replace(" ", "_")] = block
+    blocks["vq_ceiling"] = {"overall": tables["VQ ceiling"]["overall"]}
+    return blocks
+
+
 def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, out_dir) -> dict:
     """Score every checkpoint on the same held-out prompts; write report/; return the tables.
 
@@ -262,7 +282,7 @@ def evaluate_and_report(eval_config, data_dir, checkpoints: dict, grpo_metrics, 
                   for key, d in differences.items())
     (out_dir / "report.md").write_text(header + md + "\n")
     report = dict(tables=tables, differences=differences, reward_curve=curve,
-                  num_prompts=len(metadata))
+                  num_prompts=len(metadata), **model_blocks(tables, differences))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
     (out_dir / "samples.jsonl").write_text(
         "".join(json.dumps(dict(model=n, **r)) + "\n" for n, rs in per_sample.items() for r in rs))

@@ -74,6 +74,19 @@ def test_demo_runs_stages_in_order_and_skips_finished_ones(tmp_path, monkeypatch
     assert calls == ["sft", "judge", "grpo", "eval"]
 
 
+def test_demo_prints_its_stage_times_beside_the_machine_speed(tmp_path, monkeypatch, capsys):
+    assert 0 < demo.matmul_gflops(n=64, repeats=1) < float("inf")
+    fakes = {name: (lambda config, paths: {}) for name in demo.STAGES}
+    monkeypatch.setattr(demo, "_STAGE_FNS", fakes)
+    monkeypatch.setattr(demo, "matmul_gflops", lambda: 123.4)
+
+    class Args:
+        config, config_overrides, workdir, stages = "configs/demo.py", [], str(tmp_path), "data"
+    assert demo.demo(Args()) == 0
+    out = capsys.readouterr().out
+    assert "[demo] stages (s): {'data': 0}" in out and "runs at 123 GFLOP/s" in out
+
+
 def test_demo_rejects_unknown_stage(tmp_path):
     class Args:
         config, config_overrides, workdir, stages = "configs/demo.py", [], str(tmp_path), "data,vqq"
@@ -129,6 +142,12 @@ def test_report_has_a_plan_ceiling_per_trained_model(tmp_path, monkeypatch):
     assert report["tables"]["SFT plan ceiling"] == tables["SFT plan ceiling"]
     gain = report["differences"]["GRPO - SFT"]  # every GRPO sample right, every SFT one wrong
     assert gain["difference"] == gain["low"] == gain["high"] == 1.0
+    # the machine-readable blocks a script checks a run with
+    assert report["sft"]["overall"] == 0.0 and report["grpo"]["overall"] == 1.0
+    assert report["sft"]["plan_ceiling"] == 1.0 and report["grpo"]["plan_ceiling"] == 0.0
+    assert report["grpo"]["change"] == gain and "change" not in report["sft"]
+    assert report["vq_ceiling"]["overall"] == 1.0 and "overall" in report["untrained"]
+    assert set(report["grpo"]["per_category"]) == set(tables["GRPO"]) - {"overall"}
     assert "GRPO - SFT: +100.0 points overall" in (tmp_path / "report" / "report.md").read_text()
     header = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines()
                   if line.startswith("| category |"))
