@@ -255,17 +255,19 @@ def train(config, workdir) -> dict:
     out = {"metrics": result["metrics"], "step": result["step"], "status": result["status"]}
     if result["status"] == "done":
         out["checkpoint"] = str(export_checkpoint(workdir / "final", result["state"].params, mc,
-                                                  tokenizer))
+                                                  tokenizer, init_ckpt or None))
     if "eval_accuracy" in result["metrics"]:
         out["accuracy"] = result["metrics"]["eval_accuracy"]
     return out
 
 
-def export_checkpoint(path, params, mc, tokenizer):
-    """A jaxgen checkpoint dir (config.json + params.safetensors + tokenizer) for sampling.
+def export_checkpoint(path, params, mc, tokenizer, processor_from=None):
+    """A jaxgen checkpoint dir (config.json + params.safetensors + tokenizer) for sampling, with
+    the processor files of `processor_from` (the checkpoint the run started from), if any.
 
     Every process calls it (the sharded params are gathered); process 0 writes."""
     ckpt_lib.export_from_mesh(
-        "sft-export", lambda p: ckpt_lib.save_checkpoint(path, p, mc, tokenizer), params)
+        "sft-export", lambda p: ckpt_lib.save_checkpoint(path, p, mc, tokenizer, processor_from),
+        params)
     return pathlib.Path(path)
 

@@ -466,6 +466,8 @@ def test_sft_on_reasongen_jsonl_from_a_model_checkpoint(tokenizer, tmp_path):
     mc = sft.model_config_for(cfg, tok)
     params = janus.init_params(mc, jax.random.PRNGKey(4))
     ckpt_lib.save_checkpoint(tmp_path / "model", params, mc, tok)
+    # an imported Hugging Face model's processor settings travel to the SFT'd export
+    (tmp_path / "model" / "processor_config.json").write_text('{"num_image_tokens": 16}')
     rng = np.random.default_rng(0)
     (tmp_path / "images").mkdir()
     lines = []
@@ -494,6 +496,8 @@ def test_sft_on_reasongen_jsonl_from_a_model_checkpoint(tokenizer, tmp_path):
     assert out["status"] == "done" and np.isfinite(out["metrics"]["loss"])
     assert out["metrics"]["image_loss"] > 0
     exported, _, _ = ckpt_lib.load_checkpoint(tmp_path / "run" / "final")
+    assert (tmp_path / "run" / "final" / "processor_config.json").read_text() == (
+        '{"num_image_tokens": 16}')
     np.testing.assert_array_equal(np.asarray(exported["vqmodel"]["codebook"]),
                                   np.asarray(params["vqmodel"]["codebook"]))
 
