@@ -120,7 +120,7 @@ def flow_grpo_loss(logp_kb, old_logp_kb, adv_b, keep_b, clip_eps: float, beta: f
     surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv)
     weight = jnp.broadcast_to(keep_b[None], ratio.shape)
     if denom is None:
-        denom = jnp.maximum(weight.sum(), 1.0)
+        denom = loss_denominator(keep_b, ratio.shape[0])
     policy = -(surrogate * weight).sum() / denom
     metrics = {"policy_loss": policy,
                "clip_frac": ((jnp.abs(ratio - 1.0) > clip_eps) * weight).sum() / denom,

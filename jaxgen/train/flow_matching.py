@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import parallel
-from jaxgen.checkpoint import load_checkpoint, save_flow_checkpoint
+from jaxgen.checkpoint import export_from_mesh, load_checkpoint, save_flow_checkpoint
 from jaxgen.data import templates
 from jaxgen.data.images import images_to_codes, resize_images
 from jaxgen.data.pipeline import make_loader
@@ -221,10 +221,10 @@ def train(config, workdir) -> dict:
                           data=loader, mesh=mesh, loop=loop_cfg, config=config, eval_fn=eval_fn)
     out = {"metrics": result["metrics"], "step": result["step"], "status": result["status"]}
     if result["status"] == "done":
-        jp, fp = split(parallel.to_host(result["state"].params))
         final = workdir / "final"
-        parallel.primary_writes(lambda: save_flow_checkpoint(final, jp, jc, tokenizer, fp, fc),
-                                "flow-export")
+        export_from_mesh("flow-export",
+                         lambda jp, fp: save_flow_checkpoint(final, jp, jc, tokenizer, fp, fc),
+                         *split(result["state"].params))
         out["checkpoint"] = str(final)
     if "eval_accuracy" in result["metrics"]:
         out["accuracy"] = result["metrics"]["eval_accuracy"]

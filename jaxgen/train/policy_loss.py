@@ -90,16 +90,13 @@ def normaliser(mask_bl, how: str):
 def aggregate(values_bl, mask_bl, how: str, total=None):
     """Masked mean of per-token values: 'token_mean' or 'sequence_mean' (see module doc).
     total: the denominator of a whole minibatch (gradient accumulation); None: this batch's."""
+    total = normaliser(mask_bl, how) if total is None else total
     mask = mask_bl.astype(jnp.float32)
     if how == "token_mean":
-        return (values_bl * mask).sum() / (jnp.maximum(mask.sum(), 1.0) if total is None
-                                           else total)
-    if how == "sequence_mean":
-        per_seq = (values_bl * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
-        has_tokens = (mask.sum(axis=1) > 0).astype(jnp.float32)
-        return (per_seq * has_tokens).sum() / (jnp.maximum(has_tokens.sum(), 1.0) if total is None
-                                               else total)
-    raise UserError(f"unknown aggregation {how!r}; choose one of {AGGREGATIONS}")
+        return (values_bl * mask).sum() / total
+    per_seq = (values_bl * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
+    has_tokens = (mask.sum(axis=1) > 0).astype(jnp.float32)
+    return (per_seq * has_tokens).sum() / total
 
 
 def stream_masks(text_mask_bt, image_mask_bn, keep_b):
